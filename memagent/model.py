@@ -1,0 +1,337 @@
+"""MemoryLLM: a Llama-family decoder whose every layer also attends to a pool of memory tokens.
+
+Module names follow transformers' `modeling_llama.py`, so released weights load one to one.
+Reading treats [bos_embedding, memory] as a pre-filled region of the key/value cache. Writing
+runs the context behind the last K memory tokens and keeps the last K outputs of each layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memagent.config import MemoryLLMConfig
+from memagent.generation import generate
+from memagent.kv_cache import KVCache, LayerCache
+from memagent.lora import writing
+from memagent.memory_pool import MemoryPool, PrefixKV
+from memagent.rope import RotaryEmbedding, apply_rope
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: MemoryLLMConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        d, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=bias)
+
+    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, n, self.head_dim).transpose(1, 2)
+
+    def project_kv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        k = apply_rope(self._heads(self.k_proj(x), self.kv_heads), cos, sin)
+        return k, self._heads(self.v_proj(x), self.kv_heads)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        cache: LayerCache | None = None,
+        slots: torch.Tensor | None = None,
+        n_queries: int | None = None,
+    ) -> torch.Tensor:
+        k, v = self.project_kv(x, cos, sin)
+        if cache is not None:
+            k, v = cache.update(slots, k, v)
+        if n_queries is not None:
+            x, cos, sin = x[:, -n_queries:], cos[:, -n_queries:], sin[:, -n_queries:]
+        q = apply_rope(self._heads(self.q_proj(x), self.num_heads), cos, sin)
+        B, H, T, D = q.shape
+        # Grouped-query attention without copying keys: fold each group's query heads into
+        # the time axis so every kv head serves [rep * T] queries.
+        rep = H // self.kv_heads
+        q = q.reshape(B, self.kv_heads, rep * T, D)
+        mask = mask.repeat(1, 1, rep, 1) if rep > 1 else mask
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.view(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: MemoryLLMConfig):
+        super().__init__()
+        d, f, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(d, f, bias=bias)
+        self.up_proj = nn.Linear(d, f, bias=bias)
+        self.down_proj = nn.Linear(f, d, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: MemoryLLMConfig):
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask, cache=None, slots=None, n_queries=None) -> torch.Tensor:
+        """Outputs for the last `n_queries` positions of x (all when None)."""
+        h = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, slots, n_queries)
+        if n_queries is not None:
+            x = x[:, -n_queries:]
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    def __init__(self, config: MemoryLLMConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor
+
+
+class MemoryLLM(nn.Module):
+    """The model plus a default memory pool (`self.pool`); every read/write can name another."""
+
+    def __init__(self, config: MemoryLLMConfig):
+        super().__init__()
+        self.config = config
+        L, d = config.num_hidden_layers, config.hidden_size
+        self.model = Backbone(config)
+        self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.bos_embedding = nn.Parameter(torch.zeros(L, 1, d))
+        self.new_memory_positional_emb = nn.Parameter(torch.zeros(1, 1, d))
+        self.rotary = RotaryEmbedding(config)
+        self.pool = self.new_pool()
+        self._fingerprint: str | None = None
+
+    @classmethod
+    def from_pretrained(cls, path_or_id, *, device="cpu", dtype=torch.float32) -> "MemoryLLM":
+        """Load a released MemoryLLM checkpoint (a folder or a Hugging Face hub id)."""
+        from memagent import loading
+
+        return loading.from_pretrained(path_or_id, device=device, dtype=dtype)
+
+    @classmethod
+    def from_base(cls, base, *, num_tokens: int, num_blocks: int, device="cpu", dtype=torch.float32, **options):
+        """A fresh memory model on a Llama-family base (folder, hub id or GGUF file); returns (model, tokenizer)."""
+        from memagent import loading
+
+        return loading.from_base(base, num_tokens=num_tokens, num_blocks=num_blocks, device=device, dtype=dtype, **options)
+
+    # -- the default pool ------------------------------------------------------------------
+
+    @property
+    def memory(self) -> torch.Tensor:
+        return self.pool.memory
+
+    @property
+    def memory_initialized(self) -> bool:
+        return self.pool.initialized
+
+    def reset_memory(self) -> None:
+        self.pool.reset()
+
+    def new_pool(self, seed: int = 0) -> MemoryPool:
+        c = self.config
+        memory = torch.zeros(
+            c.num_hidden_layers, c.num_memory_tokens, c.hidden_size, dtype=self.dtype, device=self.device
+        )
+        return MemoryPool(memory, seed=seed, drop_per_layer=c.drop_memory_per_layer)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def fingerprint(self) -> str:
+        """Identifies the model a memory pool was written by (config and memory parts)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True, default=str).encode())
+            for t in (self.bos_embedding, self.new_memory_positional_emb, self.model.embed_tokens.weight[:4]):
+                digest.update(t.detach().float().cpu().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def memory_prefix(self, pool: MemoryPool) -> PrefixKV | None:
+        """Keys/values of [bos_embedding, memory] for every layer, computed once per pool version."""
+        if not pool.initialized:
+            return None
+        if pool.prefix_kv is not None and pool.prefix_kv.version == pool.version:
+            return pool.prefix_kv
+        parts = [self.bos_embedding.to(pool.memory.dtype)] if self.config.add_bos_embedding else []
+        prefix = torch.cat(parts + [pool.memory], dim=1)  # [L, P, d]
+        positions = torch.arange(prefix.shape[1], device=prefix.device)[None]
+        cos, sin = self.rotary(positions, prefix.dtype)
+        keys, values = [], []
+        for layer, tokens in zip(self.model.layers, prefix):
+            k, v = layer.self_attn.project_kv(layer.input_layernorm(tokens[None]), cos, sin)
+            keys.append(k)
+            values.append(v)
+        pool.prefix_kv = PrefixKV(pool.version, keys, values)
+        return pool.prefix_kv
+
+    def new_cache(self, pool: MemoryPool, batch_size: int, max_tokens: int) -> KVCache:
+        c = self.config
+        return KVCache(
+            self.memory_prefix(pool),
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            num_layers=c.num_hidden_layers,
+            kv_heads=c.num_key_value_heads,
+            head_dim=c.head_dim,
+            dtype=self.dtype,
+            device=self.device,
+        )
+
+    def read(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
+        """Final hidden states [B, T, d] for tokens at RoPE `positions` [B, T], cache `slots` [T]."""
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = self.rotary(positions, x.dtype, seq_len=cache.key_valid.shape[1])
+        mask = cache.attention_mask(slots)
+        for layer, layer_cache in zip(self.model.layers, cache.layers):
+            x = layer(x, cos, sin, mask, layer_cache, slots)
+        return self.model.norm(x)
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Run a left-padded prompt through the cache; returns its hidden states."""
+        slots = torch.arange(input_ids.shape[1], device=input_ids.device)
+        cache.mark(slots, attention_mask.bool())
+        positions = cache.prefix_length + (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+        return self.read(input_ids, positions, slots, cache)
+
+    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor, cache: KVCache):
+        """Logits [B, V] for one new token per row, at `slot` [1] and `positions` [B, 1]."""
+        cache.mark(slot, torch.ones_like(tokens, dtype=torch.bool))
+        return self.lm_head(self.read(tokens, positions, slot, cache))[:, -1]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pool: MemoryPool | None = None,
+    ) -> CausalLMOutput:
+        """Logits [B, T, V] of left-padded `input_ids`, reading the memory of `pool`."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        cache = self.new_cache(pool or self.pool, *input_ids.shape)
+        return CausalLMOutput(self.lm_head(self.prefill(input_ids, attention_mask, cache)))
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def new_memory(self, input_ids: torch.Tensor, memory: torch.Tensor | None) -> torch.Tensor:
+        """The memory tokens [L, n, d] that writing `input_ids` [1, T] produces.
+
+        `memory` is the current pool [L, N, d], or None for an empty pool (the first write),
+        where n = min(T, K); otherwise n = K.
+        """
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+            raise ValueError(f"a write takes one sequence of shape [1, T], got {tuple(input_ids.shape)}")
+        if input_ids.shape[1] == 0:
+            raise ValueError("a write needs at least one token")
+        with writing(self):
+            if memory is None:
+                return self._first_write(input_ids)
+            return self._write(input_ids, memory)
+
+    def _positional(self, length: int) -> torch.Tensor:
+        """new_memory_positional_emb on the last K of `length` positions, zero elsewhere."""
+        on = torch.arange(length, device=self.device) >= length - self.config.num_tokens
+        return on[None, :, None].to(self.dtype) * self.new_memory_positional_emb
+
+    def _causal(self, n_queries: int, n_keys: int) -> torch.Tensor:
+        queries = torch.arange(n_keys - n_queries, n_keys, device=self.device)
+        return (torch.arange(n_keys, device=self.device)[None] <= queries[:, None])[None, None]
+
+    def _rope(self, length: int, dtype: torch.dtype):
+        return self.rotary(torch.arange(length, device=self.device)[None], dtype)
+
+    def _first_write(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.model.embed_tokens(input_ids)
+        T, n = x.shape[1], min(x.shape[1], self.config.num_tokens)
+        cos, sin = self._rope(T, x.dtype)
+        mask, positional = self._causal(T, T), self._positional(T)
+        new = []
+        for layer in self.model.layers:
+            x = layer(x + positional, cos, sin, mask)
+            new.append(x[0, -n:])
+        # The reference adds the positional embedding in place to each layer's output, which
+        # its stored new memory shares: every layer but the last keeps output + embedding.
+        last = len(new) - 1
+        return torch.stack([t + positional[0, -n:] if i < last else t for i, t in enumerate(new)])
+
+    def _write(self, input_ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        K = self.config.num_tokens
+        x = self.model.embed_tokens(input_ids)
+        T = x.shape[1]
+        bos = [self.bos_embedding.to(x.dtype)] if self.config.add_bos_embedding else []
+        context = torch.cat(bos + [memory[:, -K:].to(x.dtype)], dim=1)  # [L, 1 + K, d]
+        S, Q = context.shape[1] + T, max(T, K)
+        cos, sin = self._rope(S, x.dtype)
+        mask, positional = self._causal(Q, S), self._positional(S)
+        new = []
+        for layer, prefix in zip(self.model.layers, context):
+            out = layer(torch.cat([prefix[None], x], dim=1) + positional, cos, sin, mask, n_queries=Q)
+            new.append(out[0, -K:])
+            x = out[:, -T:]
+        return torch.stack(new)
+
+    def inject(self, input_ids: torch.Tensor, update: bool = True, pool: MemoryPool | None = None) -> torch.Tensor:
+        """Write `input_ids` [1, T] (or [T]) into `pool`; returns the new memory tokens [L, n, d].
+
+        With update=False the pool is left as it was.
+        """
+        pool = pool or self.pool
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        new = self.new_memory(input_ids.to(self.device), pool.memory if pool.initialized else None)
+        if update:
+            pool.write(new)
+        return new
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 32, **options) -> torch.Tensor:
+        """New token ids [B, n] after `input_ids`; see `memagent.generation.generate`."""
+        return generate(self, input_ids, max_new_tokens=max_new_tokens, **options)

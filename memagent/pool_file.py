@@ -1,0 +1,83 @@
+"""A memory pool on disk: safetensors with metadata, written atomically."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from memagent.memory_pool import MemoryPool
+
+FORMAT = "memagent.pool/1"
+
+
+class PoolFileError(ValueError):
+    """A pool file is unreadable or belongs to another model."""
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync it, rename it over `path`, fsync the folder."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def pool_to_bytes(pool: MemoryPool, fingerprint: str) -> bytes:
+    L, N, d = pool.memory.shape
+    metadata = {
+        "format": FORMAT,
+        "fingerprint": fingerprint,
+        "layers": str(L),
+        "size": str(N),
+        "hidden": str(d),
+        "dtype": str(pool.memory.dtype).removeprefix("torch."),
+        "initialized": json.dumps(pool.initialized),
+        "step": str(pool.step),
+        "drop_per_layer": json.dumps(pool.drop_per_layer),
+        "generator": base64.b64encode(pool.generator.get_state().numpy().tobytes()).decode(),
+    }
+    return save({"memory": pool.memory.detach().contiguous().cpu()}, metadata=metadata)
+
+
+def save_pool(pool: MemoryPool, path: str | Path, fingerprint: str) -> None:
+    write_atomically(Path(path), pool_to_bytes(pool, fingerprint))
+
+
+def load_pool(path: str | Path, fingerprint: str, *, device="cpu", dtype: torch.dtype | None = None) -> MemoryPool:
+    """Read a pool written by `save_pool` for the model with `fingerprint`."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            memory = f.get_tensor("memory")
+    except Exception as err:
+        raise PoolFileError(f"{path}: not a readable pool file ({err})") from err
+    if metadata.get("format") != FORMAT:
+        raise PoolFileError(f"{path}: not a memagent pool file (format {metadata.get('format')!r})")
+    if metadata["fingerprint"] != fingerprint:
+        raise PoolFileError(
+            f"{path}: this pool was written by another model (fingerprint {metadata['fingerprint']}, "
+            f"this model is {fingerprint}); a pool only makes sense to the model that wrote it"
+        )
+    pool = MemoryPool(
+        memory.to(device=device, dtype=dtype or memory.dtype),
+        json.loads(metadata["initialized"]),
+        drop_per_layer=json.loads(metadata["drop_per_layer"]),
+    )
+    pool.step = int(metadata["step"])
+    state = torch.frombuffer(bytearray(base64.b64decode(metadata["generator"])), dtype=torch.uint8)
+    pool.generator.set_state(state)
+    return pool
