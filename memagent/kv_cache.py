@@ -45,8 +45,10 @@ class KVCache:
         self.layers: list[LayerCache] = []
         for layer in range(num_layers):
             shape = (batch_size, kv_heads, P + max_tokens, head_dim)
-            keys = torch.empty(shape, dtype=dtype, device=device)
-            values = torch.empty(shape, dtype=dtype, device=device)
+            # Zeros, not empty: masked-out slots still enter the attention product, and stray
+            # NaNs in them would poison it (0 * NaN).
+            keys = torch.zeros(shape, dtype=dtype, device=device)
+            values = torch.zeros(shape, dtype=dtype, device=device)
             if prefix:
                 keys[:, :, :P] = prefix.keys[layer]
                 values[:, :, :P] = prefix.values[layer]

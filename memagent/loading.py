@@ -192,13 +192,17 @@ def from_base(
     Returns (model, tokenizer).
     """
     hf_model, tokenizer = load_base(base, dtype=torch.float32)
-    raw = hf_model.config.to_dict()
-    raw.update(num_tokens=num_tokens, num_blocks=num_blocks, lora_config=None, **options)
+    model = from_hf_model(hf_model, num_tokens=num_tokens, num_blocks=num_blocks, seed=seed, **options)
+    return model.to(device=device, dtype=dtype), tokenizer
+
+
+def from_hf_model(hf_model, *, num_tokens: int, num_blocks: int, seed: int = 0, **options) -> MemoryLLM:
+    """A MemoryLLM sharing `hf_model`'s weights, with freshly initialised memory parts."""
+    raw = hf_model.config.to_dict() | dict(num_tokens=num_tokens, num_blocks=num_blocks, lora_config=None, **options)
     config = MemoryLLMConfig.from_dict(raw)
     state = dict(hf_model.state_dict())
-    del hf_model
     generator = torch.Generator().manual_seed(seed)
     L, d = config.num_hidden_layers, config.hidden_size
     state["bos_embedding"] = torch.randn(L, 1, d, generator=generator) * config.initializer_range
     state["new_memory_positional_emb"] = torch.randn(1, 1, d, generator=generator) * config.initializer_range
-    return build(config, state, device=device, dtype=dtype), tokenizer
+    return build(config, state, dtype=next(iter(state.values())).dtype)

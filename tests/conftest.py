@@ -1,0 +1,24 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+import memagent
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REFERENCE_CASES = sorted(p.name for p in (FIXTURES / "reference").iterdir() if p.is_dir())
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine() -> memagent.Engine:
+    """Random weights of the `tiny` shape with the default's tokenizer (deterministic)."""
+    return memagent.load("random:tiny")

@@ -1,0 +1,31 @@
+"""The memory's keys/values are computed once per pool version and dropped by a write."""
+
+import torch
+
+from memagent import loading, presets
+
+
+@torch.no_grad()
+def test_prefix_is_reused_until_a_write_and_then_recomputed():
+    model = loading.from_random(presets.shape_config("tiny"), seed=0)
+    model.inject(torch.arange(50, 70)[None])
+    prompt = torch.tensor([[3, 4, 5]])
+    first = model.memory_prefix(model.pool)
+    before = model(prompt).logits
+    assert model.memory_prefix(model.pool) is first, "a read must reuse the cached prefix"
+
+    model.inject(torch.arange(200, 230)[None])
+    second = model.memory_prefix(model.pool)
+    assert second is not first and second.version == model.pool.version
+    after = model(prompt).logits
+    assert not torch.allclose(before, after), "a read after a write must see the new memory"
+
+    model.pool.prefix_kv = None  # recompute from scratch: the cached result must be the same
+    assert torch.equal(model(prompt).logits, after)
+
+
+@torch.no_grad()
+def test_empty_pool_has_no_prefix():
+    model = loading.from_random(presets.shape_config("tiny"), seed=0)
+    assert model.memory_prefix(model.pool) is None
+    assert model.new_cache(model.pool, 1, 4).prefix_length == 0
