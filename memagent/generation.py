@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from memagent.cuda_graph import GraphedDecodeStep
+
 if TYPE_CHECKING:
     from memagent.memory_pool import MemoryPool
     from memagent.model import MemoryLLM
@@ -74,12 +76,14 @@ def stream(
     attention_mask: torch.Tensor | None = None,
     pool: MemoryPool | None = None,
     lock: contextlib.AbstractContextManager = contextlib.nullcontext(),
+    cuda_graph: bool = True,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row [B] per step; rows that have finished repeat pad.
 
     Stops after max_new_tokens or when every row has produced an EOS token. Closing the
     iterator early stops generation between two decode steps. `lock` is held around each
-    model call (not while the caller consumes a token), so other work can interleave.
+    model call (not while the caller consumes a token), so other work can interleave. On CUDA
+    the decode step replays a captured graph unless `cuda_graph` is False.
     """
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     ids, mask = left_align(input_ids.to(model.device), attention_mask, pad_id)
@@ -93,6 +97,9 @@ def stream(
     with lock, torch.inference_mode():
         cache = model.new_cache(pool or model.pool, B, T + params.max_new_tokens)
         logits = model.lm_head(model.prefill(ids, mask, cache)[:, -1])
+        decode = model.decode_step
+        if cuda_graph and model.device.type == "cuda" and params.max_new_tokens > 1:
+            decode = GraphedDecodeStep(model, cache, B, first_slot=T)
     positions = cache.prefix_length + mask.sum(1, keepdim=True)
     finished = torch.zeros(B, dtype=torch.bool, device=model.device)
     for step in range(params.max_new_tokens):
@@ -103,7 +110,7 @@ def stream(
             return
         slot = torch.tensor([T + step], device=model.device)
         with lock, torch.inference_mode():
-            logits = model.decode_step(token[:, None], positions + step, slot, cache)
+            logits = decode(token[:, None], positions + step, slot, cache)
 
 
 def generate(
@@ -119,10 +126,12 @@ def generate(
     seed: int | None = None,
     attention_mask: torch.Tensor | None = None,
     pool: MemoryPool | None = None,
+    cuda_graph: bool = True,
 ) -> torch.Tensor:
     """New token ids [B, n] (prompt not included); rows that ended early are padded."""
     if eos_token_id is None:
         eos_token_id = model.config.eos_token_ids()
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     params = SamplingParams(max_new_tokens, do_sample, temperature, top_k, top_p, eos, seed)
-    return torch.stack(list(stream(model, input_ids, params, attention_mask, pool)), dim=1)
+    tokens = stream(model, input_ids, params, attention_mask, pool, cuda_graph=cuda_graph)
+    return torch.stack(list(tokens), dim=1)
