@@ -18,6 +18,8 @@ from memagent.rope import RotaryEmbedding
 
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.(?P<adapter>[^.]+)\.weight$")
 _LLAMA_FAMILY = ("llama", "mistral")
+# Options of the first released layout (MemoryLLM-7B), whose read and write paths differ.
+_FIRST_LAYOUT_OPTIONS = ("split_positional_embedding", "interpolate_position_ids", "use_negative_position_ids")
 _SNAPSHOT_FILES = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"]
 
 
@@ -97,9 +99,8 @@ def build(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-    strict: bool = True,
 ) -> MemoryLLM:
-    """A MemoryLLM from `state` (released key names); memory parts missing from it start at zero."""
+    """A MemoryLLM from `state` (released key names, LoRA PEFT-style, `memory`/`initialized` optional)."""
     state = dict(state)
     lora = split_lora(state)
     memory = state.pop("memory", None)
@@ -110,9 +111,6 @@ def build(
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
         expected.discard("lm_head.weight")
-    for name in ("bos_embedding", "new_memory_positional_emb"):
-        if name not in state and not strict:
-            state[name] = torch.zeros(getattr(model, name).shape)
     missing, unexpected = expected - state.keys(), state.keys() - expected
     if missing or unexpected:
         raise CheckpointError(f"weights do not match the config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
@@ -123,7 +121,10 @@ def build(
     attach_lora(model, lora)
     model.pool = model.new_pool()
     if memory is not None:
-        model.pool = MemoryPool(memory.to(device=device, dtype=dtype), initialized, drop_per_layer=config.drop_memory_per_layer)
+        if memory.shape != model.pool.memory.shape:
+            raise CheckpointError(f"memory {tuple(memory.shape)} does not match the config's pool {tuple(model.memory.shape)}")
+        memory = memory.to(device=device, dtype=dtype)
+        model.pool = MemoryPool(memory, initialized, drop_per_layer=config.drop_memory_per_layer)
     return model.eval().requires_grad_(False)
 
 
@@ -136,10 +137,18 @@ def from_pretrained(
     if not config_file.exists():
         raise CheckpointError(f"{folder}: no config.json")
     raw = json.loads(config_file.read_text())
-    if raw.get("model_type") != "memoryllm":
+    # MemoryLLM-8B says model_type "llama" with architectures ["MemoryLLM"]; the fixtures say "memoryllm".
+    if raw.get("model_type") != "memoryllm" and "MemoryLLM" not in raw.get("architectures", []):
         raise CheckpointError(
-            f"{folder}: model_type is {raw.get('model_type')!r}, not 'memoryllm'; "
-            "use MemoryLLM.from_base to turn a plain causal LM into a memory model"
+            f"{folder}: not a MemoryLLM checkpoint (model_type {raw.get('model_type')!r}, "
+            f"architectures {raw.get('architectures')}); use MemoryLLM.from_base to turn a plain causal LM "
+            "into a memory model"
+        )
+    first_layout = sorted(k for k in _FIRST_LAYOUT_OPTIONS if raw.get(k))
+    if first_layout:
+        raise CheckpointError(
+            f"{folder}: this checkpoint uses the first MemoryLLM-7B layout ({', '.join(first_layout)}), "
+            "which memagent does not implement; use MemoryLLM-8B or MemoryLLM-8B-chat"
         )
     return build(MemoryLLMConfig.from_dict(raw), read_safetensors(folder), device=device, dtype=dtype)
 

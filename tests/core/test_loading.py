@@ -39,19 +39,37 @@ def test_hub_id_without_network_fails_clearly(monkeypatch, tmp_path):
         MemoryLLM.from_pretrained("YuWangX/memoryllm-8b")
 
 
+def copy_checkpoint(tmp_path, **config_changes):
+    shutil.copy(CASE / "checkpoint" / "model.safetensors", tmp_path)
+    config = json.loads((CASE / "checkpoint" / "config.json").read_text()) | config_changes
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+def test_released_8b_config_style_loads(tmp_path):
+    """MemoryLLM-8B's config.json says model_type "llama" and architectures ["MemoryLLM"]."""
+    folder = copy_checkpoint(tmp_path, model_type="llama", architectures=["MemoryLLM"])
+    prompt = load_file(CASE / "vectors.safetensors")["prompt"]
+    with torch.no_grad():
+        assert torch.equal(MemoryLLM.from_pretrained(folder)(prompt).logits, MemoryLLM.from_pretrained(CASE / "checkpoint")(prompt).logits)
+
+
 def test_missing_folder_and_wrong_model_type_fail_clearly(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint folder"):
         MemoryLLM.from_pretrained(tmp_path / "nowhere")
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(CheckpointError, match="not 'memoryllm'"):
+    copy_checkpoint(tmp_path, model_type="llama", architectures=["LlamaForCausalLM"])
+    with pytest.raises(CheckpointError, match="not a MemoryLLM checkpoint"):
+        MemoryLLM.from_pretrained(tmp_path)
+
+
+def test_first_memoryllm_7b_layout_is_refused_by_name(tmp_path):
+    copy_checkpoint(tmp_path, split_positional_embedding=True, interpolate_position_ids=True)
+    with pytest.raises(CheckpointError, match="first MemoryLLM-7B layout"):
         MemoryLLM.from_pretrained(tmp_path)
 
 
 def test_lora_weights_without_lora_config_are_rejected(tmp_path):
-    shutil.copy(CASE / "checkpoint" / "model.safetensors", tmp_path)
-    config = json.loads((CASE / "checkpoint" / "config.json").read_text())
-    config["lora_config"] = None
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    copy_checkpoint(tmp_path, lora_config=None)
     with pytest.raises(CheckpointError, match="no lora_config"):
         MemoryLLM.from_pretrained(tmp_path)
 
