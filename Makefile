@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install serve test bench clean
+.PHONY: install serve test bench load-bench proto clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +22,13 @@ test: install
 
 bench: install
 	$(PY) bench/engine_bench.py --shape tiny
+
+load-bench: install
+	$(PY) bench/load_bench.py --clients 8 --writes 25 --reads 10
+
+# Regenerates the checked-in memagent/v1/*_pb2*.py from proto/ (tests check they are current).
+proto: install
+	PATH=$(VENV)/bin:$$PATH sh proto/generate.sh
 
 clean:
 	rm -rf $(VENV)

@@ -1,0 +1,88 @@
+"""`memagent serve`: the gRPC memory service on one engine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_DATA_DIR = Path(os.environ.get("MEMAGENT_DATA_DIR", Path.home() / ".local/share/memagent"))
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="run the gRPC memory service", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=50051, help="0 picks a free port (logged at start)")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"memories live here ({DEFAULT_DATA_DIR})")
+    p.add_argument("--model", help="released checkpoint folder or hub id, or random:<shape> (default: embedded model)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument(
+        "--tokens",
+        type=Path,
+        help='JSON {"tokens": {"<token>": "<tenant>"}}; default DATA_DIR/tokens.json, made with one token on first start',
+    )
+    auth.add_argument("--no-auth", action="store_true", help="no tokens: every caller is tenant 'default' (local use)")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain; with --tls-key serves TLS")
+    p.add_argument("--tls-key", type=Path)
+    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port; -1 turns it off")
+    p.add_argument("--snapshot-every", type=int, default=64, help="snapshot a pool after this many writes")
+    p.add_argument("--device-budget-mb", type=float, help="pools kept on the device (default: no limit)")
+    p.add_argument("--host-budget-mb", type=float, help="pools kept in host memory off the device (default: no limit)")
+    p.add_argument("--max-pending", type=int, default=256, help="requests queued or running before RESOURCE_EXHAUSTED")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(run=run)
+
+
+def _megabytes(value: float | None) -> int | None:
+    return None if value is None else int(value * 1024 * 1024)
+
+
+def _tokens(args: argparse.Namespace, log: logging.Logger) -> dict[str, str] | None:
+    from memagent_server.auth import create_tokens, load_tokens
+
+    if args.no_auth:
+        return None
+    if args.tokens:
+        return load_tokens(args.tokens)
+    path = args.data_dir / "tokens.json"
+    if path.exists():
+        return load_tokens(path)
+    log.warning("created a tokens file with one token for tenant 'default'", extra={"path": str(path)})
+    return create_tokens(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from memagent_server import logs
+    from memagent_server.server import Server, ServerConfig
+
+    import memagent
+    from memagent.store import MemoryStore
+
+    logs.setup(args.log_level)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("memagent serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    tokens = _tokens(args, logging.getLogger("memagent_server"))
+    engine = memagent.load(args.model, device=args.device)
+    store = MemoryStore(
+        engine,
+        args.data_dir,
+        snapshot_every=args.snapshot_every,
+        device_bytes=_megabytes(args.device_budget_mb),
+        host_bytes=_megabytes(args.host_budget_mb),
+    )
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        tokens=tokens,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        max_pending=args.max_pending,
+    )
+    asyncio.run(Server(store, config).run_until_signalled())
+    return 0

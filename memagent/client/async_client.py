@@ -1,0 +1,146 @@
+"""The asyncio client: the same methods as `Client`, as coroutines and async iterators."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Self
+
+import grpc
+
+from memagent.client import messages as m
+from memagent.client.types import Entry, ForgetResult, MemoryInfo, Receipt, Text
+from memagent.v1 import memagent_pb2 as pb
+from memagent.v1 import memagent_pb2_grpc
+
+
+class AsyncClient:
+    """A memagent server's memories, over gRPC, for asyncio code.
+
+    >>> async with AsyncClient("127.0.0.1:50051") as client:   # doctest: +SKIP
+    ...     await client.inject("alice", "Alice's cat is called Miso.")
+    ...     async for piece in client.generate("alice", "The cat is called"):
+    ...         print(piece, end="")
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50051",
+        token: str | None = None,
+        *,
+        timeout: float | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+    ):
+        creds = m.credentials(tls, root_certificates)
+        self._channel = (
+            grpc.aio.secure_channel(address, creds, options=m.CHANNEL_OPTIONS)
+            if creds
+            else grpc.aio.insecure_channel(address, options=m.CHANNEL_OPTIONS)
+        )
+        self._stub = memagent_pb2_grpc.MemoryServiceStub(self._channel)
+        self._metadata = m.call_metadata(token)
+        self.timeout = timeout
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def _call(self, method, request):
+        with m.translated_errors():
+            return await method(request, metadata=self._metadata, timeout=self.timeout)
+
+    # -- memories --------------------------------------------------------------------------
+
+    async def create(self, memory_id: str) -> MemoryInfo:
+        return MemoryInfo.from_proto(await self._call(self._stub.Create, pb.CreateRequest(memory_id=memory_id)))
+
+    async def get(self, memory_id: str) -> MemoryInfo:
+        return MemoryInfo.from_proto(await self._call(self._stub.Get, pb.GetRequest(memory_id=memory_id)))
+
+    async def list(self) -> list[MemoryInfo]:
+        memories, token = [], ""
+        while True:
+            page = await self._call(self._stub.List, pb.ListRequest(page_token=token))
+            memories += [MemoryInfo.from_proto(p) for p in page.memories]
+            if not (token := page.next_page_token):
+                return memories
+
+    async def delete(self, memory_id: str) -> None:
+        await self._call(self._stub.Delete, pb.DeleteRequest(memory_id=memory_id))
+
+    async def reset(self, memory_id: str) -> MemoryInfo:
+        return MemoryInfo.from_proto(await self._call(self._stub.Reset, pb.ResetRequest(memory_id=memory_id)))
+
+    async def fork(self, memory_id: str, new_memory_id: str) -> MemoryInfo:
+        request = pb.ForkRequest(memory_id=memory_id, new_memory_id=new_memory_id)
+        return MemoryInfo.from_proto(await self._call(self._stub.Fork, request))
+
+    async def export(self, memory_id: str, path: str | Path) -> None:
+        with m.translated_errors():
+            call = self._stub.Export(
+                pb.ExportRequest(memory_id=memory_id), metadata=self._metadata, timeout=self.timeout
+            )
+            m.write_state_file(path, [chunk async for chunk in call])
+
+    async def import_memory(self, path: str | Path, memory_id: str | None = None) -> MemoryInfo:
+        chunks = list(m.read_state_file(path, memory_id))
+        return MemoryInfo.from_proto(await self._call(self._stub.Import, iter(chunks)))
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def inject(
+        self, memory_id: str, text: str, source: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> Receipt:
+        request = pb.InjectRequest(memory_id=memory_id, texts=[m.text(text, source, metadata)])
+        return Receipt.from_proto((await self._call(self._stub.Inject, request)).receipts[0])
+
+    async def inject_many(self, memory_id: str, texts: Iterable[str | Text]) -> list[Receipt]:
+        response = await self._call(self._stub.InjectStream, m.inject_stream(memory_id, texts))
+        return [Receipt.from_proto(r) for r in response.receipts]
+
+    async def entries(self, memory_id: str) -> list[Entry]:
+        entries, token = [], ""
+        while True:
+            request = pb.ListEntriesRequest(memory_id=memory_id, page_token=token)
+            page = await self._call(self._stub.ListEntries, request)
+            entries += [Entry.from_proto(e) for e in page.entries]
+            if not (token := page.next_page_token):
+                return entries
+
+    async def forget(self, memory_id: str, entry_ids: Iterable[int]) -> ForgetResult:
+        request = pb.ForgetRequest(memory_id=memory_id, entry_ids=list(entry_ids))
+        return ForgetResult.from_proto(await self._call(self._stub.Forget, request))
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def generate(self, memory_id: str, prompt: str, **options) -> AsyncIterator[str]:
+        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(options))
+        return self._pieces(self._stub.Generate, request)
+
+    async def complete(self, memory_id: str, prompt: str, **options) -> str:
+        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(options))
+        return (await self._call(self._stub.Complete, request)).text
+
+    def chat(self, memory_id: str, messages: Sequence[Mapping[str, str]], **options) -> AsyncIterator[str]:
+        request = pb.ChatRequest(memory_id=memory_id, messages=m.chat_messages(messages), options=m.sampling(options))
+        return self._pieces(self._stub.Chat, request)
+
+    async def ask(self, memory_id: str, question: str, **options) -> str:
+        request = pb.AskRequest(memory_id=memory_id, question=question, options=m.sampling(options))
+        return (await self._call(self._stub.Ask, request)).answer
+
+    async def _pieces(self, method, request) -> AsyncIterator[str]:
+        with m.translated_errors():
+            call = method(request, metadata=self._metadata, timeout=self.timeout)
+            try:
+                async for response in call:
+                    if response.HasField("text"):
+                        yield response.text
+            finally:
+                call.cancel()

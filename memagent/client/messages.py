@@ -1,0 +1,95 @@
+"""Requests built the same way by the sync and the async client, and the channel they share."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tarfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import grpc
+
+from memagent.client.types import ClientError, Text
+from memagent.v1 import memagent_pb2 as pb
+
+SAMPLING_FIELDS = ("max_new_tokens", "stop", "do_sample", "temperature", "top_k", "top_p", "seed")
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+STATE_CHUNK_BYTES = 1 << 20
+
+
+def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def credentials(tls: bool, root_certificates: bytes | None) -> grpc.ChannelCredentials | None:
+    return grpc.ssl_channel_credentials(root_certificates) if tls or root_certificates else None
+
+
+@contextlib.contextmanager
+def translated_errors():
+    """gRPC errors as ClientError, carrying the status code and the server's message."""
+    try:
+        yield
+    except grpc.RpcError as err:
+        raise ClientError(err.code(), err.details()) from None
+
+
+def sampling(options: Mapping) -> pb.SamplingOptions:
+    unknown = set(options) - set(SAMPLING_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown options {sorted(unknown)}; known: {', '.join(SAMPLING_FIELDS)}")
+    options = {k: v for k, v in options.items() if v is not None}
+    if isinstance(options.get("stop"), str):
+        options["stop"] = [options["stop"]]
+    return pb.SamplingOptions(**options)
+
+
+def text(item: str | Text, source: str | None = None, metadata: Mapping[str, str] | None = None) -> pb.Text:
+    if isinstance(item, Text):
+        return pb.Text(text=item.text, source=item.source, metadata=item.metadata)
+    return pb.Text(text=item, source=source or "", metadata=metadata or {})
+
+
+def inject_stream(memory_id: str, texts: Iterable[str | Text]) -> Iterator[pb.InjectStreamRequest]:
+    for item in texts:
+        yield pb.InjectStreamRequest(memory_id=memory_id, text=text(item))
+
+
+def chat_messages(messages: Sequence[Mapping[str, str]]) -> list[pb.ChatMessage]:
+    return [pb.ChatMessage(role=m["role"], content=m["content"]) for m in messages]
+
+
+# -- state files: `memagent export` writes one, `memagent import` reads it ---------------------
+# A tar with header.json, log.wal and pool.safetensors: readable with standard tools.
+
+
+def write_state_file(path: str | Path, chunks: Iterable[pb.StateChunk]) -> pb.StateHeader:
+    header, parts = None, {"log": bytearray(), "pool": bytearray()}
+    for chunk in chunks:
+        part = chunk.WhichOneof("part")
+        if part == "header":
+            header = chunk.header
+        else:
+            parts[part].extend(getattr(chunk, part))
+    fields = {f.name: getattr(header, f.name) for f in header.DESCRIPTOR.fields}
+    members = {"header.json": json.dumps(fields).encode(), "log.wal": parts["log"], "pool.safetensors": parts["pool"]}
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(bytes(data)))
+    return header
+
+
+def read_state_file(path: str | Path, memory_id: str | None) -> Iterator[pb.StateChunk]:
+    with tarfile.open(path, "r") as tar:
+        header = json.loads(tar.extractfile("header.json").read())
+        log, pool = tar.extractfile("log.wal").read(), tar.extractfile("pool.safetensors").read()
+    if memory_id:
+        header["memory_id"] = memory_id
+    yield pb.StateChunk(header=pb.StateHeader(**header))
+    for name, data in (("log", log), ("pool", pool)):
+        for at in range(0, len(data), STATE_CHUNK_BYTES):
+            yield pb.StateChunk(**{name: data[at : at + STATE_CHUNK_BYTES]})

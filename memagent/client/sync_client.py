@@ -1,0 +1,156 @@
+"""The blocking client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Self
+
+import grpc
+
+from memagent.client import messages as m
+from memagent.client.types import Entry, ForgetResult, MemoryInfo, Receipt, Text
+from memagent.v1 import memagent_pb2 as pb
+from memagent.v1 import memagent_pb2_grpc
+
+
+class Client:
+    """A memagent server's memories, over gRPC.
+
+    >>> with Client("127.0.0.1:50051") as client:        # doctest: +SKIP
+    ...     client.create("alice")
+    ...     client.inject("alice", "Alice's cat is called Miso.", source="chat")
+    ...     client.ask("alice", "What is the cat called?")
+
+    `token` is the bearer token naming your tenant (None for a server run with --no-auth);
+    `timeout` (seconds) bounds every call. Errors raise `ClientError` with the status code.
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50051",
+        token: str | None = None,
+        *,
+        timeout: float | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+    ):
+        creds = m.credentials(tls, root_certificates)
+        self._channel = (
+            grpc.secure_channel(address, creds, options=m.CHANNEL_OPTIONS)
+            if creds
+            else grpc.insecure_channel(address, options=m.CHANNEL_OPTIONS)
+        )
+        self._stub = memagent_pb2_grpc.MemoryServiceStub(self._channel)
+        self._metadata = m.call_metadata(token)
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, method, request):
+        with m.translated_errors():
+            return method(request, metadata=self._metadata, timeout=self.timeout)
+
+    # -- memories --------------------------------------------------------------------------
+
+    def create(self, memory_id: str) -> MemoryInfo:
+        return MemoryInfo.from_proto(self._call(self._stub.Create, pb.CreateRequest(memory_id=memory_id)))
+
+    def get(self, memory_id: str) -> MemoryInfo:
+        return MemoryInfo.from_proto(self._call(self._stub.Get, pb.GetRequest(memory_id=memory_id)))
+
+    def list(self) -> list[MemoryInfo]:
+        memories, token = [], ""
+        while True:
+            page = self._call(self._stub.List, pb.ListRequest(page_token=token))
+            memories += [MemoryInfo.from_proto(p) for p in page.memories]
+            if not (token := page.next_page_token):
+                return memories
+
+    def delete(self, memory_id: str) -> None:
+        self._call(self._stub.Delete, pb.DeleteRequest(memory_id=memory_id))
+
+    def reset(self, memory_id: str) -> MemoryInfo:
+        return MemoryInfo.from_proto(self._call(self._stub.Reset, pb.ResetRequest(memory_id=memory_id)))
+
+    def fork(self, memory_id: str, new_memory_id: str) -> MemoryInfo:
+        request = pb.ForkRequest(memory_id=memory_id, new_memory_id=new_memory_id)
+        return MemoryInfo.from_proto(self._call(self._stub.Fork, request))
+
+    def export(self, memory_id: str, path: str | Path) -> None:
+        """Save a memory (log and pool) to a file that `import_memory` reads."""
+        with m.translated_errors():
+            chunks = self._stub.Export(
+                pb.ExportRequest(memory_id=memory_id), metadata=self._metadata, timeout=self.timeout
+            )
+            m.write_state_file(path, chunks)
+
+    def import_memory(self, path: str | Path, memory_id: str | None = None) -> MemoryInfo:
+        """Create a memory from an exported file, under `memory_id` or its original id."""
+        return MemoryInfo.from_proto(self._call(self._stub.Import, m.read_state_file(path, memory_id)))
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def inject(
+        self, memory_id: str, text: str, source: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> Receipt:
+        """Write `text` into the memory; returns once it is durable and applied."""
+        request = pb.InjectRequest(memory_id=memory_id, texts=[m.text(text, source, metadata)])
+        return Receipt.from_proto(self._call(self._stub.Inject, request).receipts[0])
+
+    def inject_many(self, memory_id: str, texts: Iterable[str | Text]) -> list[Receipt]:
+        """Write many texts in one stream (bulk loading), in order."""
+        response = self._call(self._stub.InjectStream, m.inject_stream(memory_id, texts))
+        return [Receipt.from_proto(r) for r in response.receipts]
+
+    def entries(self, memory_id: str) -> list[Entry]:
+        entries, token = [], ""
+        while True:
+            page = self._call(self._stub.ListEntries, pb.ListEntriesRequest(memory_id=memory_id, page_token=token))
+            entries += [Entry.from_proto(e) for e in page.entries]
+            if not (token := page.next_page_token):
+                return entries
+
+    def forget(self, memory_id: str, entry_ids: Iterable[int]) -> ForgetResult:
+        """Remove entries and rebuild the memory from the rest of its log."""
+        request = pb.ForgetRequest(memory_id=memory_id, entry_ids=list(entry_ids))
+        return ForgetResult.from_proto(self._call(self._stub.Forget, request))
+
+    # -- reads -----------------------------------------------------------------------------
+    # options: max_new_tokens, stop, do_sample, temperature, top_k, top_p, seed
+
+    def generate(self, memory_id: str, prompt: str, **options) -> Iterator[str]:
+        """The continuation of `prompt`, as text pieces while they are decoded."""
+        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(options))
+        return self._pieces(self._stub.Generate, request)
+
+    def complete(self, memory_id: str, prompt: str, **options) -> str:
+        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(options))
+        return self._call(self._stub.Complete, request).text
+
+    def chat(self, memory_id: str, messages: Sequence[Mapping[str, str]], **options) -> Iterator[str]:
+        """The assistant's reply to `messages` ({"role", "content"} dicts), as text pieces."""
+        request = pb.ChatRequest(memory_id=memory_id, messages=m.chat_messages(messages), options=m.sampling(options))
+        return self._pieces(self._stub.Chat, request)
+
+    def ask(self, memory_id: str, question: str, **options) -> str:
+        """A short answer to `question` from what the memory holds."""
+        request = pb.AskRequest(memory_id=memory_id, question=question, options=m.sampling(options))
+        return self._call(self._stub.Ask, request).answer
+
+    def _pieces(self, method, request) -> Iterator[str]:
+        with m.translated_errors():
+            call = method(request, metadata=self._metadata, timeout=self.timeout)
+            try:
+                for response in call:
+                    if response.HasField("text"):
+                        yield response.text
+            finally:
+                call.cancel()  # an abandoned iterator stops the server's decoding

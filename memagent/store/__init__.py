@@ -1,0 +1,31 @@
+"""Durable memories: a write-ahead log and snapshots per memory, tenants, residency."""
+
+from memagent.store.errors import (
+    CorruptState,
+    EntryNotFound,
+    InvalidName,
+    MemoryExists,
+    MemoryNotFound,
+    ModelMismatch,
+    StoreError,
+)
+from memagent.store.memory_store import ExportedState, Generation, MemoryInfo, MemoryStore, NewText, Receipt, check_name
+from memagent.store.write_ahead_log import LogEntry
+
+__all__ = [
+    "CorruptState",
+    "EntryNotFound",
+    "ExportedState",
+    "Generation",
+    "InvalidName",
+    "LogEntry",
+    "MemoryExists",
+    "MemoryInfo",
+    "MemoryNotFound",
+    "MemoryStore",
+    "ModelMismatch",
+    "NewText",
+    "Receipt",
+    "StoreError",
+    "check_name",
+]

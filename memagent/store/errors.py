@@ -1,0 +1,33 @@
+"""What can go wrong in the memory store; the service maps each to a gRPC status."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base of the store's errors; the message is written for the caller."""
+
+
+class InvalidName(StoreError, ValueError):
+    """A memory id or tenant name that is not allowed (it would name a path on disk)."""
+
+
+class MemoryNotFound(StoreError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class MemoryExists(StoreError):
+    pass
+
+
+class EntryNotFound(StoreError, KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ModelMismatch(StoreError):
+    """A memory (or imported state) was written by another model."""
+
+
+class CorruptState(StoreError, ValueError):
+    """Bytes that are not a readable log or pool (an import, or a damaged log header)."""

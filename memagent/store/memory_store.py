@@ -1,0 +1,507 @@
+"""Durable, isolated memories for many tenants, on one engine.
+
+On disk, each memory is a folder `<data_dir>/<tenant>/<memory_id>/` holding its write-ahead
+log (`log.wal`) and the latest snapshot of its pool. A write is appended to the log and fsynced
+before it is applied to the pool, so everything a caller was told is written survives a crash:
+opening a memory loads its snapshot and replays the log's tail, deterministically.
+
+Memories are created, forked and imported in a hidden folder that is renamed into place once
+complete, and deleted by renaming them out of sight first, so a crash never leaves half of one.
+
+The store is not thread-safe. The service drives it from a single worker thread, which also
+applies each memory's writes in the order they arrived and lets no read see a half-done write.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from memagent.engine import Engine
+from memagent.memory_pool import MemoryPool
+from memagent.pool_file import PoolFileError, load_pool, pool_to_bytes
+from memagent.store.errors import CorruptState, EntryNotFound, InvalidName, MemoryExists, MemoryNotFound, ModelMismatch
+from memagent.store.residency import Residency
+from memagent.store.snapshots import Snapshots
+from memagent.store.write_ahead_log import LogEntry, LogHeader, WriteAheadLog, decode
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+LOG_FILE = "log.wal"
+STATE_FORMAT = "memagent.state/1"
+
+
+def check_name(kind: str, name: str) -> str:
+    """`name` if it is a safe memory id or tenant name (it becomes a folder name), else InvalidName."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise InvalidName(
+            f"invalid {kind} {name!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class NewText:
+    text: str
+    source: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    entry_id: int
+    tokens: int  # tokens of the text
+    chunks: int  # writes it took
+    step: int  # the pool's write count after it
+    ms: float
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    memory_id: str
+    step: int
+    entries: int
+    tokens_written: int
+    pool_bytes: int
+    disk_bytes: int
+    created: float
+    updated: float
+    model: str
+    residency: str  # "device", "host" or "disk"
+
+
+@dataclass(frozen=True)
+class ExportedState:
+    memory_id: str
+    format: str
+    fingerprint: str
+    step: int
+    entries: int
+    log: bytes
+    pool: bytes
+
+
+class StoredMemory:
+    """One memory's files and, while it is open, its pool."""
+
+    def __init__(self, key: tuple[str, str], folder: Path, wal: WriteAheadLog, snapshots: Snapshots):
+        self.key = key
+        self.folder = folder
+        self.wal = wal
+        self.snapshots = snapshots
+        self.pool: MemoryPool | None = None
+        self.unsnapshotted = 0  # entries applied to the pool since its last snapshot
+
+    @property
+    def memory_id(self) -> str:
+        return self.key[1]
+
+
+class Generation:
+    """The text pieces of one generation, one per decode step (maybe empty); closing it stops
+    decoding. Its usage (`prompt_tokens`, `generated_tokens`, `finish_reason`, `step`) is final
+    once the iteration has ended."""
+
+    def __init__(self, store: MemoryStore, memory: StoredMemory, prompt: str, options: dict):
+        self.prompt_tokens = len(store.engine.encode(prompt))
+        self.generated_tokens = 0
+        self.finish_reason = ""
+        self.step = 0
+        self._steps = self._run(store, memory, prompt, options)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._steps
+
+    def __next__(self) -> str:
+        return next(self._steps)
+
+    def close(self) -> None:
+        self._steps.close()
+
+    def _run(self, store: MemoryStore, memory: StoredMemory, prompt: str, options: dict) -> Iterator[str]:
+        pool = store._ready(memory)  # on the first step, so the pool is on the device for the prefill
+        self.step = pool.step
+        limit = options.get("max_new_tokens", 64)
+        steps = 0
+        for pieces in store.engine.stream(pool, [prompt], **options):
+            steps += 1
+            self.generated_tokens = min(steps, limit)
+            yield pieces[0]
+        # The engine yields one step more (the held-back text) only when the length limit ended it.
+        self.finish_reason = "length" if steps > limit else "stop"
+
+
+class MemoryStore:
+    def __init__(
+        self,
+        engine: Engine,
+        data_dir: str | Path,
+        *,
+        snapshot_every: int = 64,
+        device_bytes: int | None = None,
+        host_bytes: int | None = None,
+        seed: int = 0,
+    ):
+        self.engine = engine
+        self.root = Path(data_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.snapshot_every = snapshot_every
+        self.seed = seed
+        self.fingerprint = engine.fingerprint()
+        self.pool_bytes = engine.model.pool.memory.nbytes
+        self.residency = Residency(engine.device, self._evict, device_bytes=device_bytes, host_bytes=host_bytes)
+        self.tenants: dict[str, dict[str, StoredMemory]] = {}
+        self._recover()
+
+    # -- opening the data directory --------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Find every memory; finish or undo what a crash interrupted; cut torn log tails."""
+        for tenant_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            if not NAME.fullmatch(tenant_dir.name):
+                continue
+            for folder in sorted(tenant_dir.iterdir()):
+                if folder.name.startswith("."):  # a create, fork, import or delete cut short
+                    _remove(folder)
+                    continue
+                if not folder.is_dir() or not NAME.fullmatch(folder.name):
+                    continue
+                try:
+                    wal = WriteAheadLog.open(folder / LOG_FILE)
+                except (OSError, CorruptState) as err:
+                    log.error("memory unreadable; left as it is", extra={"path": str(folder), "error": str(err)})
+                    continue
+                key = (tenant_dir.name, folder.name)
+                self.tenants.setdefault(key[0], {})[key[1]] = StoredMemory(
+                    key, folder, wal, Snapshots(folder, self.fingerprint)
+                )
+
+    # -- memories --------------------------------------------------------------------------
+
+    def create(self, tenant: str, memory_id: str) -> MemoryInfo:
+        key = self._new_key(tenant, memory_id)
+        header = LogHeader.new(seed=self.seed, fingerprint=self.fingerprint, model=self.engine.name)
+        return self.info(self._materialize(key, header, [], pool=None))
+
+    def get(self, tenant: str, memory_id: str) -> MemoryInfo:
+        return self.info(self._memory(tenant, memory_id))
+
+    def list(self, tenant: str, *, after: str = "", limit: int | None = None) -> list[MemoryInfo]:
+        """The tenant's memories in id order, starting after the id `after`."""
+        names = sorted(n for n in self.tenants.get(tenant, {}) if n > after)
+        return [self.info(self.tenants[tenant][n]) for n in names[:limit]]
+
+    def delete(self, tenant: str, memory_id: str) -> None:
+        memory = self._memory(tenant, memory_id)
+        self.residency.discard(memory.key)
+        del self.tenants[tenant][memory_id]
+        trash = memory.folder.with_name(f".deleted-{memory_id}-{uuid.uuid4().hex}")
+        os.replace(memory.folder, trash)
+        _fsync_folder(trash.parent)
+        shutil.rmtree(trash)
+
+    def reset(self, tenant: str, memory_id: str) -> MemoryInfo:
+        memory = self._memory(tenant, memory_id)
+        self._rewrite(memory, [], self.engine.model.new_pool(seed=memory.wal.header.seed))
+        return self.info(memory)
+
+    def fork(self, tenant: str, memory_id: str, new_memory_id: str) -> MemoryInfo:
+        source = self._memory(tenant, memory_id)
+        key = self._new_key(tenant, new_memory_id)
+        pool = self._ready(source)
+        header = replace(source.wal.header.rewrite(source.wal.next_entry_id), created=time.time())
+        return self.info(self._materialize(key, header, list(source.wal.entries), pool))
+
+    def export(self, tenant: str, memory_id: str) -> ExportedState:
+        memory = self._memory(tenant, memory_id)
+        pool = self._ready(memory)
+        wal = memory.wal
+        return ExportedState(
+            memory_id,
+            STATE_FORMAT,
+            self.fingerprint,
+            wal.step,
+            len(wal.entries),
+            wal.to_bytes(),
+            pool_to_bytes(pool, self.fingerprint),
+        )
+
+    def import_state(self, tenant: str, memory_id: str, log_bytes: bytes, pool_bytes: bytes | None) -> MemoryInfo:
+        """A new memory from an export: its log, and its pool (replayed from the log when absent)."""
+        key = self._new_key(tenant, memory_id)
+        try:
+            header, entries, end = decode(log_bytes)
+        except CorruptState as err:
+            raise CorruptState(f"imported log: {err}") from err
+        if end != len(log_bytes):
+            raise CorruptState(f"imported log: damaged or cut short at byte {end} of {len(log_bytes)}")
+        if header.fingerprint != self.fingerprint:
+            raise ModelMismatch(
+                f"the imported memory was written by model {header.fingerprint} ({header.model}); "
+                f"this server runs {self.fingerprint} ({self.engine.name})"
+            )
+        _check_steps(entries)
+        header = header.rewrite(max(header.next_entry_id, entries[-1].entry_id + 1 if entries else 1))
+        if pool_bytes:
+            pool = self._pool_from_bytes(pool_bytes, key)
+            log_step = entries[-1].step if entries else 0
+            if pool.step != log_step:
+                raise CorruptState(f"imported pool is at step {pool.step} but its log ends at step {log_step}")
+        else:
+            pool = self.engine.model.new_pool(seed=header.seed)
+            self._replay(pool, entries)
+        return self.info(self._materialize(key, header, entries, pool))
+
+    def info(self, memory: StoredMemory) -> MemoryInfo:
+        wal = memory.wal
+        updated = max([wal.header.rewritten] + [e.time for e in wal.entries[-1:]])
+        disk = _size(wal.path) + memory.snapshots.nbytes(wal.header.log_id)
+        return MemoryInfo(
+            memory.memory_id,
+            wal.step,
+            len(wal.entries),
+            sum(e.tokens for e in wal.entries),
+            self.pool_bytes,
+            disk,
+            wal.header.created,
+            updated,
+            wal.header.model,
+            self.residency.tier(memory.key),
+        )
+
+    # -- writing and forgetting ------------------------------------------------------------
+
+    def inject(self, tenant: str, memory_id: str, texts: Sequence[NewText]) -> list[Receipt]:
+        """Write `texts` in order, each logged (fsynced) before it is applied. All are checked first."""
+        memory = self._memory(tenant, memory_id)
+        encoded = [self._encode(t) for t in texts]
+        pool = self._ready(memory)
+        receipts = []
+        for text, (tokens, chunks) in zip(texts, encoded):
+            start = time.perf_counter()
+            entry = LogEntry(
+                memory.wal.next_entry_id,
+                text.text,
+                text.source,
+                chunks,
+                tokens,
+                pool.step + len(chunks),
+                time.time(),
+                dict(text.metadata),
+            )
+            memory.wal.append(entry)
+            try:
+                for chunk in chunks:
+                    self.engine.write_ids(pool, chunk)
+            except BaseException:
+                self._close_pool(memory)  # the entry is logged: the next use replays it
+                raise
+            memory.unsnapshotted += 1
+            receipts.append(
+                Receipt(entry.entry_id, tokens, len(chunks), pool.step, (time.perf_counter() - start) * 1000)
+            )
+        if memory.unsnapshotted >= self.snapshot_every:
+            self._snapshot(memory)
+        return receipts
+
+    def entries(self, tenant: str, memory_id: str) -> list[LogEntry]:
+        return list(self._memory(tenant, memory_id).wal.entries)
+
+    def forget(self, tenant: str, memory_id: str, entry_ids: Sequence[int]) -> MemoryInfo:
+        """Remove entries (all must exist) from the log and rebuild the pool from the rest.
+
+        A latent pool cannot unlearn one fact, so the pool is rebuilt from scratch: the result is
+        the pool a memory would have had if it had never been told the forgotten entries.
+        """
+        memory = self._memory(tenant, memory_id)
+        doomed = set(entry_ids)
+        if not doomed:
+            raise ValueError("no entry ids given")
+        missing = doomed - {e.entry_id for e in memory.wal.entries}
+        if missing:
+            raise EntryNotFound(f"memory {memory_id!r} has no entries {sorted(missing)}")
+        pool = self.engine.model.new_pool(seed=memory.wal.header.seed)
+        kept = self._replay(pool, [e for e in memory.wal.entries if e.entry_id not in doomed])
+        self._rewrite(memory, kept, pool)
+        return self.info(memory)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def generate(self, tenant: str, memory_id: str, prompt: str, **options) -> Generation:
+        return Generation(self, self._memory(tenant, memory_id), prompt, options)
+
+    def chat(self, tenant: str, memory_id: str, messages: Sequence[Mapping[str, str]], **options) -> Generation:
+        return self.generate(tenant, memory_id, self.engine.chat_prompt([dict(m) for m in messages]), **options)
+
+    def ask(self, tenant: str, memory_id: str, question: str, **options) -> Generation:
+        """Like `Pool.ask`: a short answer, ending at a newline unless other stops are given."""
+        options.setdefault("max_new_tokens", 32)
+        options["stop"] = options.get("stop") or ["\n"]
+        return self.generate(tenant, memory_id, self.engine.question_prompt(question), **options)
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Snapshot every pool that has writes since its last snapshot."""
+        for memories in self.tenants.values():
+            for memory in memories.values():
+                if memory.pool is not None and memory.unsnapshotted:
+                    self._snapshot(memory)
+
+    def resident(self) -> dict[str, int]:
+        """How many pools are on the device and in host memory."""
+        return self.residency.counts()
+
+    # -- inside ----------------------------------------------------------------------------
+
+    def _memory(self, tenant: str, memory_id: str) -> StoredMemory:
+        check_name("memory id", memory_id)
+        memory = self.tenants.get(tenant, {}).get(memory_id)
+        if memory is None:
+            raise MemoryNotFound(f"memory {memory_id!r} not found")
+        return memory
+
+    def _new_key(self, tenant: str, memory_id: str) -> tuple[str, str]:
+        check_name("tenant", tenant)
+        check_name("memory id", memory_id)
+        if memory_id in self.tenants.get(tenant, {}):
+            raise MemoryExists(f"memory {memory_id!r} already exists")
+        return tenant, memory_id
+
+    def _encode(self, text: NewText) -> tuple[int, list[list[int]]]:
+        if not text.text or not text.text.strip():
+            raise ValueError("text is empty")
+        ids = self.engine.encode(text.text)
+        return len(ids), self.engine.policy.chunks(ids)
+
+    def _ready(self, memory: StoredMemory) -> MemoryPool:
+        """The memory's pool, on the device: loaded (snapshot + log tail) if it was on disk."""
+        if memory.pool is None:
+            memory.pool = self._load(memory)
+        return self.residency.use(memory.key, memory.pool)
+
+    def _load(self, memory: StoredMemory) -> MemoryPool:
+        header, entries = memory.wal.header, memory.wal.entries
+        if header.fingerprint != self.fingerprint:
+            raise ModelMismatch(
+                f"memory {memory.memory_id!r} was written by model {header.fingerprint} ({header.model}); "
+                f"this server runs {self.fingerprint} ({self.engine.name})"
+            )
+        model = self.engine.model
+        pool = memory.snapshots.load(header.log_id, device=model.device, dtype=model.dtype)
+        if pool is not None and pool.step not in {0, *(e.step for e in entries)}:
+            log.warning("snapshot does not match the log; replaying it all", extra={"memory": memory.memory_id})
+            pool = None
+        pool = pool or model.new_pool(seed=header.seed)
+        tail = [e for e in entries if e.step > pool.step]
+        self._replay(pool, tail)
+        memory.unsnapshotted = len(tail)
+        return pool
+
+    def _replay(self, pool: MemoryPool, entries: Sequence[LogEntry]) -> list[LogEntry]:
+        """Apply logged entries' chunks to `pool`; returns them with the steps they now end at."""
+        replayed = []
+        for entry in entries:
+            for chunk in entry.chunks:
+                self.engine.write_ids(pool, chunk)
+            replayed.append(replace(entry, step=pool.step))
+        return replayed
+
+    def _snapshot(self, memory: StoredMemory) -> None:
+        memory.snapshots.save(memory.pool, memory.wal.header.log_id)
+        memory.unsnapshotted = 0
+
+    def _rewrite(self, memory: StoredMemory, entries: list[LogEntry], pool: MemoryPool) -> None:
+        """Replace the memory's log and pool (reset, forget). The new log gets a new id, so the
+        old snapshot no longer counts even if a crash comes before the new one is written."""
+        header = memory.wal.header.rewrite(memory.wal.next_entry_id)
+        memory.wal = WriteAheadLog.create(memory.wal.path, header, entries)
+        memory.pool = pool
+        self.residency.use(memory.key, pool)
+        self._snapshot(memory)
+
+    def _materialize(
+        self, key: tuple[str, str], header: LogHeader, entries: list[LogEntry], pool: MemoryPool | None
+    ) -> StoredMemory:
+        """Write a complete memory folder out of sight, then rename it into place."""
+        tenant_dir = self.root / key[0]
+        tenant_dir.mkdir(exist_ok=True)
+        folder = tenant_dir / key[1]
+        staging = tenant_dir / f".new-{key[1]}-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            WriteAheadLog.create(staging / LOG_FILE, header, entries)
+            if pool is not None:
+                Snapshots(staging, self.fingerprint).save(pool, header.log_id)
+            os.rename(staging, folder)
+        except FileExistsError as err:
+            raise MemoryExists(f"memory {key[1]!r} already exists on disk (unreadable; see the server log)") from err
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        _fsync_folder(tenant_dir)
+        memory = StoredMemory(
+            key, folder, WriteAheadLog(folder / LOG_FILE, header, entries), Snapshots(folder, self.fingerprint)
+        )
+        self.tenants.setdefault(key[0], {})[key[1]] = memory
+        return memory
+
+    def _pool_from_bytes(self, data: bytes, key: tuple[str, str]) -> MemoryPool:
+        scratch = self.root / key[0] / f".import-{uuid.uuid4().hex}.safetensors"
+        scratch.parent.mkdir(exist_ok=True)
+        try:
+            scratch.write_bytes(data)
+            model = self.engine.model
+            return load_pool(scratch, self.fingerprint, device=model.device, dtype=model.dtype)
+        except PoolFileError as err:
+            raise CorruptState(f"imported pool: {err}".replace(str(scratch), "pool")) from err
+        finally:
+            scratch.unlink(missing_ok=True)
+
+    def _close_pool(self, memory: StoredMemory) -> None:
+        self.residency.discard(memory.key)
+        memory.pool = None
+
+    def _evict(self, key: tuple[str, str]) -> None:
+        memory = self.tenants.get(key[0], {}).get(key[1])
+        if memory is not None and memory.pool is not None:
+            if memory.unsnapshotted:
+                self._snapshot(memory)
+            memory.pool = None
+
+
+def _check_steps(entries: Sequence[LogEntry]) -> None:
+    step = 0
+    for entry in entries:
+        step += len(entry.chunks)
+        if not entry.chunks or entry.step != step:
+            raise CorruptState(f"log entry {entry.entry_id} ends at step {entry.step}, expected {step}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,81 @@
+"""Where each open memory's pool lives: on the device, in host memory, or only on disk.
+
+The most recently used pools stay on the device up to a byte budget; older ones move to host
+memory (when the device is not the host) up to a second budget, and beyond it are evicted to
+disk (the store snapshots them first). A pool in use is never moved out by its own use.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+import torch
+
+from memagent.memory_pool import MemoryPool
+
+DEVICE, HOST, DISK = "device", "host", "disk"
+
+
+class Residency:
+    def __init__(
+        self,
+        device: torch.device | str,
+        evict: Callable[[Hashable], None],
+        *,
+        device_bytes: int | None = None,
+        host_bytes: int | None = None,
+    ):
+        self.device = torch.device(device)
+        self.evict = evict
+        self.device_bytes = device_bytes
+        # With the model on the CPU there is no host tier between the device and disk.
+        self.host_bytes = 0 if self.device.type == "cpu" else host_bytes
+        self.pools: OrderedDict[Hashable, MemoryPool] = OrderedDict()  # least recently used first
+
+    def use(self, key: Hashable, pool: MemoryPool) -> MemoryPool:
+        """Mark `pool` most recently used and have it on the device, making room if needed."""
+        self.pools[key] = pool
+        self.pools.move_to_end(key)
+        if not self._on_device(pool):
+            pool.to(self.device)
+        self._fit(DEVICE, self.device_bytes, keep=key)
+        self._fit(HOST, self.host_bytes, keep=key)
+        return pool
+
+    def discard(self, key: Hashable) -> None:
+        self.pools.pop(key, None)
+
+    def tier(self, key: Hashable) -> str:
+        pool = self.pools.get(key)
+        if pool is None:
+            return DISK
+        return DEVICE if self._on_device(pool) else HOST
+
+    def _on_device(self, pool: MemoryPool) -> bool:
+        where = pool.memory.device  # "cuda" names the current device, a tensor's device is "cuda:0"
+        return where.type == self.device.type and (where.index or 0) == (self.device.index or 0)
+
+    def counts(self) -> dict[str, int]:
+        tiers = [self.tier(k) for k in list(self.pools)]
+        return {t: tiers.count(t) for t in (DEVICE, HOST)}
+
+    def _on(self, tier: str) -> list[Hashable]:
+        return [k for k in self.pools if self.tier(k) == tier]
+
+    def _fit(self, tier: str, budget: int | None, keep: Hashable) -> None:
+        if budget is None:
+            return
+        keys = self._on(tier)
+        used = sum(self.pools[k].nbytes for k in keys)
+        for key in keys:  # oldest first
+            if used <= budget:
+                return
+            if key == keep:
+                continue
+            used -= self.pools[key].nbytes
+            if tier == DEVICE and self.host_bytes != 0:
+                self.pools[key].to("cpu")
+            else:
+                del self.pools[key]
+                self.evict(key)

@@ -1,0 +1,1 @@
+"""The memagent gRPC service: protobuf in, memory-store calls, protobuf out."""

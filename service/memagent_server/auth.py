@@ -1,0 +1,87 @@
+"""Bearer tokens to tenants: every MemoryService call runs as the tenant its token names.
+
+The tokens file is JSON: {"tokens": {"<token>": "<tenant>", ...}}. Health checks and
+reflection need no token. With auth off every caller is the tenant "default".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import os
+import secrets
+from pathlib import Path
+
+import grpc
+
+from memagent.store import check_name
+from memagent_server.handler_wrapping import wrap
+
+SERVICE_PREFIX = "/memagent.v1.MemoryService/"
+DEFAULT_TENANT = "default"
+
+_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("memagent_tenant")
+
+
+def current_tenant() -> str:
+    """The calling tenant; read it at the start of a handler (set by AuthInterceptor)."""
+    return _tenant.get()
+
+
+def load_tokens(path: str | Path) -> dict[str, str]:
+    try:
+        tokens = json.loads(Path(path).read_text())["tokens"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f'{path}: expected JSON {{"tokens": {{"<token>": "<tenant>"}}}} ({err})') from err
+    if not isinstance(tokens, dict) or not tokens:
+        raise ValueError(f"{path}: no tokens")
+    for token, tenant in tokens.items():
+        if not isinstance(token, str) or len(token) < 16:
+            raise ValueError(f"{path}: tokens must be strings of at least 16 characters")
+        check_name("tenant", tenant)
+    return tokens
+
+
+def create_tokens(path: str | Path, tenant: str = DEFAULT_TENANT) -> dict[str, str]:
+    """A new tokens file holding one random token for `tenant`, readable by its owner only."""
+    tokens = {secrets.token_urlsafe(32): tenant}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"tokens": tokens}, f, indent=2)
+    return tokens
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, tokens: dict[str, str] | None):
+        """`tokens` maps bearer tokens to tenants; None turns authentication off."""
+        self.tokens = tokens
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(SERVICE_PREFIX):
+            return handler
+        tenant = DEFAULT_TENANT if self.tokens is None else self._tenant(details.invocation_metadata)
+        return wrap(handler, lambda context: self._as(tenant, context))
+
+    def _tenant(self, metadata) -> str | None:
+        values = [v for k, v in metadata or () if k == "authorization"]
+        if len(values) != 1 or not isinstance(values[0], str):
+            return None
+        scheme, _, token = values[0].partition(" ")
+        return self.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+
+    @contextlib.asynccontextmanager
+    async def _as(self, tenant: str | None, context: grpc.aio.ServicerContext):
+        if tenant is None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or invalid token: send metadata 'authorization: Bearer <token>'",
+            )
+        reset = _tenant.set(tenant)
+        try:
+            yield
+        finally:
+            _tenant.reset(reset)

@@ -1,0 +1,100 @@
+"""Request limits, checked before any work; each violation says which limit and its value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memagent.store import NewText
+from memagent.v1 import memagent_pb2 as pb
+
+ROLES = ("system", "user", "assistant")
+
+
+class LimitExceeded(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_text_bytes: int = 256 * 1024
+    max_texts_per_request: int = 1024
+    max_metadata_entries: int = 64
+    max_prompt_bytes: int = 64 * 1024
+    max_new_tokens: int = 2048
+    max_stop_strings: int = 16
+    max_messages: int = 256
+    max_page_size: int = 1000
+    default_page_size: int = 100
+    max_state_bytes: int = 4 << 30
+
+    def text(self, text: pb.Text, where: str = "text") -> NewText:
+        if not text.text.strip():
+            raise ValueError(f"{where} is empty")
+        size = len(text.text.encode())
+        if size > self.max_text_bytes:
+            raise LimitExceeded(f"{where} is {size} bytes; the limit is max_text_bytes={self.max_text_bytes}")
+        if len(text.metadata) > self.max_metadata_entries:
+            raise LimitExceeded(
+                f"{where} has {len(text.metadata)} metadata entries; the limit is max_metadata_entries={self.max_metadata_entries}"
+            )
+        return NewText(text.text, text.source, dict(text.metadata))
+
+    def texts(self, texts) -> list[NewText]:
+        if not texts:
+            raise ValueError("no texts given")
+        if len(texts) > self.max_texts_per_request:
+            raise LimitExceeded(
+                f"{len(texts)} texts in one request; the limit is max_texts_per_request={self.max_texts_per_request}"
+            )
+        return [self.text(t, f"texts[{i}]") for i, t in enumerate(texts)]
+
+    def prompt(self, prompt: str, what: str = "prompt") -> str:
+        if not prompt.strip():
+            raise ValueError(f"{what} is empty")
+        size = len(prompt.encode())
+        if size > self.max_prompt_bytes:
+            raise LimitExceeded(f"{what} is {size} bytes; the limit is max_prompt_bytes={self.max_prompt_bytes}")
+        return prompt
+
+    def messages(self, messages) -> list[dict[str, str]]:
+        if not messages:
+            raise ValueError("no messages given")
+        if len(messages) > self.max_messages:
+            raise LimitExceeded(f"{len(messages)} messages; the limit is max_messages={self.max_messages}")
+        for i, m in enumerate(messages):
+            if m.role not in ROLES:
+                raise ValueError(f"messages[{i}].role is {m.role!r}; expected one of {', '.join(ROLES)}")
+        self.prompt("".join(m.content for m in messages), "the messages' content")
+        return [{"role": m.role, "content": m.content} for m in messages]
+
+    def sampling(self, options: pb.SamplingOptions, default_max_new_tokens: int) -> dict:
+        """Engine options from the request's; unset fields take the engine's defaults."""
+        max_new = options.max_new_tokens if options.HasField("max_new_tokens") else default_max_new_tokens
+        if not 1 <= max_new <= self.max_new_tokens:
+            raise LimitExceeded(f"max_new_tokens is {max_new}; it must be from 1 to {self.max_new_tokens}")
+        temperature = options.temperature if options.HasField("temperature") else 1.0
+        if options.do_sample and not temperature > 0:
+            raise ValueError(f"temperature is {temperature}; it must be > 0 when sampling")
+        top_p = options.top_p if options.HasField("top_p") else 1.0
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p is {top_p}; it must be in (0, 1]")
+        if len(options.stop) > self.max_stop_strings:
+            raise LimitExceeded(
+                f"{len(options.stop)} stop strings; the limit is max_stop_strings={self.max_stop_strings}"
+            )
+        sampling = {
+            "max_new_tokens": max_new,
+            "do_sample": options.do_sample,
+            "temperature": temperature,
+            "top_k": options.top_k,
+            "top_p": top_p,
+            "seed": options.seed if options.HasField("seed") else None,
+        }
+        if options.stop:
+            sampling["stop"] = list(options.stop)
+        return sampling
+
+    def page_size(self, requested: int) -> int:
+        if requested > self.max_page_size:
+            raise LimitExceeded(f"page_size is {requested}; the limit is max_page_size={self.max_page_size}")
+        return requested or self.default_page_size

@@ -1,0 +1,83 @@
+"""Prometheus metrics, served over HTTP on their own port, and one structured log line per call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from memagent_server.handler_wrapping import wrap
+
+log = logging.getLogger("memagent_server.rpc")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("memagent_requests", "RPCs finished", ["method", "code"], registry=r)
+        self.latency = Histogram(
+            "memagent_request_seconds",
+            "RPC latency",
+            ["method"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.tokens_written = Counter("memagent_tokens_written", "Tokens written into memories", registry=r)
+        self.tokens_generated = Counter("memagent_tokens_generated", "Tokens generated", registry=r)
+        self.resident = Gauge(
+            "memagent_memories_resident", "Open memories by where their pool is", ["tier"], registry=r
+        )
+        self.queue = Gauge("memagent_queue_depth", "Requests admitted and not finished", registry=r)
+
+    def watch(self, resident: Callable[[], dict[str, int]], queue_depth: Callable[[], int]) -> None:
+        """Read gauges from live state at scrape time."""
+        for tier in ("device", "host"):
+            self.resident.labels(tier=tier).set_function(lambda tier=tier: resident().get(tier, 0))
+        self.queue.set_function(queue_depth)
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the HTTP endpoint (/metrics); returns its port."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return server.server_port
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        return wrap(handler, lambda context: self._observe(method, context))
+
+    @contextlib.asynccontextmanager
+    async def _observe(self, method: str, context: grpc.aio.ServicerContext):
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            seconds = time.perf_counter() - start
+            name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+            self.metrics.requests.labels(method=method, code=name).inc()
+            self.metrics.latency.labels(method=method).observe(seconds)
+            log.info(
+                "rpc", extra={"method": method, "code": name, "ms": round(seconds * 1000, 2), "peer": context.peer()}
+            )

@@ -1,0 +1,226 @@
+"""MemoryService: each RPC checks its request, runs a store call on the engine worker, answers."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from memagent.store import Generation, MemoryStore
+from memagent.store.memory_store import STATE_FORMAT
+from memagent.v1 import memagent_pb2 as pb
+from memagent.v1 import memagent_pb2_grpc
+from memagent_server import convert
+from memagent_server.auth import current_tenant
+from memagent_server.limits import LimitExceeded, Limits
+from memagent_server.metrics import Metrics
+from memagent_server.status import answers_with_status
+from memagent_server.worker import EngineWorker
+
+STATE_CHUNK_BYTES = 1 << 20
+
+
+class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
+    def __init__(self, store: MemoryStore, worker: EngineWorker, limits: Limits, metrics: Metrics):
+        self.store = store
+        self.worker = worker
+        self.limits = limits
+        self.metrics = metrics
+
+    async def _call(self, fn, *args, **kwargs):
+        """Run a store call on the worker, holding a place in the bounded queue."""
+        with self.worker.admit():
+            return await self.worker.run(fn, *args, **kwargs)
+
+    # -- memories --------------------------------------------------------------------------
+
+    @answers_with_status
+    async def Create(self, request: pb.CreateRequest, context) -> pb.Memory:
+        return convert.memory(await self._call(self.store.create, current_tenant(), request.memory_id))
+
+    @answers_with_status
+    async def Get(self, request: pb.GetRequest, context) -> pb.Memory:
+        return convert.memory(await self._call(self.store.get, current_tenant(), request.memory_id))
+
+    @answers_with_status
+    async def List(self, request: pb.ListRequest, context) -> pb.ListResponse:
+        size = self.limits.page_size(request.page_size)
+        after = _decode_token(request.page_token)
+        infos = await self._call(self.store.list, current_tenant(), after=after, limit=size + 1)
+        more = len(infos) > size
+        infos = infos[:size]
+        token = _encode_token(infos[-1].memory_id) if more else ""
+        return pb.ListResponse(memories=[convert.memory(i) for i in infos], next_page_token=token)
+
+    @answers_with_status
+    async def Delete(self, request: pb.DeleteRequest, context) -> pb.DeleteResponse:
+        await self._call(self.store.delete, current_tenant(), request.memory_id)
+        return pb.DeleteResponse()
+
+    @answers_with_status
+    async def Reset(self, request: pb.ResetRequest, context) -> pb.Memory:
+        return convert.memory(await self._call(self.store.reset, current_tenant(), request.memory_id))
+
+    @answers_with_status
+    async def Fork(self, request: pb.ForkRequest, context) -> pb.Memory:
+        info = await self._call(self.store.fork, current_tenant(), request.memory_id, request.new_memory_id)
+        return convert.memory(info)
+
+    @answers_with_status
+    async def Export(self, request: pb.ExportRequest, context) -> AsyncIterator[pb.StateChunk]:
+        state = await self._call(self.store.export, current_tenant(), request.memory_id)
+        yield pb.StateChunk(
+            header=pb.StateHeader(
+                memory_id=state.memory_id,
+                format=state.format,
+                model=state.fingerprint,
+                step=state.step,
+                entries=state.entries,
+            )
+        )
+        for at in range(0, len(state.log), STATE_CHUNK_BYTES):
+            yield pb.StateChunk(log=state.log[at : at + STATE_CHUNK_BYTES])
+        for at in range(0, len(state.pool), STATE_CHUNK_BYTES):
+            yield pb.StateChunk(pool=state.pool[at : at + STATE_CHUNK_BYTES])
+
+    @answers_with_status
+    async def Import(self, requests: AsyncIterator[pb.StateChunk], context) -> pb.Memory:
+        tenant = current_tenant()
+        header, log, pool, size = None, bytearray(), bytearray(), 0
+        async for chunk in requests:
+            part = chunk.WhichOneof("part")
+            if header is None and part != "header":
+                raise ValueError("the first message of an import must be its header")
+            if part == "header":
+                if header is not None:
+                    raise ValueError("an import has one header")
+                header = chunk.header
+                if header.format != STATE_FORMAT:
+                    raise ValueError(f"unknown state format {header.format!r}; expected {STATE_FORMAT!r}")
+                continue
+            size += len(chunk.log) + len(chunk.pool)
+            if size > self.limits.max_state_bytes:
+                raise LimitExceeded(f"state over the limit max_state_bytes={self.limits.max_state_bytes}")
+            (log if part == "log" else pool).extend(chunk.log or chunk.pool)
+        if header is None:
+            raise ValueError("empty import: send a header, then the log (and the pool)")
+        info = await self._call(self.store.import_state, tenant, header.memory_id, bytes(log), bytes(pool) or None)
+        return convert.memory(info)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    @answers_with_status
+    async def Inject(self, request: pb.InjectRequest, context) -> pb.InjectResponse:
+        texts = self.limits.texts(request.texts)
+        receipts = await self._call(self.store.inject, current_tenant(), request.memory_id, texts)
+        self.metrics.tokens_written.inc(sum(r.tokens for r in receipts))
+        return pb.InjectResponse(receipts=[convert.receipt(r) for r in receipts])
+
+    @answers_with_status
+    async def InjectStream(self, requests: AsyncIterator[pb.InjectStreamRequest], context) -> pb.InjectResponse:
+        tenant = current_tenant()
+        receipts = []
+        async for i, request in _enumerate(requests):
+            try:
+                text = self.limits.text(request.text, f"message {i}")
+                written = await self._call(self.store.inject, tenant, request.memory_id, [text])
+            except Exception as err:
+                if receipts:  # say what the earlier messages did; they are durable
+                    err.args = (f"{err} (the {len(receipts)} texts before it were written)",)
+                raise
+            self.metrics.tokens_written.inc(written[0].tokens)
+            receipts.append(convert.receipt(written[0]))
+        if not receipts:
+            raise ValueError("no texts given")
+        return pb.InjectResponse(receipts=receipts)
+
+    @answers_with_status
+    async def ListEntries(self, request: pb.ListEntriesRequest, context) -> pb.ListEntriesResponse:
+        size = self.limits.page_size(request.page_size)
+        after = int(_decode_token(request.page_token) or 0)
+        entries = await self._call(self.store.entries, current_tenant(), request.memory_id)
+        page = [e for e in entries if e.entry_id > after][: size + 1]
+        token = _encode_token(str(page[size - 1].entry_id)) if len(page) > size else ""
+        return pb.ListEntriesResponse(entries=[convert.entry(e) for e in page[:size]], next_page_token=token)
+
+    @answers_with_status
+    async def Forget(self, request: pb.ForgetRequest, context) -> pb.ForgetResponse:
+        start = time.perf_counter()
+        info = await self._call(self.store.forget, current_tenant(), request.memory_id, list(request.entry_ids))
+        ms = (time.perf_counter() - start) * 1000
+        return pb.ForgetResponse(forgotten=len(set(request.entry_ids)), memory=convert.memory(info), ms=ms)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    @answers_with_status
+    async def Generate(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateResponse]:
+        options = self.limits.sampling(request.options, 64)
+        prompt = self.limits.prompt(request.prompt)
+        async for response in self._stream(context, self.store.generate, request.memory_id, prompt, **options):
+            yield response
+
+    @answers_with_status
+    async def Chat(self, request: pb.ChatRequest, context) -> AsyncIterator[pb.GenerateResponse]:
+        options = self.limits.sampling(request.options, 64)
+        messages = self.limits.messages(request.messages)
+        async for response in self._stream(context, self.store.chat, request.memory_id, messages, **options):
+            yield response
+
+    @answers_with_status
+    async def Complete(self, request: pb.GenerateRequest, context) -> pb.CompleteResponse:
+        options = self.limits.sampling(request.options, 64)
+        prompt = self.limits.prompt(request.prompt)
+        text, usage = await self._collect(context, self.store.generate, request.memory_id, prompt, **options)
+        return pb.CompleteResponse(text=text, usage=usage)
+
+    @answers_with_status
+    async def Ask(self, request: pb.AskRequest, context) -> pb.AskResponse:
+        options = self.limits.sampling(request.options, 32)
+        question = self.limits.prompt(request.question, "question")
+        text, usage = await self._collect(context, self.store.ask, request.memory_id, question, **options)
+        return pb.AskResponse(answer=text.strip(), usage=usage)
+
+    async def _stream(self, context, start_fn, memory_id: str, *args, **options) -> AsyncIterator[pb.GenerateResponse]:
+        """Text pieces as they are decoded, then the usage; stops between steps at the deadline."""
+        tenant, start = current_tenant(), time.perf_counter()
+        with self.worker.admit():
+            generation: Generation = await self.worker.run(start_fn, tenant, memory_id, *args, **options)
+            async for piece in self.worker.steps(generation, generation.close):
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded during generation")
+                if piece:
+                    yield pb.GenerateResponse(text=piece)
+        self.metrics.tokens_generated.inc(generation.generated_tokens)
+        yield pb.GenerateResponse(usage=convert.usage(generation, (time.perf_counter() - start) * 1000))
+
+    async def _collect(self, context, start_fn, memory_id: str, *args, **options) -> tuple[str, pb.Usage]:
+        pieces, usage = [], None
+        async for response in self._stream(context, start_fn, memory_id, *args, **options):
+            if response.HasField("usage"):
+                usage = response.usage
+            else:
+                pieces.append(response.text)
+        return "".join(pieces), usage
+
+
+async def _enumerate(items: AsyncIterator):
+    i = 0
+    async for item in items:
+        yield i, item
+        i += 1
+
+
+def _encode_token(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode()
+
+
+def _decode_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
+    except ValueError as err:
+        raise ValueError(f"page_token {token!r} is not one this server issued") from err

@@ -1,0 +1,64 @@
+"""Many clients writing to several memories at once: nothing lost, each memory's order kept,
+and reads running in between see whole writes only."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from memagent.client import AsyncClient
+
+from .conftest import ALICE
+
+pytestmark = pytest.mark.timeout(120)
+
+CLIENTS, WRITES, MEMORIES = 8, 10, ["c0", "c1", "c2"]
+
+
+async def _writer(address: str, worker: int) -> list[tuple[str, int, int]]:
+    async with AsyncClient(address, ALICE) as client:
+        receipts = []
+        for n in range(WRITES):
+            memory = MEMORIES[(worker + n) % len(MEMORIES)]
+            filler = " and more" * 350 if n == 0 else ""  # two chunks: a write of two forward passes
+            text = f"client {worker} write {n} says hello{filler}."
+            receipt = await client.inject(memory, text, source=f"c{worker}")
+            receipts.append((memory, n, receipt.entry_id))
+        return receipts
+
+
+async def _reader(address: str) -> list[int]:
+    """The steps of memory c0 seen between generations."""
+    async with AsyncClient(address, ALICE) as client:
+        steps = []
+        for _ in range(5):
+            assert isinstance("".join([p async for p in client.generate("c0", "client", max_new_tokens=4)]), str)
+            steps.append((await client.get("c0")).step)
+        return steps
+
+
+async def test_many_clients_many_writes(server):
+    async with AsyncClient(server.address, ALICE) as client:
+        for memory in MEMORIES:
+            await client.create(memory)
+    results = await asyncio.gather(
+        *[_writer(server.address, w) for w in range(CLIENTS)], _reader(server.address), _reader(server.address)
+    )
+    receipts = [r for result in results[:CLIENTS] for r in result]
+    assert len(receipts) == CLIENTS * WRITES
+    async with AsyncClient(server.address, ALICE) as client:
+        for memory in MEMORIES:
+            entries = await client.entries(memory)
+            mine = [r for r in receipts if r[0] == memory]
+            assert sorted(e.entry_id for e in entries) == sorted(r[2] for r in mine)
+            assert [e.entry_id for e in entries] == list(range(1, len(entries) + 1))
+            assert [e.step for e in entries] == sorted(e.step for e in entries)
+            for worker in range(CLIENTS):  # a client's writes to this memory stay in its order
+                order = [int(e.text.split()[3]) for e in entries if e.source == f"c{worker}"]
+                assert order == sorted(order)
+            if memory == "c0":  # readers saw c0 between whole writes, never in the middle of one
+                seen = results[CLIENTS] + results[CLIENTS + 1]
+                assert set(seen) <= {0} | {e.step for e in entries}
+            info = await client.get(memory)
+            assert (info.entries, info.step) == (len(mine), entries[-1].step)

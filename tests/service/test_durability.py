@@ -1,0 +1,136 @@
+"""A server killed with SIGKILL while writes are in flight restarts with every acknowledged write,
+and with the same pools an uninterrupted run would have."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from safetensors.torch import load as load_tensors
+
+from memagent.client import Client, ClientError
+from memagent.store import MemoryStore, NewText
+
+pytestmark = pytest.mark.timeout(180)
+
+MEMORIES = ["m0", "m1", "m2"]
+
+
+class ServerProcess:
+    def __init__(self, data_dir: Path, log: Path):
+        self.log = log
+        command = [
+            sys.executable,
+            "-c",
+            "from memagent.cli import main; main()",
+            "serve",
+            "--model",
+            "random:tiny",
+            "--no-auth",
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+            "--data-dir",
+            str(data_dir),
+            "--snapshot-every",
+            "5",
+        ]
+        with open(log, "w") as stderr:
+            self.process = subprocess.Popen(command, stderr=stderr, stdout=subprocess.DEVNULL)
+        self.address = self._wait_for_address()
+
+    def _wait_for_address(self, timeout: float = 90) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log.read_text().splitlines():
+                if line.startswith("{") and json.loads(line).get("message") == "serving":
+                    return json.loads(line)["address"]
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log.read_text()}")
+            time.sleep(0.1)
+        raise TimeoutError(self.log.read_text())
+
+    def kill(self) -> None:
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        assert self.process.wait(30) == 0
+
+
+def _writer(address: str, worker: int, acknowledged: list, interrupted: list, stop: threading.Event) -> None:
+    with Client(address, None, timeout=10) as client:
+        n = 0
+        while not stop.is_set():
+            memory = MEMORIES[(worker + n) % len(MEMORIES)]
+            text = f"writer {worker} note {n}: the value of key {worker}-{n} is {worker * 1000 + n}."
+            try:
+                receipt = client.inject(memory, text, source=f"w{worker}")
+            except ClientError as err:
+                interrupted.append(err.code)  # the server is gone; this write was never acknowledged
+                return
+            acknowledged.append((memory, text, receipt.entry_id))
+            n += 1
+
+
+def _pool(client: Client, memory: str, path: Path) -> torch.Tensor:
+    client.export(memory, path)
+    with tarfile.open(path) as tar:
+        return load_tensors(tar.extractfile("pool.safetensors").read())["memory"]
+
+
+def test_kill_9_during_writes_loses_no_acknowledged_write(tiny_engine, tmp_path):
+    data = tmp_path / "data"
+    server = ServerProcess(data, tmp_path / "first.log")
+    with Client(server.address) as client:
+        for memory in MEMORIES:
+            client.create(memory)
+    acknowledged: list = []
+    interrupted: list = []
+    stop = threading.Event()
+    writers = [
+        threading.Thread(target=_writer, args=(server.address, w, acknowledged, interrupted, stop)) for w in range(6)
+    ]
+    for t in writers:
+        t.start()
+    while len(acknowledged) < 60:
+        time.sleep(0.01)
+    server.kill()  # writers are mid-call
+    stop.set()
+    for t in writers:
+        t.join(30)
+    assert interrupted and set(interrupted) == {grpc.StatusCode.UNAVAILABLE}  # writes were in flight
+    assert any((data / "default" / m).glob("pool-*.safetensors") for m in MEMORIES)  # recovery = snapshot + tail
+
+    server = ServerProcess(data, tmp_path / "second.log")
+    try:
+        with Client(server.address) as client:
+            logged = {m: client.entries(m) for m in MEMORIES}
+            for memory, text, entry_id in acknowledged:
+                assert (entry_id, text) in [(e.entry_id, e.text) for e in logged[memory]]
+            for memory, entries in logged.items():
+                for worker in range(6):  # each writer's notes in the order it sent them
+                    notes = [int(e.text.split()[3][:-1]) for e in entries if e.source == f"w{worker}"]
+                    assert notes == sorted(notes)
+            # The recovered pools equal those of a run that was never interrupted.
+            reference = MemoryStore(tiny_engine, tmp_path / "reference")
+            for memory, entries in logged.items():
+                reference.create("default", memory)
+                reference.inject("default", memory, [NewText(e.text, e.source) for e in entries])
+                expected = load_tensors(reference.export("default", memory).pool)["memory"]
+                assert torch.equal(_pool(client, memory, tmp_path / f"{memory}.tar"), expected)
+            client.inject("m0", "The server takes writes again after recovery.")
+    finally:
+        server.stop()

@@ -1,0 +1,19 @@
+"""The checked-in generated code is what proto/generate.sh makes from the .proto today."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+GENERATED = ["memagent_pb2.py", "memagent_pb2.pyi", "memagent_pb2_grpc.py"]
+
+
+@pytest.mark.timeout(60)
+def test_generated_code_is_up_to_date(tmp_path):
+    subprocess.run(["sh", str(ROOT / "proto" / "generate.sh"), str(tmp_path)], check=True)
+    for name in GENERATED:
+        fresh = (tmp_path / "memagent" / "v1" / name).read_text()
+        assert fresh == (ROOT / "memagent" / "v1" / name).read_text(), f"{name} is stale: run proto/generate.sh"

@@ -1,0 +1,169 @@
+"""Every RPC, through the Python clients, against a real server on loopback."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+import pytest
+from safetensors.torch import load as load_tensors
+
+from memagent.client import AsyncClient, ClientError, Text
+from memagent.v1 import memagent_pb2 as pb
+from memagent.v1 import memagent_pb2_grpc
+
+from .conftest import ALICE
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_create_get_list_delete(alice):
+    created = alice.create("notes")
+    assert (created.memory_id, created.step, created.entries, created.model) == ("notes", 0, 0, "random:tiny")
+    assert created.pool_bytes > 0 and created.disk_bytes > 0
+    assert alice.get("notes").created == created.created
+    assert "notes" in [m.memory_id for m in alice.list()]
+    alice.delete("notes")
+    with pytest.raises(ClientError) as err:
+        alice.get("notes")
+    assert err.value.code == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(ClientError) as err:
+        alice.create("dup") and alice.create("dup")
+    assert err.value.code == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_list_pages(server):
+    channel = grpc.insecure_channel(server.address)
+    stub = memagent_pb2_grpc.MemoryServiceStub(channel)
+    metadata = (("authorization", f"Bearer {ALICE}"),)
+    for i in range(5):
+        stub.Create(pb.CreateRequest(memory_id=f"paged-{i}"), metadata=metadata)
+    seen, token = [], ""
+    while True:
+        page = stub.List(pb.ListRequest(page_size=2, page_token=token), metadata=metadata)
+        assert len(page.memories) <= 2
+        seen += [m.memory_id for m in page.memories]
+        if not (token := page.next_page_token):
+            break
+    assert [s for s in seen if s.startswith("paged-")] == [f"paged-{i}" for i in range(5)]
+    channel.close()
+
+
+def test_inject_entries_and_reads(alice):
+    alice.create("facts")
+    receipt = alice.inject("facts", "Alice's cat is called Miso.", source="chat", metadata={"turn": "3"})
+    assert (receipt.entry_id, receipt.step) == (1, 1) and receipt.tokens > 0 and receipt.chunks == 1
+    bulk = alice.inject_many("facts", ["Bob lives in Lyon.", Text("Carol plays the cello.", source="doc")])
+    assert [r.entry_id for r in bulk] == [2, 3] and bulk[-1].step == 3
+    entries = alice.entries("facts")
+    assert [(e.entry_id, e.source) for e in entries] == [(1, "chat"), (2, ""), (3, "doc")]
+    assert entries[0].metadata == {"turn": "3"} and entries[0].text == "Alice's cat is called Miso."
+    info = alice.get("facts")
+    assert (info.step, info.entries, info.tokens_written) == (3, 3, sum(e.tokens for e in entries))
+
+    pieces = list(alice.generate("facts", "The cat is called", max_new_tokens=8))
+    assert "".join(pieces) == alice.complete("facts", "The cat is called", max_new_tokens=8)
+    assert isinstance(alice.ask("facts", "What is the cat called?"), str)
+    reply = "".join(alice.chat("facts", [{"role": "user", "content": "Who plays the cello?"}], max_new_tokens=6))
+    assert isinstance(reply, str)
+    sampled = [alice.complete("facts", "Hi", do_sample=True, seed=7, top_k=50, top_p=0.9) for _ in range(2)]
+    assert sampled[0] == sampled[1]
+
+
+def test_usage_is_reported(server):
+    channel = grpc.insecure_channel(server.address)
+    stub = memagent_pb2_grpc.MemoryServiceStub(channel)
+    metadata = (("authorization", f"Bearer {ALICE}"),)
+    stub.Create(pb.CreateRequest(memory_id="usage"), metadata=metadata)
+    request = pb.GenerateRequest(memory_id="usage", prompt="one two", options=pb.SamplingOptions(max_new_tokens=5))
+    responses = list(stub.Generate(request, metadata=metadata))
+    usage = responses[-1].usage
+    assert responses[-1].HasField("usage") and all(r.HasField("text") for r in responses[:-1])
+    assert usage.prompt_tokens == 2 and 1 <= usage.generated_tokens <= 5 and usage.finish_reason in ("stop", "length")
+    channel.close()
+
+
+def _pool(client, memory_id, path):
+    client.export(memory_id, path)
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return load_tensors(tar.extractfile("pool.safetensors").read())["memory"]
+
+
+def test_fork_export_import_reset(alice, tmp_path):
+    alice.create("origin")
+    alice.inject_many("origin", ["First fact about origin.", "Second fact about origin."])
+    fork = alice.fork("origin", "copy")
+    assert (fork.step, fork.entries) == (2, 2)
+    alice.inject("copy", "Only the copy knows this.")
+    assert alice.get("origin").entries == 2 and alice.get("copy").entries == 3
+
+    original = _pool(alice, "origin", tmp_path / "origin.tar")
+    restored = alice.import_memory(tmp_path / "origin.tar", "restored")
+    assert (restored.step, restored.entries) == (2, 2)
+    assert [e.text for e in alice.entries("restored")] == [e.text for e in alice.entries("origin")]
+    assert (_pool(alice, "restored", tmp_path / "restored.tar") == original).all()
+    # The restored memory goes on where the original was.
+    assert alice.inject("restored", "Third.").entry_id == 3
+
+    reset = alice.reset("copy")
+    assert (reset.step, reset.entries) == (0, 0) and alice.entries("copy") == []
+    assert alice.inject("copy", "After the reset.").entry_id == 4  # ids never repeat
+
+
+def test_forget_rebuilds_as_if_never_told(alice, tmp_path):
+    facts = ["Dana's locker code is 4411.", "The secret password is swordfish.", "Eve works at the bakery."]
+    alice.create("forgetful")
+    receipts = [alice.inject("forgetful", f) for f in facts]
+    result = alice.forget("forgetful", [receipts[1].entry_id])
+    assert result.forgotten == 1 and result.memory.entries == 2
+    assert [e.text for e in alice.entries("forgetful")] == [facts[0], facts[2]]
+    alice.create("never-told")
+    alice.inject_many("never-told", [facts[0], facts[2]])
+    assert (_pool(alice, "forgetful", tmp_path / "a.tar") == _pool(alice, "never-told", tmp_path / "b.tar")).all()
+    question = "What is the secret password?"
+    assert alice.ask("forgetful", question) == alice.ask("never-told", question)
+    with pytest.raises(ClientError) as err:
+        alice.forget("forgetful", [receipts[1].entry_id])
+    assert err.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_async_client(server):
+    async with AsyncClient(server.address, ALICE) as client:
+        await client.create("async")
+        receipt = await client.inject("async", "Frank keeps bees.", source="s")
+        assert receipt.entry_id == 1
+        assert [r.entry_id for r in await client.inject_many("async", ["Gina sails.", "Hal paints."])] == [2, 3]
+        assert [e.entry_id for e in await client.entries("async")] == [1, 2, 3]
+        pieces = [p async for p in client.generate("async", "Frank keeps", max_new_tokens=6)]
+        assert "".join(pieces) == await client.complete("async", "Frank keeps", max_new_tokens=6)
+        chat = [p async for p in client.chat("async", [{"role": "user", "content": "Hi"}], max_new_tokens=4)]
+        assert isinstance("".join(chat), str)
+        assert isinstance(await client.ask("async", "Who keeps bees?"), str)
+        assert (await client.get("async")).step == 3
+        assert "async" in [m.memory_id for m in await client.list()]
+        assert (await client.fork("async", "async-copy")).entries == 3
+        assert (await client.forget("async-copy", [2])).memory.entries == 2
+        assert (await client.reset("async-copy")).step == 0
+        await client.delete("async-copy")
+
+
+def test_health_reflection_and_metrics(server, alice):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    channel = grpc.insecure_channel(server.address)
+    status = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="memagent.v1.MemoryService")
+    )
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+    services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert "memagent.v1.MemoryService" in services and "grpc.health.v1.Health" in services
+    channel.close()
+
+    alice.create("metered")
+    alice.inject("metered", "Counting tokens here.")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{server.server.metrics_port}/metrics").read().decode()
+    assert 'memagent_requests_total{code="OK",method="Inject"}' in body
+    assert "memagent_tokens_written_total" in body and 'memagent_memories_resident{tier="device"}' in body

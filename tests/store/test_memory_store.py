@@ -1,0 +1,106 @@
+"""The memory store: recovery, snapshots, forgetting, residency, imports, crash leftovers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load as load_tensors
+
+from memagent.store import CorruptState, MemoryStore, ModelMismatch, NewText
+
+FACTS = ["Ann's dog is named Rex.", "The meeting moved to Tuesday.", "Ben's favourite colour is teal."]
+
+
+def _pool(store: MemoryStore, memory: str, tenant: str = "t") -> torch.Tensor:
+    return load_tensors(store.export(tenant, memory).pool)["memory"]
+
+
+def _filled(store: MemoryStore, memory: str, texts=FACTS) -> MemoryStore:
+    store.create("t", memory)
+    store.inject("t", memory, [NewText(t) for t in texts])
+    return store
+
+
+def test_reopening_replays_snapshot_and_tail(tiny_engine, tmp_path):
+    store = _filled(MemoryStore(tiny_engine, tmp_path, snapshot_every=2), "m")
+    store.inject("t", "m", [NewText("One more, after the snapshot.")])
+    assert list((tmp_path / "t" / "m").glob("pool-*.safetensors"))
+    expected = _pool(store, "m")
+    reopened = MemoryStore(tiny_engine, tmp_path)  # no close(): as after a crash
+    assert reopened.get("t", "m").residency == "disk"
+    assert torch.equal(_pool(reopened, "m"), expected)
+
+
+def test_a_stale_or_broken_snapshot_is_ignored(tiny_engine, tmp_path):
+    store = _filled(MemoryStore(tiny_engine, tmp_path, snapshot_every=1), "m")
+    expected = _pool(store, "m")
+    for snapshot in (tmp_path / "t" / "m").glob("pool-*.safetensors"):
+        snapshot.write_bytes(b"not a pool")
+    assert torch.equal(_pool(MemoryStore(tiny_engine, tmp_path), "m"), expected)
+
+
+def test_forget_equals_never_told(tiny_engine, tmp_path):
+    store = _filled(MemoryStore(tiny_engine, tmp_path), "m")
+    _filled(store, "without", [FACTS[0], FACTS[2]])
+    assert store.forget("t", "m", [2]).entries == 2
+    assert torch.equal(_pool(store, "m"), _pool(store, "without"))
+    assert [e.entry_id for e in store.entries("t", "m")] == [1, 3]
+    assert [e.step for e in store.entries("t", "m")] == [1, 2]
+    # After a restart too, and new entries never reuse a forgotten id.
+    reopened = MemoryStore(tiny_engine, tmp_path)
+    assert torch.equal(_pool(reopened, "m"), _pool(store, "without"))
+    assert reopened.inject("t", "m", [NewText("New.")])[0].entry_id == 4
+
+
+def test_budget_moves_old_pools_to_disk_and_back(tiny_engine, tmp_path):
+    pool_bytes = tiny_engine.model.pool.memory.nbytes
+    store = MemoryStore(tiny_engine, tmp_path, device_bytes=int(pool_bytes * 2.5), snapshot_every=100)
+    for name in ("a", "b", "c", "d"):
+        _filled(store, name)
+    assert store.resident() == {"device": 2, "host": 0}
+    assert store.get("t", "a").residency == "disk"
+    assert list((tmp_path / "t" / "a").glob("pool-*.safetensors"))  # snapshotted on its way out
+    unbounded = _filled(MemoryStore(tiny_engine, tmp_path / "ref"), "a")
+    assert torch.equal(_pool(store, "a"), _pool(unbounded, "a"))
+    assert store.get("t", "a").residency == "device"
+
+
+def test_close_snapshots_what_is_not_yet(tiny_engine, tmp_path):
+    store = _filled(MemoryStore(tiny_engine, tmp_path, snapshot_every=100), "m")
+    assert not list((tmp_path / "t" / "m").glob("pool-*.safetensors"))
+    store.close()
+    assert len(list((tmp_path / "t" / "m").glob("pool-*.safetensors"))) == 1
+
+
+def test_tenants_and_ids(tiny_engine, tmp_path):
+    store = MemoryStore(tiny_engine, tmp_path)
+    store.create("t", "same")
+    store.create("u", "same")
+    assert [m.memory_id for m in store.list("u")] == ["same"]
+    assert store.list("nobody") == []
+
+
+def test_crash_leftovers_are_cleaned(tiny_engine, tmp_path):
+    _filled(MemoryStore(tiny_engine, tmp_path), "m")
+    (tmp_path / "t" / ".new-x-123").mkdir()
+    (tmp_path / "t" / ".deleted-y-456").mkdir()
+    store = MemoryStore(tiny_engine, tmp_path)
+    assert [m.memory_id for m in store.list("t")] == ["m"]
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["m"]
+
+
+def test_import_checks_what_it_is_given(tiny_engine, tmp_path):
+    store = _filled(MemoryStore(tiny_engine, tmp_path), "m")
+    state = store.export("t", "m")
+    with pytest.raises(CorruptState, match="cut short"):
+        store.import_state("t", "x", state.log[:-4], state.pool)
+    with pytest.raises(CorruptState, match="imported pool"):
+        store.import_state("t", "x", state.log, b"garbage")
+    other = MemoryStore(tiny_engine, tmp_path / "other")
+    other.fingerprint = "0" * 16  # as if another model ran it
+    with pytest.raises(ModelMismatch, match="written by model"):
+        other.import_state("t", "x", state.log, state.pool)
+    assert [m.memory_id for m in store.list("t")] == ["m"]
+    replayed = store.import_state("t", "y", state.log, None)  # no pool: rebuilt from the log
+    assert replayed.step == store.get("t", "m").step
+    assert torch.equal(_pool(store, "y"), _pool(store, "m"))

@@ -1,0 +1,41 @@
+"""Residency tiers with an accelerator: device, then host memory, then disk (pools faked)."""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+from memagent.store.residency import Residency
+
+
+class FakePool:
+    """Stands in for a MemoryPool on a device this machine may not have."""
+
+    def __init__(self, nbytes: int = 100):
+        self.nbytes = nbytes
+        self.memory = types.SimpleNamespace(device=torch.device("cpu"))
+
+    def to(self, device):
+        self.memory.device = torch.device(device)
+        return self
+
+
+def test_device_then_host_then_disk():
+    evicted = []
+    residency = Residency("cuda", evicted.append, device_bytes=200, host_bytes=100)
+    pools = {name: FakePool() for name in "abcd"}
+    for name in "abc":
+        residency.use(name, pools[name])
+    assert [residency.tier(k) for k in "abc"] == ["host", "device", "device"]
+    residency.use("d", pools["d"])  # b moves to the host, a (oldest there) goes to disk
+    assert [residency.tier(k) for k in "abcd"] == ["disk", "host", "device", "device"] and evicted == ["a"]
+    residency.use("b", pools["b"])  # back on the device on use
+    assert residency.tier("b") == "device" and residency.counts() == {"device": 2, "host": 1}
+
+
+def test_cuda_and_cuda_0_are_the_same_device():
+    residency = Residency("cuda:0", lambda key: None, device_bytes=1000)
+    pool = FakePool().to("cuda")
+    residency.use("a", pool)
+    assert residency.tier("a") == "device"
