@@ -1,0 +1,139 @@
+"""LangChain chat model: a conversation with a model that reads one memagent memory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, NoReturn
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models.chat_models import BaseChatModel, agenerate_from_stream, generate_from_stream
+from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+
+from langchain_memagent._model_fields import MemAgentModelFields
+from memagent import memory_records
+from memagent.integration_backend import chat_message
+
+
+def message_dicts(messages: Sequence[BaseMessage]) -> list[dict]:
+    """LangChain messages as the role/content dicts `chat` takes."""
+    return [chat_message(getattr(m, "role", m.type), str(m.text)) for m in messages]
+
+
+class ChatMemAgent(MemAgentModelFields, BaseChatModel):
+    """Chat with a model that reads one memory, sync or async, whole or streamed.
+
+    With `remember_turns=True` each finished turn (the latest human message and the answer) is
+    written into the memory, so a long conversation needs only its latest turns in the prompt.
+    MemoryLLM has no native tool calling: `bind_tools` raises; to give tools to an agent, use a
+    tool-calling model with `MemAgentMiddleware`.
+
+    Example:
+        ```python
+        import memagent
+        from langchain_memagent import ChatMemAgent
+
+        chat = ChatMemAgent(memory="alice", engine=memagent.load(), max_tokens=32, remember_turns=True)
+        chat.invoke("My sister Mia lives in Lisbon and works as a pilot.")
+        print(chat.invoke("Where does Mia live?").content)
+        for chunk in chat.stream("What does Mia do?"):
+            print(chunk.content, end="", flush=True)
+        ```
+    """
+
+    remember_turns: bool = False
+    """Write each finished human/AI turn into the memory."""
+    source: str = "langchain:chat"
+    """Source label of the turns written into the memory."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "memagent-chat"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return self._memagent_identity()
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any):
+        return self._memagent_ls_params("chat", stop, **kwargs)
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> NoReturn:
+        raise NotImplementedError(
+            "ChatMemAgent does not support tool calling: MemoryLLM has no native tool calls. "
+            "Run the agent on a tool-calling model and add MemAgentMiddleware (or "
+            "MemAgentCallbackHandler) so tool outputs are written into the memory."
+        )
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        answer = []
+        for piece in self.backend.chat(message_dicts(messages), **self._sampling(stop, **kwargs)):
+            if piece:
+                answer.append(piece)
+                chunk = self._chunk(piece)
+                if run_manager:
+                    run_manager.on_llm_new_token(piece, chunk=chunk)
+                yield chunk
+        if record := self._turn_record(messages, "".join(answer)):
+            self.backend.write(record, self.source)
+        yield self._last_chunk()
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        answer = []
+        async for piece in self.backend.achat(message_dicts(messages), **self._sampling(stop, **kwargs)):
+            if piece:
+                answer.append(piece)
+                chunk = self._chunk(piece)
+                if run_manager:
+                    await run_manager.on_llm_new_token(piece, chunk=chunk)
+                yield chunk
+        if record := self._turn_record(messages, "".join(answer)):
+            await self.backend.awrite(record, self.source)
+        yield self._last_chunk()
+
+    @staticmethod
+    def _chunk(piece: str) -> ChatGenerationChunk:
+        return ChatGenerationChunk(message=AIMessageChunk(content=piece))
+
+    def _last_chunk(self) -> ChatGenerationChunk:
+        metadata = {"model_name": self.model_name, "model_provider": "memagent"}
+        return ChatGenerationChunk(
+            message=AIMessageChunk(content="", chunk_position="last", response_metadata=metadata)
+        )
+
+    def _turn_record(self, messages: Sequence[BaseMessage], answer: str) -> str | None:
+        """The finished turn to write, when turns are remembered and there is a human message."""
+        human = next((m for m in reversed(messages) if isinstance(m, HumanMessage)), None)
+        if not self.remember_turns or human is None:
+            return None
+        user = str(human.text)
+        return memory_records.turn(user, answer) if answer else memory_records.user_message(user)

@@ -1,0 +1,87 @@
+"""LangChain LLM: text completion that attends to one memagent memory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models.llms import LLM
+from langchain_core.outputs import GenerationChunk
+
+from langchain_memagent._model_fields import MemAgentModelFields
+
+
+class MemAgentLLM(MemAgentModelFields, LLM):
+    """Completion against one memory: the model continues the prompt and reads the memory as it goes.
+
+    Example:
+        ```python
+        import memagent
+        from langchain_memagent import MemAgentLLM
+
+        engine = memagent.load()  # or MemAgentLLM(memory="notes", server="127.0.0.1:50051", token=...)
+        engine.pool("notes").inject("The spare key is under the blue flower pot by the back door.")
+        llm = MemAgentLLM(memory="notes", engine=engine, max_tokens=24, stop=["\\n"])
+        print(llm.invoke("Question: Where is the spare key?\\nAnswer:"))
+        for piece in llm.stream("The spare key is"):
+            print(piece, end="", flush=True)
+        ```
+    """
+
+    @property
+    def _llm_type(self) -> str:
+        return "memagent"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return self._memagent_identity()
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any):
+        return self._memagent_ls_params("llm", stop, **kwargs)
+
+    def _call(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> str:
+        return "".join(chunk.text for chunk in self._stream(prompt, stop, run_manager, **kwargs))
+
+    async def _acall(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> str:
+        return "".join([chunk.text async for chunk in self._astream(prompt, stop, run_manager, **kwargs)])
+
+    def _stream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[GenerationChunk]:
+        for piece in self.backend.generate(prompt, **self._sampling(stop, **kwargs)):
+            if piece:
+                chunk = GenerationChunk(text=piece)
+                if run_manager:
+                    run_manager.on_llm_new_token(piece, chunk=chunk)
+                yield chunk
+
+    async def _astream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[GenerationChunk]:
+        async for piece in self.backend.agenerate(prompt, **self._sampling(stop, **kwargs)):
+            if piece:
+                chunk = GenerationChunk(text=piece)
+                if run_manager:
+                    await run_manager.on_llm_new_token(piece, chunk=chunk)
+                yield chunk

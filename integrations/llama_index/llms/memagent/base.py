@@ -1,0 +1,144 @@
+"""LlamaIndex LLM: completion and chat with a model that reads one memagent memory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+)
+from llama_index.core.bridge.pydantic import Field
+from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.custom import CustomLLM
+
+from memagent.integration_backend import chat_message, sampling_options
+from memagent.integration_fields import MemoryConnection
+
+
+def message_dicts(messages: Sequence[ChatMessage]) -> list[dict]:
+    """LlamaIndex messages as the role/content dicts `chat` takes."""
+    return [chat_message(m.role.value, m.content or "") for m in messages]
+
+
+class MemAgentLLM(MemoryConnection, CustomLLM):
+    """Completion and chat against one memory, sync and async, whole or streamed.
+
+    `complete` continues the prompt as written; `chat` puts the messages through the model's chat
+    template. Either way the model attends to the memory: what was written into it is known
+    without being in the prompt.
+
+    Example:
+        ```python
+        import memagent
+        from llama_index.core.llms import ChatMessage
+        from llama_index.llms.memagent import MemAgentLLM
+
+        engine = memagent.load()  # or MemAgentLLM(memory="notes", server="127.0.0.1:50051", token=...)
+        engine.pool("notes").inject("The spare key is under the blue flower pot by the back door.")
+        llm = MemAgentLLM(memory="notes", engine=engine, max_tokens=32)
+        print(llm.chat([ChatMessage(role="user", content="Where is the spare key?")]).message.content)
+        for response in llm.stream_complete("The spare key is"):
+            print(response.delta, end="", flush=True)
+        ```
+    """
+
+    max_tokens: int = Field(default=256, description="Most tokens to generate.")
+    temperature: float = Field(default=0.0, description="Sampling temperature; 0 decodes greedily.")
+    context_window: int = Field(default=DEFAULT_CONTEXT_WINDOW, description="Tokens the prompt may take.")
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "MemAgentLLM"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(
+            context_window=self.context_window,
+            num_output=self.max_tokens,
+            is_chat_model=True,
+            model_name=self.backend.model_name,
+        )
+
+    def _options(self, kwargs: dict[str, Any]) -> dict:
+        return sampling_options(
+            max_tokens=kwargs.get("max_tokens", self.max_tokens),
+            temperature=kwargs.get("temperature", self.temperature),
+            stop=kwargs.get("stop"),
+        )
+
+    def _prompt(self, prompt: str, formatted: bool) -> str:
+        return prompt if formatted else self.completion_to_prompt(prompt)
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        pieces = self.backend.generate(self._prompt(prompt, formatted), **self._options(kwargs))
+        return CompletionResponse(text="".join(pieces))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        pieces = self.backend.generate(self._prompt(prompt, formatted), **self._options(kwargs))
+        return _completions(pieces)
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        text = "".join(self.backend.chat(message_dicts(messages), **self._options(kwargs)))
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text))
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return _chat_responses(self.backend.chat(message_dicts(messages), **self._options(kwargs)))
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        pieces = self.backend.agenerate(self._prompt(prompt, formatted), **self._options(kwargs))
+        return CompletionResponse(text="".join([piece async for piece in pieces]))
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        pieces = self.backend.agenerate(self._prompt(prompt, formatted), **self._options(kwargs))
+        return _acompletions(pieces)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        pieces = self.backend.achat(message_dicts(messages), **self._options(kwargs))
+        text = "".join([piece async for piece in pieces])
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text))
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        return _achat_responses(self.backend.achat(message_dicts(messages), **self._options(kwargs)))
+
+
+def _completions(pieces: Iterator[str]) -> CompletionResponseGen:
+    text = ""
+    for piece in filter(None, pieces):
+        text += piece
+        yield CompletionResponse(text=text, delta=piece)
+
+
+async def _acompletions(pieces: AsyncIterator[str]) -> CompletionResponseAsyncGen:
+    text = ""
+    async for piece in pieces:
+        if piece:
+            text += piece
+            yield CompletionResponse(text=text, delta=piece)
+
+
+def _chat_responses(pieces: Iterator[str]) -> ChatResponseGen:
+    for response in _completions(pieces):
+        yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text), delta=response.delta)
+
+
+async def _achat_responses(pieces: AsyncIterator[str]) -> ChatResponseAsyncGen:
+    async for response in _acompletions(pieces):
+        yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text), delta=response.delta)

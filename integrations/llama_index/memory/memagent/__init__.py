@@ -1,0 +1,3 @@
+from llama_index.memory.memagent.base import MemAgentMemory
+
+__all__ = ["MemAgentMemory"]
