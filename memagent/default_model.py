@@ -92,3 +92,24 @@ def load_default(adapter: str | Path = ADAPTER_DIR, *, device="cpu", dtype=torch
     config = MemoryLLMConfig.from_json(adapter / "config.json")
     state = base_state() | load_file(adapter / ADAPTER_WEIGHTS)
     return build(config, state, device=device, dtype=dtype), load_tokenizer()
+
+
+def load_base(*, device="cpu", dtype=torch.float32):
+    """SmolLM2-135M-Instruct itself, no adapter, as a MemoryLLM (for comparisons).
+
+    With an empty pool a read sees no memory prefix, so it computes exactly the base model.
+    """
+    config = base_config(num_tokens=1, num_blocks=1, lora_config=None)
+    L, d = config.num_hidden_layers, config.hidden_size
+    unused = {"bos_embedding": torch.zeros(L, 1, d), "new_memory_positional_emb": torch.zeros(1, 1, d)}
+    return build(config, base_state() | unused, device=device, dtype=dtype), load_tokenizer()
+
+
+def load_engine(adapter: str | Path = ADAPTER_DIR, *, device="cpu", dtype=torch.float32):
+    """An Engine on the default model that writes text the way the adapter was trained:
+    chunks of at most K tokens, short writes (a single tool-output line) taken as they are."""
+    from memagent.engine import Engine, WritePolicy
+
+    model, tokenizer = load_default(adapter, device=device, dtype=dtype)
+    policy = WritePolicy(max_chunk_tokens=model.config.num_tokens, repeat_short=False)
+    return Engine(model, tokenizer, name="memagent-default-smollm2-135m", policy=policy)

@@ -226,9 +226,7 @@ def load(source: str | Path | None = None, *, device: str = "cpu", dtype: torch.
 
     dtype = dtype or (torch.float32 if str(device) == "cpu" else torch.bfloat16)
     if source is None:
-        model, tokenizer = default_model.load_default(device=device, dtype=dtype)
-        policy = WritePolicy(max_chunk_tokens=model.config.num_tokens * 4, repeat_short=False)
-        return Engine(model, tokenizer, name="memagent-default-smollm2-135m", policy=policy)
+        return default_model.load_engine(device=device, dtype=dtype)
     if str(source).startswith(RANDOM_PREFIX):
         shape = str(source)[len(RANDOM_PREFIX) :]
         model = loading.from_random(presets.shape_config(shape), device=device, dtype=dtype)

@@ -1,0 +1,152 @@
+"""Training the memory mechanism: episodes in, one optimizer step each.
+
+Writes run through `MemoryLLM.new_memory` and land in a real `MemoryPool`, so the memory
+changes only by writes; the loss of a later read flows back through the kept memory tokens
+into the write passes marked for gradient. Unrelated writes run without gradient (cheap),
+but the fact tokens they leave in the pool still carry it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from memagent.model import MemoryLLM
+from memagent.train.adapter import AdapterShape, export_adapter, trainable_state
+from memagent.train.episodes import Episode, EpisodeMaker, Schedule, Target
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1200
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    text_weight: float = 0.5  # weight of general-text loss next to the answers' loss
+    checkpoint_every: int = 50
+    max_minutes: float | None = None  # stop (and export) when this much wall time has passed
+    seed: int = 0
+    schedule: Schedule = field(default_factory=Schedule)
+    adapter: AdapterShape = field(default_factory=AdapterShape)
+
+
+def write_episode(model: MemoryLLM, episode: Episode, seed: int):
+    pool = model.new_pool(seed=seed)
+    for ids, learn in episode.writes:
+        tensor = torch.tensor([ids], device=model.device)
+        with torch.set_grad_enabled(learn):
+            new = model.new_memory(tensor, pool.memory if pool.initialized else None)
+        pool.write(new)
+    return pool
+
+
+def batch_targets(targets: list[Target], pad_id: int, device) -> tuple[torch.Tensor, ...]:
+    """Left-padded ids, attention mask and labels (-100 everywhere but completions)."""
+    rows = [t.prompt + t.completion for t in targets]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, (row, t) in enumerate(zip(rows, targets)):
+        ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
+        labels[i, width - len(t.completion) :] = torch.tensor(t.completion)
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def episode_loss(model: MemoryLLM, episode: Episode, seed: int, text_weight: float, pad_id: int) -> dict[str, torch.Tensor]:
+    """{"loss": total, "qa": answer loss, "text": general-text loss} for one episode."""
+    pool = write_episode(model, episode, seed)
+    ids, mask, labels = batch_targets(episode.targets, pad_id, model.device)
+    logits = model(ids, mask, pool=pool).logits[:, :-1].float()
+    token_loss = F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], reduction="none")
+    parts = {}
+    for kind in ("qa", "text"):
+        rows = torch.tensor([t.kind == kind for t in episode.targets], device=model.device)
+        chosen = (labels[:, 1:] != -100) & rows[:, None]
+        if chosen.any():
+            parts[kind] = token_loss[chosen].mean()
+    weights = {"qa": 1.0, "text": text_weight}
+    parts["loss"] = sum(weights[k] * v for k, v in parts.items())
+    return parts
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class Trainer:
+    """Trains `model` (already made trainable) on episodes; checkpoints into `run_dir`."""
+
+    def __init__(self, model: MemoryLLM, episodes: EpisodeMaker, config: TrainConfig, run_dir: str | Path):
+        self.model = model
+        self.episodes = episodes
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=0.0)
+        self.step = 0
+        self.pad_id = episodes.tokenizer.pad_token_id or 0
+
+    def save(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        state = {"step": self.step, "trainable": trainable_state(self.model), "optimizer": self.optimizer.state_dict()}
+        torch.save(state, self.run_dir / f"{CHECKPOINT}.tmp")
+        (self.run_dir / f"{CHECKPOINT}.tmp").replace(self.run_dir / CHECKPOINT)
+        export_adapter(self.model, self.run_dir / "adapter")
+
+    def resume(self) -> bool:
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.model.device)
+        self.model.load_state_dict(state["trainable"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        return True
+
+    def train_step(self) -> dict[str, float]:
+        c = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(c, self.step)
+        parts = episode_loss(self.model, self.episodes(self.step), c.seed + self.step, c.text_weight, self.pad_id)
+        parts["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {k: v.item() for k, v in parts.items()}
+
+    def train(self) -> None:
+        c = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "train_config.json").write_text(json.dumps(asdict(c), indent=1) + "\n")
+        log = (self.run_dir / "log.jsonl").open("a")
+        start, averages = time.monotonic(), {}
+        bar = tqdm(total=c.steps, initial=self.step, desc="training", unit="step")
+        while self.step < c.steps:
+            metrics = self.train_step()
+            averages = {k: 0.95 * averages.get(k, v) + 0.05 * v for k, v in metrics.items()}
+            bar.update()
+            bar.set_postfix({k: f"{v:.3f}" for k, v in averages.items()})
+            log.write(json.dumps({"step": self.step, "seconds": round(time.monotonic() - start, 1), **metrics}) + "\n")
+            log.flush()
+            out_of_time = c.max_minutes is not None and time.monotonic() - start > 60 * c.max_minutes
+            if self.step % c.checkpoint_every == 0 or self.step == c.steps or out_of_time:
+                self.save()
+            if out_of_time:
+                break
+        bar.close()
+        log.close()

@@ -1,0 +1,76 @@
+"""The training step on a tiny random model: loss falls, only the adapter learns, export reloads."""
+
+import pytest
+import torch
+
+from memagent import default_model, loading, presets
+from memagent.train.adapter import AdapterShape, export_adapter, export_difference, make_trainable
+from memagent.train.episodes import EpisodeMaker, Schedule
+from memagent.train.trainer import TrainConfig, Trainer, episode_loss
+
+
+@pytest.fixture(scope="module")
+def maker():
+    tokenizer = default_model.load_tokenizer()
+    return EpisodeMaker(tokenizer, lambda q: f"Q: {q}\nA: ", schedule=Schedule(2, 2, ramp_steps=1), text_tokens=16)
+
+
+class Repeat:
+    """Always the same episode: a task a few steps can learn."""
+
+    def __init__(self, maker: EpisodeMaker, step: int):
+        self.maker, self.step, self.tokenizer = maker, step, maker.tokenizer
+
+    def __call__(self, step: int):
+        return self.maker(self.step)
+
+
+def tiny_trainer(maker, run_dir, *, repeat=None, steps=12) -> Trainer:
+    model = make_trainable(loading.from_random(presets.shape_config("tiny"), seed=0), AdapterShape(rank=4, alpha=8.0))
+    episodes = Repeat(maker, repeat) if repeat is not None else maker
+    config = TrainConfig(steps=steps, lr=5e-3, warmup_steps=1, checkpoint_every=1000, adapter=AdapterShape(4, 8.0))
+    return Trainer(model, episodes, config, run_dir)
+
+
+def test_loss_decreases_on_a_repeated_episode(maker, tmp_path):
+    trainer = tiny_trainer(maker, tmp_path, repeat=3)
+    losses = [trainer.train_step()["loss"] for _ in range(10)]
+    # A random tiny model's logits are small, so the loss cannot fall far; it must fall steadily.
+    assert max(losses[-3:]) < losses[0] - 0.2, losses
+
+
+def test_only_the_adapter_and_memory_parts_learn(maker, tmp_path):
+    trainer = tiny_trainer(maker, tmp_path, repeat=3)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train_step()
+    changed = {k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(".lora_" in k or k in ("bos_embedding", "new_memory_positional_emb") for k in changed)
+
+
+def test_gradient_reaches_the_write_pass_through_the_memory(maker, tmp_path):
+    trainer = tiny_trainer(maker, tmp_path, repeat=3)
+    episode = trainer.episodes(0)
+    episode.writes = [(ids, True) for ids, _ in episode.writes]
+    loss = episode_loss(trainer.model, episode, 0, 0.0, 0)["qa"]  # answers only: the read needs the writes
+    loss.backward()
+    assert trainer.model.new_memory_positional_emb.grad.abs().sum() > 0  # used by writes alone
+
+
+def test_checkpoint_resume_continues_where_it_stopped(maker, tmp_path):
+    trainer = tiny_trainer(maker, tmp_path, steps=3)
+    trainer.train()
+    resumed = tiny_trainer(maker, tmp_path, steps=3)
+    assert resumed.resume() and resumed.step == 3
+    for (name, a), b in zip(trainer.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b), name
+    assert (tmp_path / "adapter" / "adapter.safetensors").exists()
+
+
+def test_exported_adapter_reproduces_the_trained_model(maker, tmp_path):
+    trainer = tiny_trainer(maker, tmp_path, repeat=5)
+    for _ in range(3):
+        trainer.train_step()
+    export_adapter(trainer.model, tmp_path / "exported", lora_dtype=torch.float32)
+    base_state = loading.from_random(presets.shape_config("tiny"), seed=0).state_dict()
+    ids = torch.tensor([maker.encode("Project Falcon is led by Marta.")])
+    assert export_difference(trainer.model, tmp_path / "exported", base_state, ids) < 1e-4
