@@ -146,15 +146,10 @@ class Engine:
         params = SamplingParams(max_new_tokens, do_sample, temperature, top_k, top_p, self.eos_token_ids, seed)
         streams = [TextStream(self.tokenizer, stop) for _ in prompts]
         for tokens in self._tokens(state, prompts, params):
-            pieces = []
-            for text, token in zip(streams, tokens):
-                ended = text.stopped or token in self.eos_token_ids
-                pieces.append("" if ended else text.push(token))
-                text.stopped = text.stopped or ended
-            yield pieces
+            yield [text.finish() if token in self.eos_token_ids else text.push(token) for text, token in zip(streams, tokens)]
             if all(s.stopped for s in streams):
                 return
-        yield [s.flush() for s in streams]
+        yield [s.finish() for s in streams]
 
     def _tokens(self, state: MemoryPool, prompts: Sequence[str], params: SamplingParams) -> Iterator[list[int]]:
         encoded = self.tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="pt")

@@ -38,9 +38,12 @@ class TextStream:
         safe = len(text) - self._unsafe_tail(text)
         return self._emit(text, safe)
 
-    def flush(self) -> str:
-        """The text still held back, once generation has ended."""
-        return "" if self.stopped else self._emit(self._text(), None)
+    def finish(self) -> str:
+        """End the text (EOS or length limit): release what was held back."""
+        if self.stopped:
+            return ""
+        self.stopped = True
+        return self._emit(self._text(), None)
 
     def _emit(self, text: str, end: int | None) -> str:
         end = len(text) if end is None else end

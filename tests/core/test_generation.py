@@ -103,7 +103,8 @@ class CharTokenizer:
 def run_stream(text: str, stop):
     stream = TextStream(CharTokenizer(), stop)
     pieces = [stream.push(ord(c)) for c in text]
-    return pieces, "".join(pieces) + stream.flush(), stream.stopped
+    stopped_by_stop_string = stream.stopped
+    return pieces, "".join(pieces) + stream.finish(), stopped_by_stop_string
 
 
 def test_stop_string_ends_text_before_it():
@@ -114,3 +115,10 @@ def test_stop_string_ends_text_before_it():
 def test_possible_start_of_a_stop_string_is_held_back_then_released():
     pieces, text, stopped = run_stream("a\nb", ["\nQ"])
     assert pieces == ["a", "", "\nb"] and text == "a\nb" and not stopped
+
+
+def test_end_of_text_releases_a_held_back_tail():
+    stream = TextStream(CharTokenizer(), ["\nQ"])
+    assert [stream.push(ord(c)) for c in "ok\n"] == ["o", "k", ""]
+    assert stream.finish() == "\n" and stream.stopped
+    assert stream.push(ord("x")) == "" and stream.finish() == ""
