@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from memagent_server.process import ServerProcess
 
 from memagent.client import AsyncClient
 
@@ -28,43 +27,11 @@ from memagent.client import AsyncClient
 @contextmanager
 def local_server(model: str, device: str):
     with tempfile.TemporaryDirectory() as data_dir:
-        log = Path(data_dir) / "server.log"
-        command = [
-            sys.executable,
-            "-c",
-            "from memagent.cli import main; main()",
-            "serve",
-            "--model",
-            model,
-            "--device",
-            device,
-            "--no-auth",
-            "--port",
-            "0",
-            "--metrics-port",
-            "-1",
-            "--data-dir",
-            f"{data_dir}/data",
-        ]
-        with open(log, "w") as stderr:  # the child keeps its own copy of the descriptor
-            process = subprocess.Popen(command, stderr=stderr, stdout=subprocess.DEVNULL)
+        server = ServerProcess(Path(data_dir) / "data", Path(data_dir) / "server.log", "--device", device, model=model)
         try:
-            yield _address(log, process)
+            yield server.address
         finally:
-            process.terminate()
-            process.wait(60)
-
-
-def _address(log: Path, process: subprocess.Popen) -> str:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            if line.startswith("{") and json.loads(line).get("message") == "serving":
-                return json.loads(line)["address"]
-        if process.poll() is not None:
-            sys.exit(f"the server exited:\n{log.read_text()}")
-        time.sleep(0.1)
-    sys.exit("the server did not start in 180 s")
+            server.stop()
 
 
 async def _client(address: str, worker: int, args, latencies: dict[str, list[float]], barrier: Barrier) -> None:

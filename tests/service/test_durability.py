@@ -3,11 +3,6 @@ and with the same pools an uninterrupted run would have."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -16,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from memagent_server.process import ServerProcess
 from safetensors.torch import load as load_tensors
 
 from memagent.client import Client, ClientError
@@ -24,50 +20,7 @@ from memagent.store import MemoryStore, NewText
 pytestmark = pytest.mark.timeout(180)
 
 MEMORIES = ["m0", "m1", "m2"]
-
-
-class ServerProcess:
-    def __init__(self, data_dir: Path, log: Path):
-        self.log = log
-        command = [
-            sys.executable,
-            "-c",
-            "from memagent.cli import main; main()",
-            "serve",
-            "--model",
-            "random:tiny",
-            "--no-auth",
-            "--port",
-            "0",
-            "--metrics-port",
-            "-1",
-            "--data-dir",
-            str(data_dir),
-            "--snapshot-every",
-            "5",
-        ]
-        with open(log, "w") as stderr:
-            self.process = subprocess.Popen(command, stderr=stderr, stdout=subprocess.DEVNULL)
-        self.address = self._wait_for_address()
-
-    def _wait_for_address(self, timeout: float = 90) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.log.read_text().splitlines():
-                if line.startswith("{") and json.loads(line).get("message") == "serving":
-                    return json.loads(line)["address"]
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log.read_text()}")
-            time.sleep(0.1)
-        raise TimeoutError(self.log.read_text())
-
-    def kill(self) -> None:
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        assert self.process.wait(30) == 0
+SNAPSHOT_OFTEN = ("--snapshot-every", "5")
 
 
 def _writer(address: str, worker: int, acknowledged: list, interrupted: list, stop: threading.Event) -> None:
@@ -93,7 +46,7 @@ def _pool(client: Client, memory: str, path: Path) -> torch.Tensor:
 
 def test_kill_9_during_writes_loses_no_acknowledged_write(tiny_engine, tmp_path):
     data = tmp_path / "data"
-    server = ServerProcess(data, tmp_path / "first.log")
+    server = ServerProcess(data, tmp_path / "first.log", *SNAPSHOT_OFTEN)
     with Client(server.address) as client:
         for memory in MEMORIES:
             client.create(memory)
@@ -114,7 +67,7 @@ def test_kill_9_during_writes_loses_no_acknowledged_write(tiny_engine, tmp_path)
     assert interrupted and set(interrupted) == {grpc.StatusCode.UNAVAILABLE}  # writes were in flight
     assert any((data / "default" / m).glob("pool-*.safetensors") for m in MEMORIES)  # recovery = snapshot + tail
 
-    server = ServerProcess(data, tmp_path / "second.log")
+    server = ServerProcess(data, tmp_path / "second.log", *SNAPSHOT_OFTEN)
     try:
         with Client(server.address) as client:
             logged = {m: client.entries(m) for m in MEMORIES}
@@ -133,4 +86,4 @@ def test_kill_9_during_writes_loses_no_acknowledged_write(tiny_engine, tmp_path)
                 assert torch.equal(_pool(client, memory, tmp_path / f"{memory}.tar"), expected)
             client.inject("m0", "The server takes writes again after recovery.")
     finally:
-        server.stop()
+        assert server.stop() == 0, "a graceful shutdown exits 0"
