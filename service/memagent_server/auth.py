@@ -80,8 +80,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or invalid token: send metadata 'authorization: Bearer <token>'",
             )
-        reset = _tenant.set(tenant)
-        try:
-            yield
-        finally:
-            _tenant.reset(reset)
+        # grpc.aio runs every RPC in its own task, so the value ends with the call. No reset:
+        # an abandoned response stream is closed from another context, where a reset fails.
+        _tenant.set(tenant)
+        yield

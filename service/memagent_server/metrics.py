@@ -61,6 +61,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     @contextlib.asynccontextmanager
     async def _observe(self, method: str, context: grpc.aio.ServicerContext):
         start = time.perf_counter()
+        # Read now: after a cancellation the call's transport (which owns the peer) may be gone,
+        # and grpc_call_get_peer on it is a use-after-free.
+        peer = context.peer()
         code = grpc.StatusCode.OK
         try:
             yield
@@ -79,5 +82,5 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             self.metrics.requests.labels(method=method, code=name).inc()
             self.metrics.latency.labels(method=method).observe(seconds)
             log.info(
-                "rpc", extra={"method": method, "code": name, "ms": round(seconds * 1000, 2), "peer": context.peer()}
+                "rpc", extra={"method": method, "code": name, "ms": round(seconds * 1000, 2), "peer": peer}
             )

@@ -23,6 +23,8 @@ class RunningServer:
         self.store = MemoryStore(engine, data_dir, snapshot_every=config.pop("snapshot_every", 4))
         self.server = Server(self.store, ServerConfig(host="127.0.0.1", port=0, **config))
         self.loop = asyncio.new_event_loop()
+        self.loop_errors: list[dict] = []  # what the loop would only log: failed callbacks, lost task errors
+        self.loop.set_exception_handler(lambda loop, error: self.loop_errors.append(error))
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self._wait(self.server.start())
@@ -38,6 +40,7 @@ class RunningServer:
         self._wait(self.server.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        assert not self.loop_errors, self.loop_errors
 
 
 @pytest.fixture(scope="module")

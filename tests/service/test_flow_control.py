@@ -69,3 +69,15 @@ def test_full_queue_answers_resource_exhausted(small_server):
             stream.close()
         assert _idle_soon(small_server)
         assert c.get("m").entries == 1
+
+
+def test_streams_abandoned_mid_decode_leave_the_server_healthy(small_server):
+    """Clients closing their channels while the server streams to them, over and over."""
+    for _ in range(60):
+        with small_server.client(None) as a, small_server.client(None) as b:
+            streams = [a.generate("m", "Once upon a time", **LONG), b.generate("m", "Long ago", **LONG)]
+            for stream in streams:
+                next(stream)
+        assert _idle_soon(small_server)
+    with small_server.client(None) as client:
+        assert client.get("m").entries == 1
