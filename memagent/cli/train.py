@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 
     evaluate = subparsers.add_parser("eval", help="measure recall, retention, controls and perplexity of a model")
     evaluate.add_argument("--adapter", default=None, help="adapter folder (default: the shipped one)")
-    evaluate.add_argument("--facts", type=int, default=40, help="held-out facts per measurement")
+    evaluate.add_argument("--facts", type=int, default=100, help="held-out facts per measurement")
     evaluate.add_argument("--distractors", default="0,1,5,10,20", help="k values: unrelated writes after the fact")
     evaluate.add_argument("--out", default="docs", help="where eval_results.md/json and eval_retention.png go")
     evaluate.add_argument("--seed", type=int, default=1234)
