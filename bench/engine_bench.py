@@ -11,6 +11,7 @@ decode tokens/s at batch 1 and 8, and peak memory.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import time
@@ -18,6 +19,7 @@ import time
 import torch
 
 from memagent import loading, presets
+from memagent.model import MemoryLLM
 
 
 def sync(device: torch.device) -> None:
@@ -44,6 +46,23 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def needed_gib(config, dtype: torch.dtype, batches: list[int], cached_tokens: int) -> float:
+    """Weights, the pool, its K/V prefix, and one decode cache per batch row (each row holds a
+    copy of the prefix)."""
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in MemoryLLM(config).parameters())
+    L, N, d = config.num_hidden_layers, config.num_memory_tokens, config.hidden_size
+    kv_per_token = 2 * L * config.num_key_value_heads * config.head_dim
+    elements = parameters + L * N * d + kv_per_token * (N + 1) * (1 + max(batches)) + kv_per_token * cached_tokens
+    return elements * dtype.itemsize / 2**30
+
+
+def available_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 2**30
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="tiny", choices=list(presets.SHAPES))
@@ -52,6 +71,7 @@ def main() -> None:
     parser.add_argument("--write-tokens", type=int, default=512)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--batches", default="1,8", help="decode batch sizes, comma-separated")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-cuda-graph", action="store_true", help="decode eagerly on CUDA")
     args = parser.parse_args()
@@ -59,8 +79,13 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
     config = presets.shape_config(args.shape)
-    if args.shape == "llama3-8b" and device.type == "cpu":
-        parser.error("llama3-8b needs a GPU (32 GB of weights in float32 do not fit this machine)")
+    batches = [int(b) for b in args.batches.split(",")]
+    need = needed_gib(config, dtype, batches, max(batches) * (args.prompt_tokens + args.new_tokens))
+    if need > available_gib(device):
+        parser.error(
+            f"{args.shape} in {str(dtype).removeprefix('torch.')} needs about {need:.1f} GiB "
+            f"(weights, pool, memory K/V, batch {max(batches)} cache); {device} has {available_gib(device):.1f} GiB free"
+        )
     torch.manual_seed(0)
     model = loading.from_random(config, device=device, dtype=dtype)
     vocab = config.vocab_size
@@ -98,7 +123,7 @@ def main() -> None:
         (f"first token, {args.prompt_tokens}-token prompt, memory K/V cold", f"{cold_s * 1000:.1f} ms"),
         (f"first token, {args.prompt_tokens}-token prompt, memory K/V warm", f"{warm_s * 1000:.1f} ms"),
     ]
-    for batch in (1, 8):
+    for batch in batches:
         total = timed(decode(batch), device, args.repeats)
         # Decode speed excludes the prefill, measured above as the warm first token.
         per_step = (total - warm_s) / (args.new_tokens - 1)
