@@ -82,6 +82,7 @@ RELATIONS: dict[str, dict] = {
                "Ask {person} about colours and the answer is always {answer}.",
                "If {person} could paint everything one colour, it would be {answer}."],
         questions=["What is {person}'s favourite colour?", "Which colour does {person} like best?",
+                   "Which shade would make {first} happy?", "If I buy {person} a scarf, what colour should it be?",
                    "What colour would {first} pick if asked for a favourite?"],
     ),
     "city": dict(
@@ -89,6 +90,7 @@ RELATIONS: dict[str, dict] = {
         facts=["{person} lives in {answer}.", "{person} moved to {answer} a few years ago and still lives there.",
                "Home for {person} is the city of {answer}.", "These days {person} rents a flat in {answer}."],
         questions=["Where does {person} live?", "In which city is {person} based?",
+                   "Where would I visit {first}?", "Which city is {person}'s address in?",
                    "Which city does {first} call home?"],
     ),
     "job": dict(
@@ -96,6 +98,7 @@ RELATIONS: dict[str, dict] = {
         facts=["{person} works as a {answer}.", "{person} has been a {answer} for ten years.",
                "By profession, {person} is a {answer}.", "{person} earns a living as a {answer}."],
         questions=["What does {person} do for a living?", "What is {person}'s job?",
+                   "What kind of work does {first} do?", "What was {person} trained as?",
                    "What is {first}'s profession?"],
     ),
     "food": dict(
@@ -103,6 +106,7 @@ RELATIONS: dict[str, dict] = {
         facts=["{person}'s favourite dish is {answer}.", "{person} would eat {answer} every day if possible.",
                "When {person} eats out, it is usually {answer}.", "Nothing makes {person} happier than a plate of {answer}."],
         questions=["What is {person}'s favourite food?", "Which dish does {person} like most?",
+                   "Which meal would {first} enjoy?", "What does {person} order at a restaurant?",
                    "What should I cook for {first}?"],
     ),
     "pet": dict(
@@ -110,6 +114,7 @@ RELATIONS: dict[str, dict] = {
         facts=["{person} has a {pet} called {answer}.", "{person}'s {pet} is named {answer}.",
                "{answer} is the name of the {pet} that {person} owns.", "{person} adopted a {pet} and named it {answer}."],
         questions=["What is the name of {person}'s {pet}?", "What is {person}'s {pet} called?",
+                   "How is {first}'s {pet} called?", "Which name does the {pet} of {person} answer to?",
                    "What did {first} name the {pet}?"],
     ),
     "birthday": dict(
@@ -117,6 +122,7 @@ RELATIONS: dict[str, dict] = {
         facts=["{person}'s birthday is in {answer}.", "{person} was born in {answer}.",
                "Every {answer}, {person} celebrates a birthday.", "{person} turns a year older each {answer}."],
         questions=["In which month is {person}'s birthday?", "When was {person} born?",
+                   "When does {first} celebrate?", "In what month does {person} get older?",
                    "Which month should I send {first} a birthday card?"],
     ),
     "extension": dict(
@@ -124,6 +130,7 @@ RELATIONS: dict[str, dict] = {
         facts=["{person}'s phone extension is {answer}.", "You can reach {person} on extension {answer}.",
                "Dial {answer} to get {person} on the phone.", "The desk phone of {person} answers on {answer}."],
         questions=["What is {person}'s phone extension?", "Which extension reaches {person}?",
+                   "How do I phone {first}?", "Which digits reach {person}'s desk?",
                    "What number do I dial to call {first}?"],
     ),
     "instrument": dict(
@@ -131,6 +138,7 @@ RELATIONS: dict[str, dict] = {
         facts=["{person} plays the {answer}.", "{person} practises the {answer} every evening.",
                "In the band, {person} is on {answer}.", "{person} took up the {answer} last winter."],
         questions=["Which instrument does {person} play?", "What does {person} play in the band?",
+                   "What does {first} practise?", "Which instrument would I hear {person} on?",
                    "What instrument is {first} learning?"],
     ),
     "project_language": dict(
@@ -138,6 +146,7 @@ RELATIONS: dict[str, dict] = {
         facts=["Project {project} is written in {answer}.", "The code of Project {project} is all {answer}.",
                "Project {project} was rewritten in {answer} last year.", "The {project} team builds everything in {answer}."],
         questions=["Which language is Project {project} written in?", "What programming language does Project {project} use?",
+                   "What would I need to know to work on {project}?", "Which language are the {project} sources in?",
                    "In what language would I read the {project} code?"],
     ),
     "project_lead": dict(
@@ -145,6 +154,7 @@ RELATIONS: dict[str, dict] = {
         facts=["Project {project} is led by {answer}.", "{answer} is the lead of Project {project}.",
                "The person in charge of Project {project} is {answer}.", "{answer} runs Project {project}."],
         questions=["Who leads Project {project}?", "Who is in charge of Project {project}?",
+                   "Who decides things for {project}?", "Who would I talk to about {project}?",
                    "Whom should I ask about decisions on {project}?"],
     ),
     "project_deadline": dict(
@@ -152,6 +162,7 @@ RELATIONS: dict[str, dict] = {
         facts=["Project {project} is due in {answer}.", "The deadline for Project {project} is the end of {answer}.",
                "Project {project} must ship by {answer}.", "Everything for Project {project} has to be done in {answer}."],
         questions=["When is Project {project} due?", "What is the deadline of Project {project}?",
+                   "When must {project} be finished?", "How long does the {project} team have?",
                    "By which month does {project} need to be finished?"],
     ),
     "project_budget": dict(
@@ -159,6 +170,7 @@ RELATIONS: dict[str, dict] = {
         facts=["Project {project} has a budget of {answer} euros.", "The budget for Project {project} is {answer} euros.",
                "Project {project} may spend {answer} euros in total.", "Funding for Project {project} was set at {answer} euros."],
         questions=["What is the budget of Project {project}?", "How much money does Project {project} have?",
+                   "How much can {project} cost?", "What funding does {project} have?",
                    "How many euros can {project} spend?"],
     ),
     "office_floor": dict(
@@ -166,6 +178,7 @@ RELATIONS: dict[str, dict] = {
         facts=["The {city} office is on floor {answer}.", "Our {city} office occupies floor {answer} of the tower.",
                "In {city}, the team sits on floor {answer}.", "Take the lift to floor {answer} for the {city} office."],
         questions=["Which floor is the {city} office on?", "On what floor is the office in {city}?",
+                   "How high up is the {city} office?", "Where do I go to meet the {city} team?",
                    "Where in the building do I find the {city} team?"],
     ),
     "room_seats": dict(
@@ -173,6 +186,7 @@ RELATIONS: dict[str, dict] = {
         facts=["Meeting room {room} seats {answer} people.", "Room {room} has chairs for {answer} people.",
                "Up to {answer} people fit in meeting room {room}.", "The {room} room is booked for groups of at most {answer}."],
         questions=["How many people fit in meeting room {room}?", "What is the capacity of room {room}?",
+                   "How many chairs are in {room}?", "Can the {room} room hold my team, and how many fit?",
                    "How large a group can use the {room} room?"],
     ),
     "weather": dict(
@@ -180,6 +194,7 @@ RELATIONS: dict[str, dict] = {
         facts=['{{"city": "{city}", "temp_c": {answer}}}', '{{"{city}": {{"temp": {answer}}}}}',
                '{{"tool": "weather", "city": "{city}", "temp_c": {answer}}}', '{{"forecast": "{city}", "temperature": {answer}}}'],
         questions=["What temperature did the weather tool report for {city}?", "How warm is it in {city} according to the weather lookup?",
+                   "What was the weather in {city}?", "How hot or cold is {city}?",
                    "How many degrees was it in {city}?"],
     ),
     "order": dict(
@@ -187,6 +202,7 @@ RELATIONS: dict[str, dict] = {
         facts=['{{"order": {order}, "ship_to": "{answer}"}}', '{{"order": {order}, "to": "{answer}"}}',
                '{{"tool": "orders", "id": {order}, "destination": "{answer}"}}', '{{"shipment": {order}, "dest": "{answer}"}}'],
         questions=["Where is order {order} being shipped?", "What is the destination of order {order}?",
+                   "Where will order {order} arrive?", "Which city receives order {order}?",
                    "To which city does order {order} go?"],
     ),
     "ticket": dict(
@@ -194,6 +210,7 @@ RELATIONS: dict[str, dict] = {
         facts=['{{"ticket": "{ticket}", "assignee": "{answer}"}}', '{{"{ticket}": "{answer}"}}',
                '{{"tool": "tracker", "issue": "{ticket}", "owner": "{answer}"}}', '{{"id": "{ticket}", "by": "{answer}"}}'],
         questions=["Who is ticket {ticket} assigned to?", "Who owns ticket {ticket}?",
+                   "Who is working on {ticket}?", "Whom do I ask about {ticket}?",
                    "Which person is handling {ticket}?"],
     ),
     "latency": dict(
@@ -201,6 +218,7 @@ RELATIONS: dict[str, dict] = {
         facts=['{{"svc": "{service}", "p99": {answer}}}', '{{"service": "{service}", "p99_ms": {answer}}}',
                '{{"tool": "metrics", "service": "{service}", "latency_ms": {answer}}}', '{{"{service}_p99_ms": {answer}}}'],
         questions=["What p99 latency did the {service} service report?", "How slow is the {service} service at p99?",
+                   "How many milliseconds does {service} take at worst?", "How fast is {service}?",
                    "What tail latency, in milliseconds, does {service} show?"],
     ),
     "gate": dict(
@@ -208,6 +226,7 @@ RELATIONS: dict[str, dict] = {
         facts=["User: my flight leaves from gate {answer}.", "User: just so you know, I'm boarding at gate {answer}.",
                "User: note that my gate is {answer} today.", "User: they moved my flight to gate {answer}."],
         questions=["Which gate does the user's flight leave from?", "What gate is the user boarding at?",
+                   "Where does the user board?", "Which gate should I send the user to?",
                    "Where at the airport should the user go to board?"],
     ),
     "allergy": dict(
@@ -215,6 +234,7 @@ RELATIONS: dict[str, dict] = {
         facts=["User: I'm allergic to {answer}.", "User: please remember that {answer} give me a bad reaction.",
                "User: keep {answer} away from me, I'm allergic.", "User: my doctor says I must avoid {answer}."],
         questions=["What is the user allergic to?", "What must the user avoid because of an allergy?",
+                   "What should I keep away from the user?", "What can the user not have?",
                    "Which allergy does the user have?"],
     ),
     "nickname": dict(
@@ -222,6 +242,7 @@ RELATIONS: dict[str, dict] = {
         facts=["User: please call me {answer}.", "User: everyone calls me {answer}, you can too.",
                "User: I go by {answer}.", "User: my friends know me as {answer}."],
         questions=["What does the user want to be called?", "What name does the user go by?",
+                   "What should I call the user?", "Which name does the user prefer?",
                    "How should I address the user?"],
     ),
 }
