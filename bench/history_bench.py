@@ -63,7 +63,7 @@ def ask_cost(engine: Engine, prompt: str, pool, new_tokens: int) -> dict:
 
 def run(device: str, new_tokens: int) -> list[dict]:
     ours = default_model.load_engine(device=device)
-    base = Engine(*default_model.load_base(device=device), name="smollm2-135m-instruct")
+    base = default_model.load_base_engine(device=device)
     sampler = FactSampler("eval", seed=7)
     history = [sampler.fact(tool=i % 3 == 0) for i in range(max(HISTORY_SIZES))]
     question = history[0].question

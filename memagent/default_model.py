@@ -94,15 +94,18 @@ def load_default(adapter: str | Path = ADAPTER_DIR, *, device="cpu", dtype=torch
     return build(config, state, device=device, dtype=dtype), load_tokenizer()
 
 
-def load_base(*, device="cpu", dtype=torch.float32):
-    """SmolLM2-135M-Instruct itself, no adapter, as a MemoryLLM (for comparisons).
+def load_base_engine(*, device="cpu", dtype=torch.float32):
+    """An Engine on SmolLM2-135M-Instruct itself, no adapter, as a MemoryLLM (for comparisons).
 
     With an empty pool a read sees no memory prefix, so it computes exactly the base model.
     """
+    from memagent.engine import Engine
+
     config = base_config(num_tokens=1, num_blocks=1, lora_config=None)
     L, d = config.num_hidden_layers, config.hidden_size
     unused = {"bos_embedding": torch.zeros(L, 1, d), "new_memory_positional_emb": torch.zeros(1, 1, d)}
-    return build(config, base_state() | unused, device=device, dtype=dtype), load_tokenizer()
+    model = build(config, base_state() | unused, device=device, dtype=dtype)
+    return Engine(model, load_tokenizer(), name="smollm2-135m-instruct")
 
 
 def load_engine(adapter: str | Path = ADAPTER_DIR, *, device="cpu", dtype=torch.float32):

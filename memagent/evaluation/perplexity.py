@@ -11,14 +11,12 @@ from tqdm.auto import tqdm
 
 from memagent.engine import Engine
 from memagent.memory_pool import MemoryPool
-from memagent.train.corpus import general_paragraphs
+from memagent.train.corpus import prose_tokens
 
 
 def held_out_chunks(tokenizer, count: int, length: int, seed: int) -> list[list[int]]:
     """`count` windows of `length` tokens from prose that training never saw."""
-    stream: list[int] = []
-    for paragraph in general_paragraphs("eval"):
-        stream += tokenizer(paragraph + "\n\n", add_special_tokens=False)["input_ids"]
+    stream = prose_tokens(tokenizer, "eval")
     rng = random.Random(seed)
     starts = sorted(rng.sample(range(len(stream) - length), count))
     return [stream[s : s + length] for s in starts]

@@ -96,7 +96,7 @@ def evaluate_default(adapter: str | None, *, facts: int, distractors: list[int],
     from memagent import default_model
 
     engine = default_model.load_engine(adapter or default_model.ADAPTER_DIR)
-    base = Engine(*default_model.load_base(), name="smollm2-135m-instruct")
+    base = default_model.load_base_engine()
     results = measure(engine, base, facts=facts, distractors=distractors, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_results.json").write_text(json.dumps(results, indent=1) + "\n")

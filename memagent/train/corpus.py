@@ -327,6 +327,14 @@ def _prose(topics: dict[str, str], held_out: bool) -> list[str]:
     return paragraphs
 
 
+def prose_tokens(tokenizer, split: str) -> list[int]:
+    """The split's prose as one token stream, paragraphs separated by blank lines."""
+    stream: list[int] = []
+    for paragraph in general_paragraphs(split):
+        stream += tokenizer(paragraph + "\n\n", add_special_tokens=False)["input_ids"]
+    return stream
+
+
 def general_paragraphs(split: str) -> list[str]:
     """Paragraphs of English prose from Python's documentation topics, split by topic
     (a paragraph that several topics share belongs to training)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from memagent.train.corpus import FactSampler, general_paragraphs
+from memagent.train.corpus import FactSampler, prose_tokens
 
 
 @dataclass
@@ -52,10 +52,7 @@ class EpisodeMaker:
         self.schedule = schedule or Schedule()
         self.text_tokens = text_tokens
         self.end = tokenizer.eos_token
-        stream: list[int] = []
-        for paragraph in general_paragraphs(split):
-            stream += self.encode(paragraph + "\n\n")
-        self.text = stream
+        self.text = prose_tokens(tokenizer, split)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
