@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from memagent import loading, presets
-from memagent.model import MemoryLLM
+from memagent.model.memoryllm import MemoryLLM
+from memagent.model.shapes import SHAPES, shape_config
 
 
 def sync(device: torch.device) -> None:
@@ -65,7 +65,7 @@ def available_gib(device: torch.device) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="tiny", choices=list(presets.SHAPES))
+    parser.add_argument("--shape", default="tiny", choices=list(SHAPES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--write-tokens", type=int, default=512)
@@ -78,7 +78,7 @@ def main() -> None:
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
-    config = presets.shape_config(args.shape)
+    config = shape_config(args.shape)
     batches = [int(b) for b in args.batches.split(",")]
     need = needed_gib(config, dtype, batches, max(batches) * (args.prompt_tokens + args.new_tokens))
     if need > available_gib(device):
@@ -87,7 +87,7 @@ def main() -> None:
             f"(weights, pool, memory K/V, batch {max(batches)} cache); {device} has {available_gib(device):.1f} GiB free"
         )
     torch.manual_seed(0)
-    model = loading.from_random(config, device=device, dtype=dtype)
+    model = MemoryLLM.from_random(config, device=device, dtype=dtype)
     vocab = config.vocab_size
     write_ids = torch.randint(0, vocab, (1, args.write_tokens), device=device)
     model.inject(write_ids)  # a first write fills the pool: reads now see all N tokens

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from memagent import default_model
+from memagent import engines
 from memagent.engine import Engine
-from memagent.generation import SamplingParams, stream
+from memagent.model.generation import SamplingParams, stream
 from memagent.train.corpus import FactSampler
 
 HISTORY_SIZES = (1, 10, 50, 200)
@@ -62,19 +62,19 @@ def ask_cost(engine: Engine, prompt: str, pool, new_tokens: int) -> dict:
 
 
 def run(device: str, new_tokens: int) -> list[dict]:
-    ours = default_model.load_engine(device=device)
-    base = default_model.load_base_engine(device=device)
+    ours = engines.load_default_engine(device=device)
+    base = engines.load_base_engine(device=device)
     sampler = FactSampler("eval", seed=7)
     history = [sampler.fact(tool=i % 3 == 0) for i in range(max(HISTORY_SIZES))]
     question = history[0].question
-    ask_cost(base, base.question_prompt(question), base.pool("warm-up").state, 4)
+    ask_cost(base, base.question_prompt(question), base.pool("warm-up").pool, 4)
     pool, rows = ours.pool("bench"), []
     for h in HISTORY_SIZES:
         for fact in history[pool.step : h]:
             pool.inject(fact.text, progress=False)
         in_prompt = "\n".join(f.text for f in history[:h]) + "\n\n" + question
-        rows.append({"h": h, "system": "memagent", **ask_cost(ours, ours.question_prompt(question), pool.state, new_tokens)})
-        empty = base.pool("empty").state
+        rows.append({"h": h, "system": "memagent", **ask_cost(ours, ours.question_prompt(question), pool.pool, new_tokens)})
+        empty = base.pool("empty").pool
         rows.append({"h": h, "system": "base, history in prompt", **ask_cost(base, base.question_prompt(in_prompt), empty, new_tokens)})
         print(rows[-2], rows[-1], flush=True)
     return rows

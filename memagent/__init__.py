@@ -6,14 +6,14 @@ Names load on first use, so `memagent.client` (gRPC only) does not import torch.
 import importlib
 
 _EXPORTS = {
+    "Chunking": "memagent.engine",
     "Engine": "memagent.engine",
-    "Pool": "memagent.engine",
-    "WritePolicy": "memagent.engine",
+    "NamedPool": "memagent.engine",
     "WriteReceipt": "memagent.engine",
-    "load": "memagent.engine",
-    "MemoryLLM": "memagent.model",
-    "MemoryLLMConfig": "memagent.config",
-    "MemoryPool": "memagent.memory_pool",
+    "load": "memagent.engines",
+    "MemoryLLM": "memagent.model.memoryllm",
+    "MemoryLLMConfig": "memagent.model.config",
+    "MemoryPool": "memagent.model.memory_pool",
 }
 __all__ = sorted(_EXPORTS)
 

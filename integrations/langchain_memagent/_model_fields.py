@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from langchain_core.language_models.base import LangSmithParams
 
-from memagent.integration_backend import sampling_options
-from memagent.integration_fields import MemoryConnection
+from memagent.integration.backend import sampling_options
+from memagent.integration.fields import MemoryConnection
 
 
 class MemAgentModelFields(MemoryConnection):

@@ -8,8 +8,8 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage, convert_to_messages
 
-from memagent import memory_records
-from memagent.integration_backend import connect
+from memagent.integration import records as memory_records
+from memagent.integration.backend import connect
 
 if TYPE_CHECKING:
     from memagent.engine import Engine

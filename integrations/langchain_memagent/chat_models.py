@@ -11,8 +11,8 @@ from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from langchain_memagent._model_fields import MemAgentModelFields
-from memagent import memory_records
-from memagent.integration_backend import chat_message
+from memagent.integration import records as memory_records
+from memagent.integration.backend import chat_message
 
 
 def message_dicts(messages: Sequence[BaseMessage]) -> list[dict]:

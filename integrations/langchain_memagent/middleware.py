@@ -11,8 +11,8 @@ from langchain_core.tools import BaseTool, StructuredTool
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from memagent import memory_records
-from memagent.integration_backend import connect
+from memagent.integration import records as memory_records
+from memagent.integration.backend import connect
 
 if TYPE_CHECKING:
     from memagent.engine import Engine

@@ -8,7 +8,7 @@ from typing import Self
 
 import grpc
 
-from memagent.client import messages as m
+import memagent.client.messages as m
 from memagent.client.types import Entry, ForgetResult, MemoryInfo, Receipt, Text
 from memagent.v1 import memagent_pb2 as pb
 from memagent.v1 import memagent_pb2_grpc

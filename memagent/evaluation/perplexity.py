@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from memagent.engine import Engine
-from memagent.memory_pool import MemoryPool
+from memagent.model.memory_pool import MemoryPool
 from memagent.train.corpus import prose_tokens
 
 

@@ -1,7 +1,7 @@
 """Recall of held-out facts after k unrelated writes, and the controls that frame it.
 
 For each fact: write it into an empty pool, then unrelated writes one after another,
-asking the fact's question (through `Pool.ask`, as a user would) whenever k reaches one of
+asking the fact's question (through `NamedPool.ask`, as a user would) whenever k reaches one of
 the measured values. The same pools answer a question whose fact was never written (the
 never-written control). The base model answers with the fact in its prompt (upper bound)
 and without it (what it guesses).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from memagent import default_model, engines
 from memagent.engine import Engine
 from memagent.evaluation.perplexity import held_out_chunks, perplexity
 from memagent.evaluation.recall import (
@@ -42,9 +43,9 @@ def measure(engine: Engine, base: Engine, *, facts: int, distractors: list[int],
         "base_no_fact": prompt_recall(base, sentences, with_fact=False),
         "sentence_recall": recall_at_zero(engine, sentences, "sentence writes"),
         "short_tool_recall": recall_at_zero(engine, short_tool_facts(engine, facts, seed), "short tool-output writes"),
-        "ppl_base": perplexity(base, chunks, base.pool("eval-perplexity").state, "perplexity, base"),
-        "ppl_empty_pool": perplexity(engine, chunks, engine.pool("eval-perplexity-empty").state, "perplexity, empty pool"),
-        "ppl_used_pool": perplexity(engine, chunks, used.state, "perplexity, after 5 writes"),
+        "ppl_base": perplexity(base, chunks, base.pool("eval-perplexity").pool, "perplexity, base"),
+        "ppl_empty_pool": perplexity(engine, chunks, engine.pool("eval-perplexity-empty").pool, "perplexity, empty pool"),
+        "ppl_used_pool": perplexity(engine, chunks, used.pool, "perplexity, after 5 writes"),
     }
 
 
@@ -93,10 +94,8 @@ def plot(r: dict, path: Path) -> None:
 
 
 def evaluate_default(adapter: str | None, *, facts: int, distractors: list[int], out: Path, seed: int) -> dict:
-    from memagent import default_model
-
-    engine = default_model.load_engine(adapter or default_model.ADAPTER_DIR)
-    base = default_model.load_base_engine()
+    engine = engines.load_default_engine(adapter or default_model.ADAPTER_DIR)
+    base = engines.load_base_engine()
     results = measure(engine, base, facts=facts, distractors=distractors, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_results.json").write_text(json.dumps(results, indent=1) + "\n")

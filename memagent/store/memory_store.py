@@ -25,8 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from memagent.engine import Engine
-from memagent.memory_pool import MemoryPool
-from memagent.pool_file import PoolFileError, load_pool, pool_to_bytes
+from memagent.model.memory_pool import MemoryPool
+from memagent.model.pool_file import PoolFileError, load_pool, pool_to_bytes
 from memagent.store.errors import CorruptState, EntryNotFound, InvalidName, MemoryExists, MemoryNotFound, ModelMismatch
 from memagent.store.residency import Residency
 from memagent.store.snapshots import Snapshots
@@ -89,7 +89,7 @@ class ExportedState:
     pool: bytes
 
 
-class StoredMemory:
+class DurablePool:
     """One memory's files and, while it is open, its pool."""
 
     def __init__(self, key: tuple[str, str], folder: Path, wal: WriteAheadLog, snapshots: Snapshots):
@@ -110,7 +110,7 @@ class Generation:
     decoding. Its usage (`prompt_tokens`, `generated_tokens`, `finish_reason`, `step`) is final
     once the iteration has ended."""
 
-    def __init__(self, store: MemoryStore, memory: StoredMemory, prompt: str, options: dict):
+    def __init__(self, store: MemoryStore, memory: DurablePool, prompt: str, options: dict):
         self.prompt_tokens = len(store.engine.encode(prompt))
         self.generated_tokens = 0
         self.finish_reason = ""
@@ -126,7 +126,7 @@ class Generation:
     def close(self) -> None:
         self._steps.close()
 
-    def _run(self, store: MemoryStore, memory: StoredMemory, prompt: str, options: dict) -> Iterator[str]:
+    def _run(self, store: MemoryStore, memory: DurablePool, prompt: str, options: dict) -> Iterator[str]:
         pool = store._ready(memory)  # on the first step, so the pool is on the device for the prefill
         self.step = pool.step
         limit = options.get("max_new_tokens", 64)
@@ -158,7 +158,7 @@ class MemoryStore:
         self.fingerprint = engine.fingerprint()
         self.pool_bytes = engine.model.pool.memory.nbytes
         self.residency = Residency(engine.device, self._evict, device_bytes=device_bytes, host_bytes=host_bytes)
-        self.tenants: dict[str, dict[str, StoredMemory]] = {}
+        self.tenants: dict[str, dict[str, DurablePool]] = {}
         self._recover()
 
     # -- opening the data directory --------------------------------------------------------
@@ -180,7 +180,7 @@ class MemoryStore:
                     log.error("memory unreadable; left as it is", extra={"path": str(folder), "error": str(err)})
                     continue
                 key = (tenant_dir.name, folder.name)
-                self.tenants.setdefault(key[0], {})[key[1]] = StoredMemory(
+                self.tenants.setdefault(key[0], {})[key[1]] = DurablePool(
                     key, folder, wal, Snapshots(folder, self.fingerprint)
                 )
 
@@ -260,7 +260,7 @@ class MemoryStore:
             self._replay(pool, entries)
         return self.info(self._materialize(key, header, entries, pool))
 
-    def info(self, memory: StoredMemory) -> MemoryInfo:
+    def info(self, memory: DurablePool) -> MemoryInfo:
         wal = memory.wal
         updated = max([wal.header.rewritten] + [e.time for e in wal.entries[-1:]])
         disk = _size(wal.path) + memory.snapshots.nbytes(wal.header.log_id)
@@ -342,7 +342,7 @@ class MemoryStore:
         return self.generate(tenant, memory_id, self.engine.chat_prompt([dict(m) for m in messages]), **options)
 
     def ask(self, tenant: str, memory_id: str, question: str, **options) -> Generation:
-        """Like `Pool.ask`: a short answer, ending at a newline unless other stops are given."""
+        """Like `NamedPool.ask`: a short answer, ending at a newline unless other stops are given."""
         options.setdefault("max_new_tokens", 32)
         options["stop"] = options.get("stop") or ["\n"]
         return self.generate(tenant, memory_id, self.engine.question_prompt(question), **options)
@@ -362,7 +362,7 @@ class MemoryStore:
 
     # -- inside ----------------------------------------------------------------------------
 
-    def _memory(self, tenant: str, memory_id: str) -> StoredMemory:
+    def _memory(self, tenant: str, memory_id: str) -> DurablePool:
         check_name("memory id", memory_id)
         memory = self.tenants.get(tenant, {}).get(memory_id)
         if memory is None:
@@ -380,15 +380,15 @@ class MemoryStore:
         if not text.text or not text.text.strip():
             raise ValueError("text is empty")
         ids = self.engine.encode(text.text)
-        return len(ids), self.engine.policy.chunks(ids)
+        return len(ids), self.engine.chunking.chunks(ids)
 
-    def _ready(self, memory: StoredMemory) -> MemoryPool:
+    def _ready(self, memory: DurablePool) -> MemoryPool:
         """The memory's pool, on the device: loaded (snapshot + log tail) if it was on disk."""
         if memory.pool is None:
             memory.pool = self._load(memory)
         return self.residency.use(memory.key, memory.pool)
 
-    def _load(self, memory: StoredMemory) -> MemoryPool:
+    def _load(self, memory: DurablePool) -> MemoryPool:
         header, entries = memory.wal.header, memory.wal.entries
         if header.fingerprint != self.fingerprint:
             raise ModelMismatch(
@@ -415,11 +415,11 @@ class MemoryStore:
             replayed.append(replace(entry, step=pool.step))
         return replayed
 
-    def _snapshot(self, memory: StoredMemory) -> None:
+    def _snapshot(self, memory: DurablePool) -> None:
         memory.snapshots.save(memory.pool, memory.wal.header.log_id)
         memory.unsnapshotted = 0
 
-    def _rewrite(self, memory: StoredMemory, entries: list[LogEntry], pool: MemoryPool) -> None:
+    def _rewrite(self, memory: DurablePool, entries: list[LogEntry], pool: MemoryPool) -> None:
         """Replace the memory's log and pool (reset, forget). The new log gets a new id, so the
         old snapshot no longer counts even if a crash comes before the new one is written."""
         header = memory.wal.header.rewrite(memory.wal.next_entry_id)
@@ -430,7 +430,7 @@ class MemoryStore:
 
     def _materialize(
         self, key: tuple[str, str], header: LogHeader, entries: list[LogEntry], pool: MemoryPool | None
-    ) -> StoredMemory:
+    ) -> DurablePool:
         """Write a complete memory folder out of sight, then rename it into place."""
         tenant_dir = self.root / key[0]
         tenant_dir.mkdir(exist_ok=True)
@@ -447,7 +447,7 @@ class MemoryStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         _fsync_folder(tenant_dir)
-        memory = StoredMemory(
+        memory = DurablePool(
             key, folder, WriteAheadLog(folder / LOG_FILE, header, entries), Snapshots(folder, self.fingerprint)
         )
         self.tenants.setdefault(key[0], {})[key[1]] = memory
@@ -465,7 +465,7 @@ class MemoryStore:
         finally:
             scratch.unlink(missing_ok=True)
 
-    def _close_pool(self, memory: StoredMemory) -> None:
+    def _close_pool(self, memory: DurablePool) -> None:
         self.residency.discard(memory.key)
         memory.pool = None
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Hashable
 
 import torch
 
-from memagent.memory_pool import MemoryPool
+from memagent.model.memory_pool import MemoryPool
 
 DEVICE, HOST, DISK = "device", "host", "disk"
 

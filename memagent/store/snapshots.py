@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from memagent.memory_pool import MemoryPool
-from memagent.pool_file import PoolFileError, load_pool, save_pool
+from memagent.model.memory_pool import MemoryPool
+from memagent.model.pool_file import PoolFileError, load_pool, save_pool
 
 log = logging.getLogger(__name__)
 

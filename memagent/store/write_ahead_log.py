@@ -23,7 +23,7 @@ import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from memagent.pool_file import write_atomically
+from memagent.model.pool_file import write_atomically
 from memagent.store.errors import CorruptState
 
 FORMAT = "memagent.wal/1"

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from memagent.model import MemoryLLM
+from memagent import default_model
+from memagent.model.memoryllm import MemoryLLM
 from memagent.train.adapter import AdapterShape, make_trainable
 
 
 def default_trainable(num_tokens: int, num_blocks: int, shape: AdapterShape, *, device="cpu") -> MemoryLLM:
     """SmolLM2-135M-Instruct as a MemoryLLM with fresh (small random) memory parts and a fresh LoRA adapter."""
-    from memagent import default_model
-    from memagent.loading import build
-
     config = default_model.base_config(num_tokens=num_tokens, num_blocks=num_blocks, lora_config=None)
     generator = torch.Generator().manual_seed(0)
     L, d = config.num_hidden_layers, config.hidden_size
@@ -20,5 +18,5 @@ def default_trainable(num_tokens: int, num_blocks: int, shape: AdapterShape, *, 
         "bos_embedding": torch.randn(L, 1, d, generator=generator) * config.initializer_range,
         "new_memory_positional_emb": torch.randn(1, 1, d, generator=generator) * config.initializer_range,
     }
-    model = build(config, default_model.base_state() | memory_parts, device=device, dtype=torch.float32)
+    model = MemoryLLM.from_state(config, default_model.base_state() | memory_parts, device=device, dtype=torch.float32)
     return make_trainable(model, shape)

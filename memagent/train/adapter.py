@@ -2,7 +2,7 @@
 
 One adapter named "default" serves both writes and reads (add_decoder_lora false), so peft's
 parameter names are already the released ones (`<module>.lora_A.default.weight`) and
-`memagent.loading.build` merges an exported adapter with no conversion.
+`MemoryLLM.from_state` merges an exported adapter with no conversion.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from memagent.config import WRITE_ADAPTER, LoRAConfig
+from memagent.model.config import WRITE_ADAPTER, LoRAConfig, MemoryLLMConfig
 from memagent.default_model import ADAPTER_WEIGHTS
-from memagent.model import MemoryLLM
+from memagent.model.memoryllm import MemoryLLM
 
 MEMORY_PARTS = ("bos_embedding", "new_memory_positional_emb")
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -71,14 +71,9 @@ def export_adapter(model: MemoryLLM, folder: str | Path, lora_dtype: torch.dtype
 def export_difference(model: MemoryLLM, folder: str | Path, base_state: dict[str, torch.Tensor], ids: torch.Tensor) -> float:
     """Largest logit difference between `model` and the adapter exported to `folder`, rebuilt
     on `base_state` the way `load_default` does it, after both write and then read `ids` [1, T]."""
-    from safetensors.torch import load_file
-
-    from memagent.config import MemoryLLMConfig
-    from memagent.loading import build
-
     folder = Path(folder)
     config = MemoryLLMConfig.from_json(folder / "config.json")
-    reloaded = build(config, base_state | load_file(folder / ADAPTER_WEIGHTS), device=model.device)
+    reloaded = MemoryLLM.from_state(config, base_state | load_file(folder / ADAPTER_WEIGHTS), device=model.device)
     logits = []
     for m in (model, reloaded):
         pool = m.new_pool(seed=0)

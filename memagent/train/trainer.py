@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from memagent.model import MemoryLLM
+from memagent.model.memoryllm import MemoryLLM
 from memagent.train.adapter import AdapterShape, export_adapter, trainable_state
 from memagent.train.episodes import Episode, EpisodeMaker, Schedule, Target
 

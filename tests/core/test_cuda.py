@@ -4,7 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from memagent import MemoryLLM, loading, presets
+from memagent import MemoryLLM
+from memagent.model.shapes import shape_config
 from tests.conftest import FIXTURES, REFERENCE_CASES
 
 pytestmark = pytest.mark.gpu
@@ -33,7 +34,7 @@ def test_reference_on_cuda(name):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_graphed_decode_matches_eager_in_half_precision(dtype):
-    model = loading.from_random(presets.shape_config("smollm2-135m"), device="cuda", dtype=dtype)
+    model = MemoryLLM.from_random(shape_config("smollm2-135m"), device="cuda", dtype=dtype)
     model.inject(torch.randint(0, 49152, (1, 256), device="cuda"))
     prompts = torch.randint(0, 49152, (4, 32), device="cuda")
     eager = model.generate(prompts, max_new_tokens=24, eos_token_id=[], cuda_graph=False)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from memagent.engine import WritePolicy
+from memagent.engine import Chunking
 
 
 def test_write_returns_a_receipt(tiny_engine):
@@ -18,7 +18,7 @@ def test_long_text_is_written_in_chunks(tiny_engine):
     pool = tiny_engine.pool("long")
     text = " ".join(f"fact number {i} is {i * i}." for i in range(300))
     receipt = pool.inject(text, progress=False)
-    chunk = tiny_engine.policy.max_chunk_tokens
+    chunk = tiny_engine.chunking.max_chunk_tokens
     assert receipt.chunks == -(-receipt.tokens // chunk) > 1
     assert pool.step == receipt.chunks
 
@@ -28,24 +28,24 @@ def test_empty_text_is_rejected_and_the_pool_kept(tiny_engine, text):
     pool = tiny_engine.pool("empty")
     pool.reset()
     pool.inject("something worth keeping in memory for later")
-    before = pool.state.memory.clone()
+    before = pool.pool.memory.clone()
     with pytest.raises(ValueError, match="empty"):
         pool.inject(text)
-    assert torch.equal(pool.state.memory, before) and pool.step == 1
+    assert torch.equal(pool.pool.memory, before) and pool.step == 1
 
 
 def test_short_writes_are_repeated_to_the_minimum_length():
-    policy = WritePolicy(max_chunk_tokens=8, min_write_tokens=5, repeat_short=True)
-    assert policy.chunks([1, 2]) == [[1, 2, 1, 2, 1, 2]]
-    assert policy.chunks(list(range(10))) == [list(range(8)), [8, 9, 8, 9, 8, 9]]
-    assert WritePolicy(max_chunk_tokens=8, repeat_short=False).chunks([1, 2]) == [[1, 2]]
+    chunking = Chunking(max_chunk_tokens=8, min_write_tokens=5, repeat_short=True)
+    assert chunking.chunks([1, 2]) == [[1, 2, 1, 2, 1, 2]]
+    assert chunking.chunks(list(range(10))) == [list(range(8)), [8, 9, 8, 9, 8, 9]]
+    assert Chunking(max_chunk_tokens=8, repeat_short=False).chunks([1, 2]) == [[1, 2]]
 
 
 def test_pools_are_separate(tiny_engine):
     a, b = tiny_engine.pool("a"), tiny_engine.pool("b")
     a.reset(), b.reset()
     a.inject("Only pool a hears about the secret password swordfish.")
-    assert a.step == 1 and b.step == 0 and not b.state.initialized
+    assert a.step == 1 and b.step == 0 and not b.pool.initialized
     assert tiny_engine.pool("a") is a
 
 
@@ -82,5 +82,5 @@ def test_saved_pool_loads_into_another_name(tiny_engine, tmp_path):
     pool.save(tmp_path / "saved.safetensors")
     copy = tiny_engine.pool("copy")
     copy.load(tmp_path / "saved.safetensors")
-    assert torch.equal(copy.state.memory, pool.state.memory) and copy.step == pool.step
+    assert torch.equal(copy.pool.memory, pool.pool.memory) and copy.step == pool.step
     assert copy.generate("Where", max_new_tokens=5) == pool.generate("Where", max_new_tokens=5)

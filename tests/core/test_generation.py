@@ -3,14 +3,15 @@
 import pytest
 import torch
 
-from memagent import loading, presets
-from memagent.generation import SamplingParams, left_align
+from memagent import MemoryLLM
+from memagent.model.shapes import shape_config
+from memagent.model.generation import SamplingParams, left_align
 from memagent.text_stream import TextStream
 
 
 @pytest.fixture(scope="module")
 def model():
-    m = loading.from_random(presets.shape_config("tiny"), seed=0)
+    m = MemoryLLM.from_random(shape_config("tiny"), seed=0)
     m.inject(torch.arange(100, 140)[None])
     return m
 
@@ -49,7 +50,7 @@ def test_padded_logits_equal_unpadded(model, side):
 
 
 def test_empty_pool_batch_equals_one_by_one():
-    model = loading.from_random(presets.shape_config("tiny"), seed=2)
+    model = MemoryLLM.from_random(shape_config("tiny"), seed=2)
     ids, mask = padded("left")
     batch = model.generate(ids, attention_mask=mask, max_new_tokens=5, eos_token_id=[])
     for row, prompt in enumerate(PROMPTS):

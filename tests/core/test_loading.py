@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from memagent import MemoryLLM
 from memagent import default_model
-from memagent.loading import CheckpointError, from_hf_model
+from memagent.model.loading import CheckpointError
 from tests.conftest import FIXTURES
 
 CASE = FIXTURES / "reference" / "gqa_decoder_lora"
@@ -99,7 +99,7 @@ def test_from_base_with_an_empty_pool_is_the_base_model(tmp_path, rope, tied):
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(tmp_path)
     base = LlamaForCausalLM.from_pretrained(tmp_path).eval()
-    model = from_hf_model(base, num_tokens=4, num_blocks=3)
+    model = MemoryLLM.from_hf_model(base, num_tokens=4, num_blocks=3)
     ids = torch.randint(0, 97, (2, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, base(ids).logits, atol=1e-5)

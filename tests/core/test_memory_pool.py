@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from memagent.memory_pool import MemoryPool
+from memagent.model.memory_pool import MemoryPool
 
 L, N, d = 3, 12, 4
 

@@ -3,13 +3,14 @@
 import pytest
 import torch
 
-from memagent import loading, presets
-from memagent.pool_file import PoolFileError, load_pool, save_pool
+from memagent import MemoryLLM
+from memagent.model.shapes import shape_config
+from memagent.model.pool_file import PoolFileError, load_pool, save_pool
 
 
 @pytest.fixture(scope="module")
 def model():
-    return loading.from_random(presets.shape_config("tiny"), seed=0)
+    return MemoryLLM.from_random(shape_config("tiny"), seed=0)
 
 
 def written_pool(model, n_writes=3):
@@ -35,7 +36,7 @@ def test_round_trip_keeps_memory_step_and_future(model, tmp_path):
 
 @torch.no_grad()
 def test_pool_of_another_model_is_rejected(model, tmp_path):
-    other = loading.from_random(presets.shape_config("tiny"), seed=1)
+    other = MemoryLLM.from_random(shape_config("tiny"), seed=1)
     save_pool(written_pool(model), tmp_path / "p.safetensors", model.fingerprint())
     with pytest.raises(PoolFileError, match="another model"):
         load_pool(tmp_path / "p.safetensors", other.fingerprint())

@@ -2,12 +2,13 @@
 
 import torch
 
-from memagent import loading, presets
+from memagent import MemoryLLM
+from memagent.model.shapes import shape_config
 
 
 @torch.no_grad()
 def test_prefix_is_reused_until_a_write_and_then_recomputed():
-    model = loading.from_random(presets.shape_config("tiny"), seed=0)
+    model = MemoryLLM.from_random(shape_config("tiny"), seed=0)
     model.inject(torch.arange(50, 70)[None])
     prompt = torch.tensor([[3, 4, 5]])
     first = model.memory_prefix(model.pool)
@@ -26,6 +27,6 @@ def test_prefix_is_reused_until_a_write_and_then_recomputed():
 
 @torch.no_grad()
 def test_empty_pool_has_no_prefix():
-    model = loading.from_random(presets.shape_config("tiny"), seed=0)
+    model = MemoryLLM.from_random(shape_config("tiny"), seed=0)
     assert model.memory_prefix(model.pool) is None
     assert model.new_cache(model.pool, 1, 4).prefix_length == 0

@@ -8,7 +8,7 @@ import memagent
 from memagent import default_model
 from memagent.evaluation.recall import held_out_facts, is_correct, measure_retention, unrelated_writes
 from memagent.evaluation.report import plot, table
-from memagent.loading import CheckpointError
+from memagent.model.loading import CheckpointError
 from memagent.train.corpus import Fact
 
 

@@ -120,7 +120,7 @@ def target(request) -> Target:
         return Target(
             "engine",
             {"memory": memory, "engine": engine},
-            lambda: list(writes.texts.get(id(pool.state), [])),
+            lambda: list(writes.texts.get(id(pool.pool), [])),
             lambda: pool.step,
         )
     client = request.getfixturevalue("server_client")

@@ -6,7 +6,7 @@ from pydantic import ValidationError
 from langchain_memagent import ChatMemAgent, MemAgentCallbackHandler, MemAgentLLM
 from llama_index.memory.memagent import MemAgentMemory
 from memagent.client import ClientError
-from memagent.integration_backend import EngineBackend, connect, sampling_options
+from memagent.integration.backend import EngineBackend, connect, sampling_options
 from tests.integrations.conftest import new_memory_id
 
 

@@ -1,6 +1,6 @@
 """Records carry their own context, in the shapes the default model was trained to remember."""
 
-from memagent import memory_records
+from memagent.integration import records as memory_records
 
 
 def test_tool_result_is_one_json_line_of_name_arguments_and_result_fields():

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from memagent import default_model, loading, presets
+from memagent import MemoryLLM, default_model
+from memagent.model.shapes import shape_config
 from memagent.train.adapter import AdapterShape, export_adapter, export_difference, make_trainable
 from memagent.train.episodes import EpisodeMaker, Schedule
 from memagent.train.trainer import TrainConfig, Trainer, episode_loss
@@ -26,7 +27,7 @@ class Repeat:
 
 
 def tiny_trainer(maker, run_dir, *, repeat=None, steps=12) -> Trainer:
-    model = make_trainable(loading.from_random(presets.shape_config("tiny"), seed=0), AdapterShape(rank=4, alpha=8.0))
+    model = make_trainable(MemoryLLM.from_random(shape_config("tiny"), seed=0), AdapterShape(rank=4, alpha=8.0))
     episodes = Repeat(maker, repeat) if repeat is not None else maker
     config = TrainConfig(steps=steps, lr=5e-3, warmup_steps=1, checkpoint_every=1000, adapter=AdapterShape(4, 8.0))
     return Trainer(model, episodes, config, run_dir)
@@ -71,6 +72,6 @@ def test_exported_adapter_reproduces_the_trained_model(maker, tmp_path):
     for _ in range(3):
         trainer.train_step()
     export_adapter(trainer.model, tmp_path / "exported", lora_dtype=torch.float32)
-    base_state = loading.from_random(presets.shape_config("tiny"), seed=0).state_dict()
+    base_state = MemoryLLM.from_random(shape_config("tiny"), seed=0).state_dict()
     ids = torch.tensor([maker.encode("Project Falcon is led by Marta.")])
     assert export_difference(trainer.model, tmp_path / "exported", base_state, ids) < 1e-4

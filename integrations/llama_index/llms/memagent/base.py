@@ -21,8 +21,8 @@ from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from memagent.integration_backend import chat_message, sampling_options
-from memagent.integration_fields import MemoryConnection
+from memagent.integration.backend import chat_message, sampling_options
+from memagent.integration.fields import MemoryConnection
 
 
 def message_dicts(messages: Sequence[ChatMessage]) -> list[dict]:

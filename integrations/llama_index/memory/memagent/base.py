@@ -10,8 +10,8 @@ from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallB
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.memory.types import BaseMemory
 
-from memagent import memory_records
-from memagent.integration_fields import MemoryConnection
+from memagent.integration import records as memory_records
+from memagent.integration.fields import MemoryConnection
 
 RECALL_PREFIX = "Long-term memory, on the latest user message: "
 

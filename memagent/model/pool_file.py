@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from memagent.memory_pool import MemoryPool
+from memagent.model.memory_pool import MemoryPool
 
 FORMAT = "memagent.pool/1"
 

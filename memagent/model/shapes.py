@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from memagent.config import MemoryLLMConfig
+from memagent.model.config import MemoryLLMConfig
 
 SHAPES: dict[str, dict] = {
     "tiny": dict(

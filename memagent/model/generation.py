@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from memagent.cuda_graph import GraphedDecodeStep
+from memagent.model.cuda_graph import GraphedDecodeStep
 
 if TYPE_CHECKING:
-    from memagent.memory_pool import MemoryPool
-    from memagent.model import MemoryLLM
+    from memagent.model.memory_pool import MemoryPool
+    from memagent.model.memoryllm import MemoryLLM
 
 
 @dataclass

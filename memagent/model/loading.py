@@ -1,20 +1,28 @@
-"""Building a MemoryLLM: from a released checkpoint, from any Llama-family base, or at random."""
+"""Building a MemoryLLM: from a released checkpoint, from any Llama-family base, or at random.
+
+Every builder takes the model class to instantiate (as transformers' `from_pretrained` does
+with `cls`), so this module never imports the model: `MemoryLLM.from_pretrained` and its
+siblings call in here.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from memagent.config import DECODER_ADAPTER, WRITE_ADAPTER, MemoryLLMConfig
-from memagent.lora import build_lora_linear
-from memagent.memory_pool import MemoryPool
-from memagent.model import MemoryLLM
-from memagent.rope import RotaryEmbedding
+from memagent.model.config import DECODER_ADAPTER, WRITE_ADAPTER, MemoryLLMConfig
+from memagent.model.lora import build_lora_linear
+from memagent.model.memory_pool import MemoryPool
+from memagent.model.rope import RotaryEmbedding
+
+if TYPE_CHECKING:
+    from memagent.model.memoryllm import MemoryLLM
 
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.(?P<adapter>[^.]+)\.weight$")
 _LLAMA_FAMILY = ("llama", "mistral")
@@ -94,6 +102,7 @@ def attach_lora(model: MemoryLLM, lora: dict[str, dict[str, tuple[torch.Tensor, 
 
 
 def build(
+    model_class: type[MemoryLLM],
     config: MemoryLLMConfig,
     state: dict[str, torch.Tensor],
     *,
@@ -106,7 +115,7 @@ def build(
     memory = state.pop("memory", None)
     initialized = bool(state.pop("initialized", torch.tensor(0)).item()) and memory is not None
     with torch.device("meta"):
-        model = MemoryLLM(config)
+        model = model_class(config)
     expected = set(model.state_dict())
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
@@ -129,7 +138,7 @@ def build(
 
 
 def from_pretrained(
-    path_or_id: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    model_class: type[MemoryLLM], path_or_id: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> MemoryLLM:
     """Load a checkpoint in the released MemoryLLM format (a folder or a hub id)."""
     folder = resolve_checkpoint(path_or_id)
@@ -150,14 +159,14 @@ def from_pretrained(
             f"{folder}: this checkpoint uses the first MemoryLLM-7B layout ({', '.join(first_layout)}), "
             "which memagent does not implement; use MemoryLLM-8B or MemoryLLM-8B-chat"
         )
-    return build(MemoryLLMConfig.from_dict(raw), read_safetensors(folder), device=device, dtype=dtype)
+    return build(model_class, MemoryLLMConfig.from_dict(raw), read_safetensors(folder), device=device, dtype=dtype)
 
 
-def from_random(config: MemoryLLMConfig, *, seed: int = 0, device="cpu", dtype=torch.float32) -> MemoryLLM:
+def from_random(model_class: type[MemoryLLM], config: MemoryLLMConfig, *, seed: int = 0, device="cpu", dtype=torch.float32) -> MemoryLLM:
     """A randomly initialised model (tests, benchmarks); the same seed gives the same weights."""
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in MemoryLLM(config).state_dict().items()}
+        shapes = {k: v.shape for k, v in model_class(config).state_dict().items()}
     state = {}
     for name, shape in shapes.items():
         if name.endswith("norm.weight"):
@@ -165,7 +174,7 @@ def from_random(config: MemoryLLMConfig, *, seed: int = 0, device="cpu", dtype=t
         else:
             noise = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
             state[name] = (noise * config.initializer_range).to(dtype)
-    return build(config, state, device=device, dtype=dtype)
+    return build(model_class, config, state, device=device, dtype=dtype)
 
 
 def load_base(base: str | Path, *, device="cpu", dtype=torch.float32):
@@ -186,6 +195,7 @@ def load_base(base: str | Path, *, device="cpu", dtype=torch.float32):
 
 
 def from_base(
+    model_class: type[MemoryLLM],
     base: str | Path,
     *,
     num_tokens: int,
@@ -201,11 +211,11 @@ def from_base(
     Returns (model, tokenizer).
     """
     hf_model, tokenizer = load_base(base, dtype=torch.float32)
-    model = from_hf_model(hf_model, num_tokens=num_tokens, num_blocks=num_blocks, seed=seed, **options)
+    model = from_hf_model(model_class, hf_model, num_tokens=num_tokens, num_blocks=num_blocks, seed=seed, **options)
     return model.to(device=device, dtype=dtype), tokenizer
 
 
-def from_hf_model(hf_model, *, num_tokens: int, num_blocks: int, seed: int = 0, **options) -> MemoryLLM:
+def from_hf_model(model_class: type[MemoryLLM], hf_model, *, num_tokens: int, num_blocks: int, seed: int = 0, **options) -> MemoryLLM:
     """A MemoryLLM sharing `hf_model`'s weights, with freshly initialised memory parts."""
     raw = hf_model.config.to_dict() | dict(num_tokens=num_tokens, num_blocks=num_blocks, lora_config=None, **options)
     config = MemoryLLMConfig.from_dict(raw)
@@ -214,4 +224,4 @@ def from_hf_model(hf_model, *, num_tokens: int, num_blocks: int, seed: int = 0, 
     L, d = config.num_hidden_layers, config.hidden_size
     state["bos_embedding"] = torch.randn(L, 1, d, generator=generator) * config.initializer_range
     state["new_memory_positional_emb"] = torch.randn(1, 1, d, generator=generator) * config.initializer_range
-    return build(config, state, dtype=next(iter(state.values())).dtype)
+    return build(model_class, config, state, dtype=next(iter(state.values())).dtype)

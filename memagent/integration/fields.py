@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
-from memagent.integration_backend import MemoryBackend, connect
+from memagent.integration.backend import MemoryBackend, connect
 
 
 class MemoryConnection(BaseModel):

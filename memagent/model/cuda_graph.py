@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from memagent.kv_cache import KVCache
-    from memagent.model import MemoryLLM
+    from memagent.model.kv_cache import KVCache
+    from memagent.model.memoryllm import MemoryLLM
 
 WARMUP_STEPS = 2
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from memagent.config import MemoryLLMConfig
+from memagent.model.config import MemoryLLMConfig
 
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:

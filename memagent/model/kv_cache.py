@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from memagent.memory_pool import PrefixKV
+from memagent.model.memory_pool import PrefixKV
 
 
 class LayerCache:

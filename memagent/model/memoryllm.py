@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memagent.config import MemoryLLMConfig
-from memagent.generation import generate
-from memagent.kv_cache import KVCache, LayerCache
-from memagent.lora import writing
-from memagent.memory_pool import MemoryPool, PrefixKV
-from memagent.rope import RotaryEmbedding, apply_rope
+from memagent.model import generation, loading
+from memagent.model.config import MemoryLLMConfig
+from memagent.model.kv_cache import KVCache, LayerCache
+from memagent.model.lora import writing
+from memagent.model.memory_pool import MemoryPool, PrefixKV
+from memagent.model.rope import RotaryEmbedding, apply_rope
 
 
 class RMSNorm(nn.Module):
@@ -141,19 +141,34 @@ class MemoryLLM(nn.Module):
         self.pool = self.new_pool()
         self._fingerprint: str | None = None
 
+    # -- building (the checkpoint formats live in `loading`, which never imports this module) --
+
     @classmethod
     def from_pretrained(cls, path_or_id, *, device="cpu", dtype=torch.float32) -> "MemoryLLM":
         """Load a released MemoryLLM checkpoint (a folder or a Hugging Face hub id)."""
-        from memagent import loading
-
-        return loading.from_pretrained(path_or_id, device=device, dtype=dtype)
+        return loading.from_pretrained(cls, path_or_id, device=device, dtype=dtype)
 
     @classmethod
     def from_base(cls, base, *, num_tokens: int, num_blocks: int, device="cpu", dtype=torch.float32, **options):
         """A fresh memory model on a Llama-family base (folder, hub id or GGUF file); returns (model, tokenizer)."""
-        from memagent import loading
+        return loading.from_base(
+            cls, base, num_tokens=num_tokens, num_blocks=num_blocks, device=device, dtype=dtype, **options
+        )
 
-        return loading.from_base(base, num_tokens=num_tokens, num_blocks=num_blocks, device=device, dtype=dtype, **options)
+    @classmethod
+    def from_hf_model(cls, hf_model, *, num_tokens: int, num_blocks: int, seed: int = 0, **options) -> "MemoryLLM":
+        """A memory model sharing a transformers Llama model's weights, with fresh memory parts."""
+        return loading.from_hf_model(cls, hf_model, num_tokens=num_tokens, num_blocks=num_blocks, seed=seed, **options)
+
+    @classmethod
+    def from_state(cls, config: MemoryLLMConfig, state: dict, *, device="cpu", dtype=torch.float32) -> "MemoryLLM":
+        """A model from tensors under the released key names (LoRA PEFT-style; `memory` optional)."""
+        return loading.build(cls, config, state, device=device, dtype=dtype)
+
+    @classmethod
+    def from_random(cls, config: MemoryLLMConfig, *, seed: int = 0, device="cpu", dtype=torch.float32) -> "MemoryLLM":
+        """Random weights (tests, benchmarks); the same seed gives the same weights."""
+        return loading.from_random(cls, config, seed=seed, device=device, dtype=dtype)
 
     # -- the default pool ------------------------------------------------------------------
 
@@ -333,5 +348,5 @@ class MemoryLLM(nn.Module):
         return new
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 32, **options) -> torch.Tensor:
-        """New token ids [B, n] after `input_ids`; see `memagent.generation.generate`."""
-        return generate(self, input_ids, max_new_tokens=max_new_tokens, **options)
+        """New token ids [B, n] after `input_ids`; see `memagent.model.generation.generate`."""
+        return generation.generate(self, input_ids, max_new_tokens=max_new_tokens, **options)

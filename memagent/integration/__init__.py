@@ -1,0 +1,1 @@
+"""What the LangChain and LlamaIndex adapters share: the memory backend, constructor fields, event records."""

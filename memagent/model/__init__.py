@@ -1,0 +1,1 @@
+"""Tensors: the MemoryLLM module, its memory pool, caches, generation, checkpoint loading."""
