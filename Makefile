@@ -28,7 +28,7 @@ load-bench: install
 
 # Regenerates the checked-in memagent/v1/*_pb2*.py from proto/ (tests check they are current).
 proto: install
-	PATH=$(VENV)/bin:$$PATH sh proto/generate.sh
+	PYTHON=$(PY) sh proto/generate.sh
 
 clean:
 	rm -rf $(VENV)
