@@ -81,6 +81,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # one of FINISH_REASONS
+    step: int = 0  # the pool's write count the answer was read from
 
     @property
     def total_tokens(self) -> int:
