@@ -22,7 +22,8 @@ import torch
 
 from memagent import engines
 from memagent.engine import Engine
-from memagent.model.generation import SamplingParams, stream
+from memagent.model.generation import stream
+from memagent.sampling import SamplingParams
 from memagent.train.corpus import FactSampler
 
 HISTORY_SIZES = (1, 10, 50, 200)
@@ -37,7 +38,7 @@ def ask_cost(engine: Engine, prompt: str, pool, new_tokens: int) -> dict:
     """Seconds to the first token, decode tokens/s after it, and the request's memory in MiB."""
     device = engine.device
     ids = torch.tensor([engine.encode(prompt)], device=device)
-    params = SamplingParams(new_tokens, eos_token_ids=[])
+    params = SamplingParams(new_tokens)
     pool.prefix_kv = None  # the first question after a write pays for the memory's keys/values
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -16,10 +16,10 @@ import torch
 from tqdm.auto import tqdm
 
 from memagent.model import generation
-from memagent.model.generation import SamplingParams
 from memagent.model.memory_pool import MemoryPool
 from memagent.model.memoryllm import MemoryLLM
 from memagent.model.pool_file import load_pool, save_pool
+from memagent.sampling import SamplingParams
 from memagent.text_stream import TextStream
 
 # The released checkpoints' authors warn that writes under 16 tokens disturb the memory.
@@ -147,8 +147,8 @@ class Engine:
         seed: int | None = None,
     ) -> Iterator[list[str]]:
         """Yield, per decode step, the new text piece of every prompt (empty once it ended)."""
-        params = SamplingParams(max_new_tokens, do_sample, temperature, top_k, top_p, self.eos_token_ids, seed)
-        streams = [TextStream(self.tokenizer, stop) for _ in prompts]
+        params = SamplingParams(max_new_tokens, do_sample, temperature, top_k, top_p, seed, tuple(stop))
+        streams = [TextStream(self.tokenizer, params.stop) for _ in prompts]
         for tokens in self._tokens(pool, prompts, params):
             yield [text.finish() if token in self.eos_token_ids else text.push(token) for text, token in zip(streams, tokens)]
             if all(s.stopped for s in streams):
@@ -158,7 +158,7 @@ class Engine:
     def _tokens(self, pool: MemoryPool, prompts: Sequence[str], params: SamplingParams) -> Iterator[list[int]]:
         encoded = self.tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="pt")
         tokens = generation.stream(
-            self.model, encoded["input_ids"], params, encoded["attention_mask"], pool, lock=self.lock
+            self.model, encoded["input_ids"], params, self.eos_token_ids, encoded["attention_mask"], pool, lock=self.lock
         )
         return (t.tolist() for t in tokens)
 

@@ -4,37 +4,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
 from memagent.model.cuda_graph import GraphedDecodeStep
+from memagent.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from memagent.model.memory_pool import MemoryPool
     from memagent.model.memoryllm import MemoryLLM
-
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    eos_token_ids: Sequence[int] = field(default_factory=tuple)
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.do_sample and self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 def left_align(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pad_id: int):
@@ -73,6 +52,7 @@ def stream(
     model: MemoryLLM,
     input_ids: torch.Tensor,
     params: SamplingParams,
+    eos_token_ids: Sequence[int] = (),
     attention_mask: torch.Tensor | None = None,
     pool: MemoryPool | None = None,
     lock: contextlib.AbstractContextManager = contextlib.nullcontext(),
@@ -80,7 +60,8 @@ def stream(
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row [B] per step; rows that have finished repeat pad.
 
-    Stops after max_new_tokens or when every row has produced an EOS token. Closing the
+    Stops after max_new_tokens or when every row has produced one of `eos_token_ids`; stop
+    strings are text, left to the caller. Closing the
     iterator early stops generation between two decode steps. `lock` is held around each
     model call (not while the caller consumes a token), so other work can interleave. On CUDA
     the decode step replays a captured graph unless `cuda_graph` is False.
@@ -93,7 +74,7 @@ def stream(
     if params.do_sample:
         generator = torch.Generator()
         generator.manual_seed(params.seed if params.seed is not None else torch.seed())
-    eos = torch.tensor(list(params.eos_token_ids), dtype=torch.long, device=model.device)
+    eos = torch.tensor(list(eos_token_ids), dtype=torch.long, device=model.device)
     with lock, torch.inference_mode():
         cache = model.new_cache(pool or model.pool, B, T + params.max_new_tokens)
         logits = model.lm_head(model.prefill(ids, mask, cache)[:, -1])
@@ -132,6 +113,6 @@ def generate(
     if eos_token_id is None:
         eos_token_id = model.config.eos_token_ids()
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    params = SamplingParams(max_new_tokens, do_sample, temperature, top_k, top_p, eos, seed)
-    tokens = stream(model, input_ids, params, attention_mask, pool, cuda_graph=cuda_graph)
+    params = SamplingParams(max_new_tokens, do_sample, temperature, top_k, top_p, seed)
+    tokens = stream(model, input_ids, params, eos, attention_mask, pool, cuda_graph=cuda_graph)
     return torch.stack(list(tokens), dim=1)

@@ -5,7 +5,8 @@ import torch
 
 from memagent import MemoryLLM
 from memagent.model.shapes import shape_config
-from memagent.model.generation import SamplingParams, left_align
+from memagent.model.generation import left_align
+from memagent.sampling import SamplingParams
 from memagent.text_stream import TextStream
 
 
