@@ -16,11 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from memagent.model import generation, loading
+from memagent.model.attention import attend
 from memagent.model.config import MemoryLLMConfig
 from memagent.model.kv_cache import KVCache, LayerCache
 from memagent.model.lora import writing
 from memagent.model.memory_pool import MemoryPool, PrefixKV
 from memagent.model.rope import RotaryEmbedding, apply_rope
+
+
+# Queries (rows x tokens) per prefill chunk: the memory prefix's scores for one chunk are
+# [kv_heads, rows * query heads per kv head, P] floats (about 0.4 GiB per layer at 8B).
+PREFILL_QUERY_ROWS = 256
 
 
 class RMSNorm(nn.Module):
@@ -65,20 +71,25 @@ class Attention(nn.Module):
         slots: torch.Tensor | None = None,
         n_queries: int | None = None,
     ) -> torch.Tensor:
+        """With a cache: a read (keys from the memory prefix and the cache's token slots).
+        Without: a write's self-attention over x under `mask` [1, 1, T, S]."""
         k, v = self.project_kv(x, cos, sin)
-        if cache is not None:
-            k, v = cache.update(slots, k, v)
         if n_queries is not None:
             x, cos, sin = x[:, -n_queries:], cos[:, -n_queries:], sin[:, -n_queries:]
         q = apply_rope(self._heads(self.q_proj(x), self.num_heads), cos, sin)
         B, H, T, D = q.shape
-        # Grouped-query attention without copying keys: fold each group's query heads into
-        # the time axis so every kv head serves [rep * T] queries.
-        rep = H // self.kv_heads
-        q = q.reshape(B, self.kv_heads, rep * T, D)
-        mask = mask.repeat(1, 1, rep, 1) if rep > 1 else mask
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.view(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
+        if cache is not None:
+            cache.update(slots, k, v)
+            y = attend(q, cache.prefix_keys, cache.prefix_values, cache.keys, cache.values, mask)
+        else:
+            # Grouped-query attention without copying keys: fold each group's query heads into
+            # the time axis so every kv head serves [rep * T] queries.
+            rep = H // self.kv_heads
+            q = q.reshape(B, self.kv_heads, rep * T, D)
+            mask = mask.repeat(1, 1, rep, 1) if rep > 1 else mask
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # reshape, not view: fused CUDA kernels return a transposed, non-contiguous buffer.
+        y = y.reshape(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
         return self.o_proj(y)
 
 
@@ -210,27 +221,37 @@ class MemoryLLM(nn.Module):
     # -- reading ---------------------------------------------------------------------------
 
     def memory_prefix(self, pool: MemoryPool) -> PrefixKV | None:
-        """Keys/values of [bos_embedding, memory] for every layer, computed once per pool version."""
+        """Keys/values of [bos_embedding, memory] for every layer, computed once per pool version.
+
+        Built layer by layer: only one layer's [1 + N, d] tokens exist at a time, never a copy of
+        the whole pool.
+        """
         if not pool.initialized:
             return None
         if pool.prefix_kv is not None and pool.prefix_kv.version == pool.version:
             return pool.prefix_kv
-        parts = [self.bos_embedding.to(pool.memory.dtype)] if self.config.add_bos_embedding else []
-        prefix = torch.cat(parts + [pool.memory], dim=1)  # [L, P, d]
-        positions = torch.arange(prefix.shape[1], device=prefix.device)[None]
-        cos, sin = self.rotary(positions, prefix.dtype)
+        memory = pool.memory
+        bos = self.config.add_bos_embedding
+        positions = torch.arange(memory.shape[1] + bos, device=memory.device)[None]
+        cos, sin = self.rotary(positions, memory.dtype)
         keys, values = [], []
-        for layer, tokens in zip(self.model.layers, prefix):
-            k, v = layer.self_attn.project_kv(layer.input_layernorm(tokens[None]), cos, sin)
+        for index, layer in enumerate(self.model.layers):
+            tokens = memory[index][None]
+            if bos:
+                tokens = torch.cat([self.bos_embedding[index][None].to(memory.dtype), tokens], dim=1)
+            k, v = layer.self_attn.project_kv(layer.input_layernorm(tokens), cos, sin)
             keys.append(k)
             values.append(v)
         pool.prefix_kv = PrefixKV(pool.version, keys, values)
         return pool.prefix_kv
 
-    def new_cache(self, pool: MemoryPool, batch_size: int, max_tokens: int) -> KVCache:
+    def new_cache(self, pool: MemoryPool | None, batch_size: int, max_tokens: int, *, own_prefix: bool = False) -> KVCache:
+        """A cache reading `pool`'s memory (None: no memory) for `batch_size` rows of up to
+        `max_tokens` prompt and generated tokens; its prefix is the pool's own, not a copy,
+        unless `own_prefix`."""
         c = self.config
         return KVCache(
-            self.memory_prefix(pool),
+            self.memory_prefix(pool) if pool is not None else None,
             batch_size=batch_size,
             max_tokens=max_tokens,
             num_layers=c.num_hidden_layers,
@@ -238,6 +259,7 @@ class MemoryLLM(nn.Module):
             head_dim=c.head_dim,
             dtype=self.dtype,
             device=self.device,
+            own_prefix=own_prefix,
         )
 
     def read(
@@ -245,23 +267,43 @@ class MemoryLLM(nn.Module):
     ) -> torch.Tensor:
         """Final hidden states [B, T, d] for tokens at RoPE `positions` [B, T], cache `slots` [T]."""
         x = self.model.embed_tokens(input_ids)
-        cos, sin = self.rotary(positions, x.dtype, seq_len=cache.key_valid.shape[1])
-        mask = cache.attention_mask(slots)
+        cos, sin = self.rotary(positions, x.dtype, seq_len=cache.prefix_length + cache.max_tokens)
+        mask = cache.attention_mask(slots)  # once per read, shared by every layer
         for layer, layer_cache in zip(self.model.layers, cache.layers):
             x = layer(x, cos, sin, mask, layer_cache, slots)
         return self.model.norm(x)
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Run a left-padded prompt through the cache; returns its hidden states."""
-        slots = torch.arange(input_ids.shape[1], device=input_ids.device)
-        cache.mark(slots, attention_mask.bool())
-        positions = cache.prefix_length + (attention_mask.long().cumsum(1) - 1).clamp(min=0)
-        return self.read(input_ids, positions, slots, cache)
+        """Run a left-padded prompt through the cache; returns its hidden states [B, T, d].
 
-    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor, cache: KVCache):
-        """Logits [B, V] for one new token per row, at `slot` [1] and `positions` [B, 1]."""
+        Long prompts go in chunks of about PREFILL_QUERY_ROWS queries (rows x tokens), which
+        bounds the attention scores and activations of one step. Leaves the cache's decode
+        cursor just after the prompt.
+        """
+        B, T = input_ids.shape
+        valid = attention_mask.bool()
+        positions = cache.prefix_length + (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+        chunk = max(1, PREFILL_QUERY_ROWS // B)
+        hidden = []
+        for start in range(0, T, chunk):
+            part = slice(start, min(start + chunk, T))
+            slots = torch.arange(part.start, part.stop, device=input_ids.device)
+            cache.mark(slots, valid[:, part])
+            hidden.append(self.read(input_ids[:, part], positions[:, part], slots, cache))
+        cache.next_slot.fill_(T)
+        cache.next_position.copy_(positions[:, -1:] + 1)
+        return torch.cat(hidden, dim=1) if len(hidden) > 1 else hidden[0]
+
+    def decode_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits [B, V] for one new token per row [B, 1], at the cache's cursor, which advances.
+
+        Nothing here reads a tensor back to the host: the step can be captured or compiled.
+        """
+        slot = cache.next_slot
         cache.mark(slot, torch.ones_like(tokens, dtype=torch.bool))
-        return self.lm_head(self.read(tokens, positions, slot, cache))[:, -1]
+        logits = self.lm_head(self.read(tokens, cache.next_position, slot, cache))[:, -1]
+        cache.advance()
+        return logits
 
     def forward(
         self,
