@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--tls-key", type=Path)
     p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port; -1 turns it off")
     p.add_argument("--snapshot-every", type=int, default=64, help="snapshot a pool after this many writes")
-    p.add_argument("--device-budget-mb", type=float, help="pools kept on the device (default: no limit)")
+    p.add_argument("--device-budget-mb", type=float, help="pools kept on the device (default: half the GPU memory free after loading; no limit on the CPU)")
     p.add_argument("--host-budget-mb", type=float, help="pools kept in host memory off the device (default: no limit)")
     p.add_argument("--max-pending", type=int, default=256, help="requests queued or running before RESOURCE_EXHAUSTED")
     p.add_argument("--log-level", default="info")

@@ -94,9 +94,16 @@ class MemoryPool:
         twin.step = self.step
         return twin
 
-    def to(self, device: torch.device | str) -> "MemoryPool":
-        """Move the pool (not its derived caches) to `device`, in place."""
-        self.memory = self.memory.to(device)
+    def to(self, device: torch.device | str, *, pin: bool = False) -> "MemoryPool":
+        """Move the pool (not its derived caches) to `device`, in place; with `pin`, to the
+        host's page-locked memory (when a GPU makes it available)."""
+        if pin and torch.device(device).type == "cpu" and torch.cuda.is_available():
+            host = torch.empty(self.memory.shape, dtype=self.memory.dtype, pin_memory=True)
+            host.copy_(self.memory)
+            self.memory = host
+        else:
+            # From pinned memory the copy can overlap; the stream orders it before any use.
+            self.memory = self.memory.to(device, non_blocking=self.memory.is_pinned())
         self.prefix_kv = None
         return self
 

@@ -232,13 +232,14 @@ class MemoryLLM(nn.Module):
             return pool.prefix_kv
         memory = pool.memory
         bos = self.config.add_bos_embedding
-        positions = torch.arange(memory.shape[1] + bos, device=memory.device)[None]
-        cos, sin = self.rotary(positions, memory.dtype)
+        positions = torch.arange(memory.shape[1] + bos, device=self.device)[None]
+        cos, sin = self.rotary(positions, self.dtype)
         keys, values = [], []
         for index, layer in enumerate(self.model.layers):
-            tokens = memory[index][None]
+            # In the model's dtype and on its device, whatever the pool's: caches and queries are.
+            tokens = memory[index][None].to(self.device, self.dtype)
             if bos:
-                tokens = torch.cat([self.bos_embedding[index][None].to(memory.dtype), tokens], dim=1)
+                tokens = torch.cat([self.bos_embedding[index][None], tokens], dim=1)
             k, v = layer.self_attn.project_kv(layer.input_layernorm(tokens), cos, sin)
             keys.append(k)
             values.append(v)
