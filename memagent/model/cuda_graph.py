@@ -72,6 +72,7 @@ class DecodeGraphs:
 
     def __init__(self, model: MemoryLLM, *, capture: bool | None = None, max_steps: int = MAX_STEPS):
         self.model = model
+        self.where = (model.device, model.dtype)  # the steps' buffers stay where they were made
         self.capture = model.device.type == "cuda" if capture is None else capture
         self.max_steps = max_steps
         self.idle: dict[tuple, list[StaticDecodeStep]] = {}
@@ -87,10 +88,6 @@ class DecodeGraphs:
         if graphs is None or graphs.where != (model.device, model.dtype):
             graphs = model._decode_graphs = cls(model)
         return graphs
-
-    @property
-    def where(self) -> tuple[torch.device, torch.dtype]:
-        return self.model.device, self.model.dtype
 
     def _key(self, pool: MemoryPool | None, batch: int, tokens: int) -> tuple:
         prefix = self.model.memory_prefix(pool) if pool is not None else None

@@ -96,12 +96,13 @@ def stream(
     check_every = eos_check_every or eos_check_interval(model.device)
     if graphs is None and cuda_graph and model.device.type == "cuda":
         graphs = DecodeGraphs.of(model)
-    static = contextlib.nullcontext()
-    if graphs is not None and cuda_graph and params.max_new_tokens >= GRAPH_MIN_NEW_TOKENS:
-        with lock:
-            static = graphs.borrow(pool if pool.initialized else None, B, T + params.max_new_tokens)
-    with static as step:
+    with contextlib.ExitStack() as borrowed:
         with lock, torch.inference_mode():
+            step = None
+            if graphs is not None and cuda_graph and params.max_new_tokens >= GRAPH_MIN_NEW_TOKENS:
+                # Under the caller's lock: a capture must not interleave with other model calls.
+                memory = pool if pool.initialized else None
+                step = borrowed.enter_context(graphs.borrow(memory, B, T + params.max_new_tokens))
             if step is None:
                 cache = model.new_cache(pool, B, T + params.max_new_tokens)
                 step = functools.partial(model.decode_step, cache=cache)

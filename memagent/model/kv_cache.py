@@ -7,6 +7,8 @@ without a host sync.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from memagent.model.memory_pool import PrefixKV
@@ -65,7 +67,7 @@ class KVCache:
         self.next_slot = torch.zeros(1, dtype=torch.long, device=device)
         self.next_position = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.own_prefix = bool(prefix) and own_prefix
-        self.loaded: tuple[int, int] | None = None  # (id of the PrefixKV, its version) in own buffers
+        self.loaded: weakref.ref | None = None  # the PrefixKV held in the own buffers
         if self.own_prefix:
             self.load_prefix(prefix)
 
@@ -75,12 +77,12 @@ class KVCache:
 
     def load_prefix(self, prefix: PrefixKV) -> None:
         """Copy `prefix` into this cache's own prefix buffers (skipped if they hold it already)."""
-        if self.loaded == (id(prefix), prefix.version):
+        if self.loaded is not None and self.loaded() is prefix:
             return
         for layer, k, v in zip(self.layers, prefix.keys, prefix.values):
             layer.prefix_keys.copy_(k)
             layer.prefix_values.copy_(v)
-        self.loaded = (id(prefix), prefix.version)
+        self.loaded = weakref.ref(prefix)  # a write replaces the pool's PrefixKV, and this dies
 
     def reset(self) -> None:
         """Forget the tokens of the previous request (their keys/values become unreachable)."""

@@ -1,11 +1,15 @@
-"""CUDA: the reference still holds in fp32, the graphed decode step equals the eager one, bf16 runs."""
+"""CUDA: the reference still holds in fp32, the graphed decode step equals the eager one, bf16 runs,
+graphs are captured once per bucket and reused, and a decode step never waits for the host."""
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from memagent import MemoryLLM
+from memagent.model.cuda_graph import DecodeGraphs
+from memagent.model.generation import next_token
 from memagent.model.shapes import shape_config
+from memagent.sampling import SamplingParams
 from tests.conftest import FIXTURES, REFERENCE_CASES
 
 pytestmark = pytest.mark.gpu
@@ -40,3 +44,37 @@ def test_graphed_decode_matches_eager_in_half_precision(dtype):
     eager = model.generate(prompts, max_new_tokens=24, eos_token_id=[], cuda_graph=False)
     graphed = model.generate(prompts, max_new_tokens=24, eos_token_id=[], cuda_graph=True)
     assert torch.equal(eager, graphed)
+
+
+def test_graphs_are_captured_once_per_bucket_and_reused_across_memories():
+    model = MemoryLLM.from_random(shape_config("smollm2-135m"), device="cuda", dtype=torch.bfloat16)
+    model.inject(torch.randint(0, 49152, (1, 128), device="cuda"))
+    other = model.new_pool(seed=1)
+    model.inject(torch.randint(0, 49152, (1, 128), device="cuda"), pool=other)
+    prompts = torch.randint(0, 49152, (2, 16), device="cuda")
+    options = dict(max_new_tokens=16, eos_token_id=[])
+    for pool in (model.pool, other, model.pool):
+        graphed = model.generate(prompts, pool=pool, **options)
+        assert torch.equal(graphed, model.generate(prompts, pool=pool, cuda_graph=False, **options))
+    graphs = DecodeGraphs.of(model)
+    assert graphs.captures == 1 and graphs.steps == 1
+    model.generate(prompts, max_new_tokens=4, eos_token_id=[])
+    assert graphs.captures == 1, "short answers are not captured"
+
+
+def test_graph_replay_and_sampling_never_sync():
+    model = MemoryLLM.from_random(shape_config("smollm2-135m"), device="cuda", dtype=torch.bfloat16)
+    model.inject(torch.randint(0, 49152, (1, 128), device="cuda"))
+    prompts = torch.randint(0, 49152, (4, 16), device="cuda")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    params = SamplingParams(do_sample=True, top_k=50, top_p=0.9)
+    with DecodeGraphs.of(model).borrow(model.pool, 4, 64) as step, torch.inference_mode():
+        logits = model.lm_head(model.prefill(prompts, torch.ones_like(prompts), step.cache)[:, -1])
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(4):
+                logits = step(next_token(logits, params, generator)[:, None])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(logits.float()).all()

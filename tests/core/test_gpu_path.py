@@ -200,7 +200,9 @@ def test_prefix_is_shared_by_every_row_and_follows_the_models_dtype():
     cache = m.new_cache(m.pool, 4, 16)
     prefix = m.memory_prefix(m.pool)
     assert cache.layers[0].prefix_keys is prefix.keys[0] and prefix.keys[0].shape[0] == 1  # no per-row copy
+    graphs = DecodeGraphs.of(m)
     m.to(torch.bfloat16)
+    assert DecodeGraphs.of(m) is not graphs, "steps made for float32 buffers are not reused"
     m.pool.prefix_kv = None
     cache = m.new_cache(m.pool, 2, 16)
     tensors = [t for layer in cache.layers for t in (layer.prefix_keys, layer.prefix_values, layer.keys, layer.values)]
