@@ -174,7 +174,9 @@ class Engine:
         """The continuation of one prompt, as text pieces; its `usage` once it ended."""
         return Generation(self.stream(pool, [prompt], params, **options))
 
-    def complete(self, pool: MemoryPool, prompts: Sequence[str], params: SamplingParams | None = None, **options) -> list[str]:
+    def complete(
+        self, pool: MemoryPool, prompts: Sequence[str], params: SamplingParams | None = None, **options
+    ) -> list[str]:
         texts = ["" for _ in prompts]
         for pieces in self.stream(pool, prompts, params, **options):
             texts = [t + p for t, p in zip(texts, pieces)]
@@ -210,10 +212,8 @@ class BatchGeneration:
         eos = set(engine.eos_token_ids)
         step = pool.step
         try:
-            tokens = generation.stream(
-                engine.model, encoded["input_ids"], params, engine.eos_token_ids, encoded["attention_mask"], pool,
-                lock=engine.lock,
-            )
+            ids, mask = encoded["input_ids"], encoded["attention_mask"]
+            tokens = generation.stream(engine.model, ids, params, engine.eos_token_ids, mask, pool, lock=engine.lock)
             for row_tokens in tokens:
                 pieces = []
                 for i, token in enumerate(row_tokens.tolist()):

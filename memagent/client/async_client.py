@@ -124,14 +124,18 @@ class AsyncClient:
     # stop, do_sample, temperature, top_k, top_p, seed. Streams are AsyncGenerationStreams: text
     # pieces, then `.usage`.
 
-    def generate(self, memory_id: str, prompt: str, params: SamplingParams | None = None, **options) -> AsyncGenerationStream:
+    def generate(
+        self, memory_id: str, prompt: str, params: SamplingParams | None = None, **options
+    ) -> AsyncGenerationStream:
         """The continuation of `prompt`, as text pieces while they are decoded."""
-        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=_options(params, options))
+        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(params, **options))
         return self._stream(self._stub.Generate, request)
 
-    async def complete(self, memory_id: str, prompt: str, params: SamplingParams | None = None, **options) -> Completion:
+    async def complete(
+        self, memory_id: str, prompt: str, params: SamplingParams | None = None, **options
+    ) -> Completion:
         """The whole continuation of `prompt`, with its usage."""
-        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=_options(params, options))
+        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(params, **options))
         response = await self._call(self._stub.Complete, request)
         return Completion(response.text, m.usage(response.usage))
 
@@ -139,9 +143,8 @@ class AsyncClient:
         self, memory_id: str, messages: Sequence[Mapping[str, str]], params: SamplingParams | None = None, **options
     ) -> AsyncGenerationStream:
         """The assistant's reply to `messages` ({"role", "content"} dicts), as text pieces."""
-        request = pb.ChatRequest(
-            memory_id=memory_id, messages=m.chat_messages(messages), options=_options(params, options)
-        )
+        turns = m.chat_messages(messages)
+        request = pb.ChatRequest(memory_id=memory_id, messages=turns, options=m.sampling(params, **options))
         return self._stream(self._stub.Chat, request)
 
     async def ask(self, memory_id: str, question: str, params: SamplingParams | None = None, **options) -> str:
@@ -153,12 +156,9 @@ class AsyncClient:
     ) -> Completion:
         """`ask`'s answer with its usage."""
         options = m.sampling(SamplingParams.for_ask(params, **options))
-        response = await self._call(self._stub.Ask, pb.AskRequest(memory_id=memory_id, question=question, options=options))
+        request = pb.AskRequest(memory_id=memory_id, question=question, options=options)
+        response = await self._call(self._stub.Ask, request)
         return Completion(response.answer, m.usage(response.usage))
 
     def _stream(self, method, request) -> AsyncGenerationStream:
         return AsyncGenerationStream(lambda: method(request, metadata=self._metadata, timeout=self.timeout))
-
-
-def _options(params: SamplingParams | None, options: dict) -> pb.SamplingOptions:
-    return m.sampling(SamplingParams.of(params, **options))

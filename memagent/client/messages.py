@@ -36,9 +36,11 @@ def translated_errors():
         raise ClientError(err.code(), err.details()) from None
 
 
-def sampling(params: SamplingParams) -> pb.SamplingOptions:
-    """Every field sent, so the server's defaults never apply to what the caller left out."""
-    options = pb.SamplingOptions(
+def sampling(params: SamplingParams | None = None, **options) -> pb.SamplingOptions:
+    """`params` with `options` (its field names) applied over it, every field sent: the caller's
+    defaults are `SamplingParams`', never the server's."""
+    params = SamplingParams.of(params, **options)
+    request = pb.SamplingOptions(
         max_new_tokens=params.max_new_tokens,
         stop=params.stop,
         do_sample=params.do_sample,
@@ -47,8 +49,8 @@ def sampling(params: SamplingParams) -> pb.SamplingOptions:
         top_p=params.top_p,
     )
     if params.seed is not None:
-        options.seed = params.seed
-    return options
+        request.seed = params.seed
+    return request
 
 
 def usage(u: pb.Usage) -> Usage:

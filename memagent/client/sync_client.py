@@ -130,14 +130,16 @@ class Client:
     # stop, do_sample, temperature, top_k, top_p, seed. Streams are GenerationStreams: text
     # pieces, then `.usage`.
 
-    def generate(self, memory_id: str, prompt: str, params: SamplingParams | None = None, **options) -> GenerationStream:
+    def generate(
+        self, memory_id: str, prompt: str, params: SamplingParams | None = None, **options
+    ) -> GenerationStream:
         """The continuation of `prompt`, as text pieces while they are decoded."""
-        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=_options(params, options))
+        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(params, **options))
         return self._stream(self._stub.Generate, request)
 
     def complete(self, memory_id: str, prompt: str, params: SamplingParams | None = None, **options) -> Completion:
         """The whole continuation of `prompt`, with its usage."""
-        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=_options(params, options))
+        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(params, **options))
         response = self._call(self._stub.Complete, request)
         return Completion(response.text, m.usage(response.usage))
 
@@ -145,26 +147,22 @@ class Client:
         self, memory_id: str, messages: Sequence[Mapping[str, str]], params: SamplingParams | None = None, **options
     ) -> GenerationStream:
         """The assistant's reply to `messages` ({"role", "content"} dicts), as text pieces."""
-        request = pb.ChatRequest(
-            memory_id=memory_id, messages=m.chat_messages(messages), options=_options(params, options)
-        )
+        turns = m.chat_messages(messages)
+        request = pb.ChatRequest(memory_id=memory_id, messages=turns, options=m.sampling(params, **options))
         return self._stream(self._stub.Chat, request)
 
     def ask(self, memory_id: str, question: str, params: SamplingParams | None = None, **options) -> str:
         """A short answer to `question` from what the memory holds (`SamplingParams.for_ask`)."""
-        return (self.ask_with_usage(memory_id, question, params, **options)).text
+        return self.ask_with_usage(memory_id, question, params, **options).text
 
     def ask_with_usage(
         self, memory_id: str, question: str, params: SamplingParams | None = None, **options
     ) -> Completion:
         """`ask`'s answer with its usage."""
         options = m.sampling(SamplingParams.for_ask(params, **options))
-        response = self._call(self._stub.Ask, pb.AskRequest(memory_id=memory_id, question=question, options=options))
+        request = pb.AskRequest(memory_id=memory_id, question=question, options=options)
+        response = self._call(self._stub.Ask, request)
         return Completion(response.answer, m.usage(response.usage))
 
     def _stream(self, method, request) -> GenerationStream:
         return GenerationStream(lambda: method(request, metadata=self._metadata, timeout=self.timeout))
-
-
-def _options(params: SamplingParams | None, options: dict) -> pb.SamplingOptions:
-    return m.sampling(SamplingParams.of(params, **options))

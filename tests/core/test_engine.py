@@ -95,7 +95,8 @@ def _greedy_ids(engine, pool, prompts, n):
     """The greedy continuation of each prompt, as token ids (no end-of-sequence token)."""
     encoded = engine.tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
     params = SamplingParams(max_new_tokens=n)
-    steps = generation.stream(engine.model, encoded["input_ids"], params, (), encoded["attention_mask"], pool.pool)
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    steps = generation.stream(engine.model, ids, params, (), mask, pool.pool)
     return torch.stack(list(steps), dim=1).tolist()
 
 
