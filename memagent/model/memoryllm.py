@@ -184,6 +184,13 @@ class MemoryLLM(nn.Module):
     def reset_memory(self) -> None:
         self.pool.reset()
 
+    def _apply(self, fn, recurse=True):
+        # The default pool is plain data (each write replaces its tensor), so `.to()`, `.half()`
+        # and the like would not reach it: it follows the weights here instead.
+        super()._apply(fn, recurse)
+        self.pool.to(self.device, self.dtype)
+        return self
+
     def new_pool(self, seed: int = 0) -> MemoryPool:
         c = self.config
         memory = torch.zeros(
