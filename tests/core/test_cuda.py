@@ -78,3 +78,19 @@ def test_graph_replay_and_sampling_never_sync():
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(logits.float()).all()
+
+
+def test_residency_budgets_from_free_memory_and_pins_host_pools():
+    from memagent.store.residency import HOST, Residency
+
+    model = MemoryLLM.from_random(shape_config("tiny"), device="cuda")
+    free = torch.cuda.mem_get_info()[0]
+    pools = [model.new_pool(seed=i) for i in range(2)]
+    residency = Residency("cuda", evict=lambda key: None, host_bytes=None)
+    assert 0 < residency.device_bytes <= free
+    residency.device_bytes = pools[0].nbytes  # room for one: the older pool moves to the host
+    residency.use("a", pools[0])
+    residency.use("b", pools[1])
+    assert residency.tier("a") == HOST and pools[0].memory.is_pinned()
+    residency.use("a", pools[0])
+    assert pools[0].memory.is_cuda
