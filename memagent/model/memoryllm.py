@@ -250,8 +250,9 @@ class MemoryLLM(nn.Module):
             if bos:
                 tokens = torch.cat([self.bos_embedding[index][None], tokens], dim=1)
             k, v = layer.self_attn.project_kv(layer.input_layernorm(tokens), cos, sin)
-            keys.append(k)
-            values.append(v)
+            # Contiguous [1, kv_heads, P, D]: every decode step streams them through a matmul.
+            keys.append(k.contiguous())
+            values.append(v.contiguous())
         pool.prefix_kv = PrefixKV(pool.version, keys, values)
         return pool.prefix_kv
 
