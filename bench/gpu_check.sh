@@ -40,7 +40,7 @@ if [ "$DRY_RUN" = 1 ]; then
 else
   SHAPE=llama3-8b; DEVICE=cuda; DTYPE=bfloat16; QUICK=
   BENCH=(--batches 1,8)
-  LIMITS=(100 110 150 40)
+  LIMITS=(90 110 150 35)  # with env (20 s): under 7 minutes in all
 fi
 
 { date -u; uname -a; command -v nvidia-smi > /dev/null && nvidia-smi; } > "$OUT/machine.log" 2>&1
@@ -50,7 +50,7 @@ if [ "$DRY_RUN" = 1 ]; then  # one process: a CPU cannot lose its context to a f
   stage probe "${LIMITS[2]}" "${PROBE[@]}" --stages env,graphs,caches,prefill,profile,memories,agreement
   stage tests "${LIMITS[0]}" "$PY" -m pytest -q -m gpu tests/core/test_cuda.py -p no:cacheprovider
 else  # separate processes: a CUDA error poisons the rest of its process
-  stage env 30 "${PROBE[@]}" --stages env
+  stage env 20 "${PROBE[@]}" --stages env
   stage tests "${LIMITS[0]}" "$PY" -m pytest -q -m gpu tests/core -p no:cacheprovider
 fi
 stage engine_bench "${LIMITS[1]}" "$PY" bench/engine_bench.py --shape "$SHAPE" --device "$DEVICE" --dtype "$DTYPE" "${BENCH[@]}"
