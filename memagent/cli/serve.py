@@ -34,6 +34,11 @@ def register(subparsers) -> None:
     p.add_argument("--host-budget-mb", type=float, help="pools kept in host memory off the device (default: no limit)")
     p.add_argument("--max-pending", type=int, default=256, help="requests queued or running before RESOURCE_EXHAUSTED")
     p.add_argument("--log-level", default="info")
+    ray = p.add_argument_group("Ray Serve (pip install 'memagent[ray]'; README \"Scaling out\")")
+    ray.add_argument("--ray", action="store_true", help="memories multiplexed over replicas sharing --data-dir")
+    ray.add_argument("--replicas", type=int, default=2, help="engine replicas (default 2)")
+    ray.add_argument("--resident", type=int, default=8, help="memories one replica keeps loaded (default 8)")
+    ray.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
     p.set_defaults(run=run)
 
 
@@ -67,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         print("memagent serve: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
     tokens = _tokens(args, logging.getLogger("memagent_server"))
+    if args.ray:
+        return _run_on_ray(args, tokens)
     engine = memagent.load(args.model, device=args.device)
     store = MemoryStore(
         engine,
@@ -85,4 +92,25 @@ def run(args: argparse.Namespace) -> int:
         max_pending=args.max_pending,
     )
     asyncio.run(Server(store, config).run_until_signalled())
+    return 0
+
+
+def _run_on_ray(args: argparse.Namespace, tokens: dict[str, str] | None) -> int:
+    if args.tls_cert:
+        print("memagent serve: --ray serves through Ray Serve's gRPC proxy, without TLS", file=sys.stderr)
+        return 2
+    from memagent_server.ray_app import RayConfig, run_until_signalled
+
+    config = RayConfig(
+        data_dir=str(args.data_dir.resolve()),
+        model=args.model,
+        device=args.device,
+        replicas=args.replicas,
+        resident=args.resident,
+        tokens=tokens,
+        snapshot_every=args.snapshot_every,
+        max_pending=args.max_pending,
+        gpus_per_replica=1.0 if args.device.startswith("cuda") else 0.0,
+    )
+    run_until_signalled(config, args.port, args.ray_address)
     return 0
