@@ -162,14 +162,12 @@ def app(args: dict[str, Any]) -> serve.Application:
     return build(RayConfig(**args, tokens=tokens))
 
 
-def start(config: RayConfig, port: int, *, address: str | None = None, temp_dir: str | None = None) -> None:
+def start(config: RayConfig, port: int, address: str | None = None) -> None:
     """Connect to a Ray cluster (`address`) or start a local one, then deploy on it with the
     gRPC proxy on `port` (every interface: Serve does not bind one address)."""
-    if address:
-        ray.init(address=address)
-    else:
+    if not ray.is_initialized():  # else the caller connected with its own options
         local = {"include_dashboard": False, "object_store_memory": 256 << 20}
-        ray.init(**local, **({"_temp_dir": temp_dir} if temp_dir else {}))
+        ray.init(address=address) if address else ray.init(**local)
     serve.start(
         http_options={"host": "127.0.0.1", "port": _free_port()},  # unused: calls come over gRPC
         grpc_options=gRPCOptions(port=port, grpc_servicer_functions=SERVICER_FUNCTIONS),
