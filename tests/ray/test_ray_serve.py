@@ -217,3 +217,18 @@ def test_every_acknowledged_write_is_on_storage_after_shutdown(cluster, tiny_eng
             if m == memory:
                 assert on_disk[text] == entry_id
     assert store.list("bob") == []
+
+
+def test_the_documented_serve_config_is_valid_and_builds(tmp_path):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    path = Path(ray_app.__file__).with_name("ray_serve.yaml")
+    config = ServeDeploySchema(**yaml.safe_load(path.read_text()))
+    (application,) = config.applications
+    assert config.grpc_options.grpc_servicer_functions == ray_app.SERVICER_FUNCTIONS
+    assert application.route_prefix == ray_app.ROUTE_PREFIX
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text('{"tokens": {"token-of-alice-0123456789": "alice"}}')
+    built = ray_app.app({**application.args, "data_dir": str(tmp_path), "tokens_file": str(tokens)})
+    assert built._bound_deployment.num_replicas == application.args["replicas"]
