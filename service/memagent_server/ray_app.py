@@ -181,10 +181,10 @@ def stop() -> None:
 
 
 def run_until_signalled(config: RayConfig, port: int, address: str | None = None) -> None:
-    stopping = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stopping.set())
     start(config, port, address=address)
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # after start: Ray's own handlers would abort the process
+        signal.signal(sig, lambda *_: stopping.set())
     log.info(
         "serving on Ray",
         extra={"port": port, "replicas": config.replicas, "resident": config.resident, "data_dir": config.data_dir},
