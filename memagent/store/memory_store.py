@@ -375,6 +375,10 @@ class MemoryStore:
                 if memory.pool is not None and memory.unsnapshotted:
                     self._snapshot(memory)
 
+    def held(self) -> set[str]:
+        """Shared storage: the ids of the memories (of any tenant) whose lease this store holds."""
+        return {m.memory_id for ms in self.tenants.values() for m in ms.values() if m.lease and m.lease.held()}
+
     def resident(self) -> dict[str, int]:
         """How many pools are on the device and in host memory."""
         return self.residency.counts()
@@ -482,6 +486,8 @@ class MemoryStore:
         memory = DurablePool(
             key, folder, WriteAheadLog(folder / LOG_FILE, header, entries), Snapshots(folder, self.fingerprint)
         )
+        if self.shared:  # its creator is its first writer
+            memory.lease = Lease.take(folder, self.owner)
         self.tenants.setdefault(key[0], {})[key[1]] = memory
         return memory
 

@@ -13,6 +13,7 @@ Run it with `memagent serve --ray --replicas N --data-dir PATH`, or on a cluster
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -42,6 +43,14 @@ APP_NAME = "memagent"
 ROUTE_PREFIX = "/memagent"  # the gRPC proxy never finds an application without one
 SERVICER_FUNCTIONS = ["memagent.v1.memagent_pb2_grpc.add_MemoryServiceServicer_to_server"]
 METHODS = pb.DESCRIPTOR.services_by_name["MemoryService"].methods
+UNROUTE_EVERY_S = 1.0
+# A memory that changes replica is reloaded from storage, so the router should wait for the
+# replica that holds it rather than try another after Serve's default 0.1 s queue probe. Read by
+# Serve's proxies: set in the environment of whatever starts the cluster (`ray start` on clusters).
+STICKY_ROUTING = {
+    "RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S": "1",
+    "RAY_SERVE_MAX_QUEUE_LENGTH_RESPONSE_DEADLINE_S": "5",
+}
 
 
 @dataclass
@@ -98,7 +107,9 @@ class MemoryReplica:
             # Tells Serve this replica holds the memory, for routing; the store loads it on use.
             return memory_id
 
+        self._routing = routed  # Serve keeps the replica's routing table on the function it wraps
         self._routed = serve.multiplexed(max_num_models_per_replica=config.resident)(routed)
+        self._unrouting: asyncio.Task | None = None
 
     async def _begin(self, grpc_context) -> _CallContext:
         """Authenticate the call and record its memory for routing; the servicer does the rest."""
@@ -112,7 +123,26 @@ class MemoryReplica:
         act_as(tenant)
         if memory_id := serve.get_multiplexed_model_id():
             await self._routed(memory_id)
+        if self._unrouting is None:
+            self._unrouting = asyncio.get_running_loop().create_task(self._unroute_moved())
         return context
+
+    async def _unroute_moved(self) -> None:
+        """Stop attracting calls for memories another replica took over. Serve keeps routing a
+        memory to every replica that ever served it, and each call that lands on the one without
+        the lease moves the lease (and the pool) back: without this, a memory that two replicas
+        served once would move at every other call."""
+        while True:
+            await asyncio.sleep(UNROUTE_EVERY_S)
+            table = getattr(self._routing, "__serve_multiplex_wrapper", None)  # Serve's own (private)
+            if table is None:
+                continue
+            held = await self.worker.run(self.store.held)
+            moved = [memory_id for memory_id in table.models if memory_id not in held]
+            for memory_id in moved:  # no await in between: no other call sees a half-done table
+                del table.models[memory_id]
+            if moved:
+                table._push_multiplexed_replica_info = True  # Serve pushes the table at its next tick
 
 
 def _rpc(name: str, streams_responses: bool):
@@ -165,6 +195,8 @@ def app(args: dict[str, Any]) -> serve.Application:
 def start(config: RayConfig, port: int, address: str | None = None) -> None:
     """Connect to a Ray cluster (`address`) or start a local one, then deploy on it with the
     gRPC proxy on `port` (every interface: Serve does not bind one address)."""
+    for name, value in STICKY_ROUTING.items():
+        os.environ.setdefault(name, value)
     if not ray.is_initialized():  # else the caller connected with its own options
         local = {"include_dashboard": False, "object_store_memory": 256 << 20}
         ray.init(address=address) if address else ray.init(**local)
