@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.(?P<adapter>[^.]+)\.weight$")
 # M+ keeps its retriever's projections inside each attention module; we keep them in `retriever`.
-_RETRIEVER_KEY = re.compile(r"^model\.layers\.(?P<layer>\d+)\.self_attn\.(?P<name>query_proj|key_proj|encoder_query_proj)\.")
+_RETRIEVER_KEY = re.compile(
+    r"^model\.layers\.(?P<layer>\d+)\.self_attn\.(?P<name>query_proj|key_proj|encoder_query_proj)\."
+)
 _LLAMA_FAMILY = ("llama", "mistral")
 # Options of the first released layout (MemoryLLM-7B), whose read and write paths differ.
 _FIRST_LAYOUT_OPTIONS = ("split_positional_embedding", "interpolate_position_ids", "use_negative_position_ids")
@@ -156,7 +158,8 @@ def build(
         model.pool = MemoryPool(memory, initialized, drop_per_layer=config.drop_memory_per_layer, long_term=long_term)
     if long_term_state:
         if config.long_term is None:
-            raise CheckpointError(f"checkpoint holds long-term memory ({sorted(long_term_state)[0]}, ...) but its config has none")
+            first = sorted(long_term_state)[0]
+            raise CheckpointError(f"checkpoint holds long-term memory ({first}, ...) but its config has none")
         try:
             model.pool.long_term = LongTermMemory.from_state(
                 config.long_term, config.num_tokens, long_term_state, model.pool.memory

@@ -117,7 +117,9 @@ class MemoryPool:
 
     def clone(self) -> "MemoryPool":
         long_term = self.long_term.clone() if self.long_term is not None else None
-        twin = MemoryPool(self.memory.clone(), self.initialized, drop_per_layer=self.drop_per_layer, long_term=long_term)
+        twin = MemoryPool(
+            self.memory.clone(), self.initialized, drop_per_layer=self.drop_per_layer, long_term=long_term
+        )
         twin.generator.set_state(self.generator.get_state())
         twin.step = self.step
         return twin

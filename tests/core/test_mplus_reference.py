@@ -134,6 +134,7 @@ def test_read_after_writes_retrieves_from_store_and_pending(case):
 
 def test_greedy_generation_after_writes(case):
     case.inject_all()
-    assert torch.equal(case.v["ltm_order_greedy"], case.v["ltm_order_final"]), "generate retrieves once, from the prompt"
+    # generate retrieves once, from the prompt: the same tokens a read of the prompt gets.
+    assert torch.equal(case.v["ltm_order_greedy"], case.v["ltm_order_final"])
     out = case.model.generate(case.v["prompt"], max_new_tokens=12, do_sample=False, eos_token_id=[])
     assert out.tolist() == case.v["greedy"].tolist()
