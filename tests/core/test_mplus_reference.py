@@ -18,9 +18,9 @@ CASES = sorted(p.name for p in (FIXTURES / "reference_mplus").iterdir() if p.is_
 
 
 class Case:
-    def __init__(self, name: str):
+    def __init__(self, name: str, device: str = "cpu"):
         folder = FIXTURES / "reference_mplus" / name
-        self.model = MemoryLLM.from_pretrained(folder / "checkpoint", device="cpu", dtype=torch.float32)
+        self.model = MemoryLLM.from_pretrained(folder / "checkpoint", device=device, dtype=torch.float32)
         self.v = load_file(folder / "vectors.safetensors")
         self.spec = json.loads((folder / "case.json").read_text())
         self.L = self.spec["layers"]
@@ -47,7 +47,7 @@ def case(request) -> Case:
 
 def assert_close(actual, expected):
     assert actual.shape == expected.shape
-    assert (actual.float() - expected.float()).abs().max().item() < TOL
+    assert (actual.float().cpu() - expected.float()).abs().max().item() < TOL
 
 
 def assert_store(case: Case, when: str):
@@ -55,8 +55,8 @@ def assert_store(case: Case, when: str):
         rows = case.long_term.stored[layer]
         assert_close(rows.tokens, case.v[f"ltm_{when}.{layer}"])
         assert_close(rows.keys, case.v[f"ltm_keys_{when}.{layer}"])
-        assert torch.equal(rows.ages, case.v[f"ltm_ages_{when}.{layer}"])
-        assert torch.equal(case.long_term.frequencies[layer], case.v[f"ltm_rf_{when}.{layer}"])
+        assert torch.equal(rows.ages.cpu(), case.v[f"ltm_ages_{when}.{layer}"])
+        assert torch.equal(case.long_term.frequencies[layer].cpu(), case.v[f"ltm_rf_{when}.{layer}"])
 
 
 @torch.no_grad()
@@ -138,3 +138,27 @@ def test_greedy_generation_after_writes(case):
     assert torch.equal(case.v["ltm_order_greedy"], case.v["ltm_order_final"])
     out = case.model.generate(case.v["prompt"], max_new_tokens=12, do_sample=False, eos_token_id=[])
     assert out.tolist() == case.v["greedy"].tolist()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", CASES)
+def test_reference_on_cuda(name):
+    """The store follows the pool onto the GPU; reads, writes and graphed decoding still match."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        case = Case(name, device="cuda")
+        prompt = case.v["prompt"].cuda()
+        with torch.no_grad():
+            assert torch.equal(case.model(prompt).long_term_order[0].cpu(), case.v["ltm_order_before"])
+            case.inject_all()
+            out = case.model(prompt)
+        assert case.long_term.pool_ages.is_cuda and case.long_term.stored[0].tokens.is_cuda
+        assert torch.equal(out.long_term_order[0].cpu(), case.v["ltm_order_final"])
+        assert_close(out.logits, case.v["logits_final"])
+        assert_store(case, "final")
+        for graphed in (False, True):
+            tokens = case.model.generate(prompt, max_new_tokens=12, eos_token_id=[], cuda_graph=graphed)
+            assert tokens.tolist() == case.v["greedy"].tolist()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
