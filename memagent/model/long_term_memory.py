@@ -52,6 +52,9 @@ class Rows:
     def to(self, device) -> "Rows":
         return Rows(*(t.to(device) for t in self.tensors()))
 
+    def clone(self) -> "Rows":
+        return Rows(*(t.clone() for t in self.tensors()))
+
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.tokens, self.keys, self.ages
 
@@ -190,13 +193,12 @@ class LongTermMemory:
         self.update_step = 0
 
     def clone(self) -> "LongTermMemory":
-        copy = lambda rows: Rows(*(t.clone() for t in rows.tensors()))  # noqa: E731
         return LongTermMemory(
             self.config,
             self.tokens_per_write,
-            [copy(rows) for rows in self.stored],
+            [rows.clone() for rows in self.stored],
             [f.clone() for f in self.frequencies],
-            [copy(rows) for rows in self.pending],
+            [rows.clone() for rows in self.pending],
             self.pool_ages.clone(),
             self.update_step,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -257,7 +258,12 @@ class MemoryLLM(nn.Module):
         return cache
 
     def read(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache: KVCache, recall=None
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        cache: KVCache,
+        recall: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Final hidden states [B, T, d] for tokens at RoPE `positions` [B, T], cache `slots` [T].
 

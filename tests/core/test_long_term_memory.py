@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from memagent import MemoryLLM
+from memagent import Engine, MemoryLLM, default_model
 from memagent.model.config import LongTermConfig, MemoryLLMConfig
 from memagent.model.loading import CheckpointError
 from memagent.model.long_term_memory import LongTermMemory, Rows
@@ -156,3 +156,17 @@ def test_an_unsupported_update_mode_is_refused_at_load(tmp_path):
     (folder / "config.json").write_text(json.dumps(raw | {"update_ltm_mode": "delayed"}))
     with pytest.raises(ValueError, match="update_ltm_mode"):
         MemoryLLM.from_pretrained(folder)
+
+
+@torch.no_grad()
+def test_an_engine_writes_reads_and_saves_named_m_plus_pools(tmp_path):
+    engine = Engine(mplus_tiny(), default_model.load_tokenizer())
+    pool = engine.pool("alice")
+    for i in range(4):
+        pool.inject(f"Note {i}: the deploy key for service {i} is K-{i * 37}.", progress=False)
+    assert pool.pool.long_term.sizes()[0] > 0 and engine.pool("bob").pool.long_term.sizes()[0] == 0
+    answer = pool.generate("The deploy key for service 2 is", max_new_tokens=4)
+    pool.save(tmp_path / "alice.safetensors")
+    pool.load(tmp_path / "alice.safetensors")
+    assert pool.generate("The deploy key for service 2 is", max_new_tokens=4) == answer
+    assert pool.pool.long_term.sizes()[0] > 0
