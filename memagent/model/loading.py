@@ -172,7 +172,7 @@ def build(
 def from_pretrained(
     model_class: type[MemoryLLM], path_or_id: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> MemoryLLM:
-    """Load a checkpoint in the released MemoryLLM format (a folder or a hub id)."""
+    """Load a checkpoint in the released MemoryLLM or M+ format (a folder or a hub id)."""
     folder = resolve_checkpoint(path_or_id)
     config_file = folder / "config.json"
     if not config_file.exists():

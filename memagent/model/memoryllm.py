@@ -151,7 +151,7 @@ class MemoryLLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_id, *, device="cpu", dtype=torch.float32) -> "MemoryLLM":
-        """Load a released MemoryLLM checkpoint (a folder or a Hugging Face hub id)."""
+        """Load a released MemoryLLM or M+ checkpoint (a folder or a Hugging Face hub id)."""
         return loading.from_pretrained(cls, path_or_id, device=device, dtype=dtype)
 
     @classmethod
