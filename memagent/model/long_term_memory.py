@@ -49,8 +49,9 @@ class Rows:
     def older(self, by: int) -> "Rows":
         return Rows(self.tokens, self.keys, self.ages + by)
 
-    def to(self, device) -> "Rows":
-        return Rows(*(t.to(device) for t in self.tensors()))
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "Rows":
+        """Move to `device`; cast tokens and keys (never ages) to `dtype`."""
+        return Rows(self.tokens.to(device, dtype), self.keys.to(device, dtype), self.ages.to(device))
 
     def clone(self) -> "Rows":
         return Rows(*(t.clone() for t in self.tensors()))
@@ -203,10 +204,10 @@ class LongTermMemory:
             self.update_step,
         )
 
-    def to(self, device) -> "LongTermMemory":
-        """Move every tensor to `device`, in place."""
-        self.stored = [rows.to(device) for rows in self.stored]
-        self.pending = [rows.to(device) for rows in self.pending]
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "LongTermMemory":
+        """Move every tensor to `device` and cast tokens and keys to `dtype`, in place."""
+        self.stored = [rows.to(device, dtype) for rows in self.stored]
+        self.pending = [rows.to(device, dtype) for rows in self.pending]
         self.frequencies = [f.to(device) for f in self.frequencies]
         self.pool_ages = self.pool_ages.to(device)
         return self

@@ -124,11 +124,12 @@ class MemoryPool:
         twin.step = self.step
         return twin
 
-    def to(self, device: torch.device | str) -> "MemoryPool":
-        """Move the pool and its long-term memory (not their derived caches) to `device`, in place."""
-        self.memory = self.memory.to(device)
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MemoryPool":
+        """Move the pool and its long-term memory to `device` and/or cast them to `dtype`, in place;
+        their derived caches are dropped."""
+        self.memory = self.memory.to(device=device, dtype=dtype)
         if self.long_term is not None:
-            self.long_term.to(device)
+            self.long_term.to(device=device, dtype=dtype)
         self.prefix_kv = None
         return self
 

@@ -170,3 +170,18 @@ def test_an_engine_writes_reads_and_saves_named_m_plus_pools(tmp_path):
     pool.load(tmp_path / "alice.safetensors")
     assert pool.generate("The deploy key for service 2 is", max_new_tokens=4) == answer
     assert pool.pool.long_term.sizes()[0] > 0
+
+
+@torch.no_grad()
+def test_the_long_term_memory_follows_the_model_to_another_dtype():
+    model = mplus_tiny()
+    for start in (20, 40, 60):
+        model.inject(torch.arange(start, start + 10)[None])
+    model.to(torch.bfloat16)
+    lt = model.pool.long_term
+    assert {lt.stored[0].tokens.dtype, lt.stored[0].keys.dtype, lt.pending[0].tokens.dtype} == {torch.bfloat16}
+    assert lt.stored[0].ages.dtype == lt.pool_ages.dtype == torch.long
+    assert lt.frequencies[0].dtype == torch.float64
+    model.inject(torch.arange(80, 90)[None])
+    assert lt.sizes() == [24, 24]
+    assert torch.isfinite(model(torch.arange(5, 12)[None]).logits).all()
