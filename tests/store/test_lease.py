@@ -72,6 +72,21 @@ def test_stores_sharing_storage_take_turns_and_see_every_write(tiny_engine, tmp_
     assert a.list("t") == []
 
 
+def test_a_store_that_lost_the_lease_changes_nothing_and_drops_its_copy(tiny_engine, tmp_path):
+    a = MemoryStore(tiny_engine, tmp_path, shared=True, owner="a", snapshot_every=100)
+    b = MemoryStore(tiny_engine, tmp_path, shared=True, owner="b", snapshot_every=100)
+    a.create("t", "m")
+    a.inject("t", "m", [NewText("Ann's dog is named Rex.")])  # a's pool, not yet snapshotted
+    b.inject("t", "m", [NewText("Ben's favourite colour is teal.")])
+    b.close()  # the holder's snapshot, at step 2
+    snapshots = {p.name: p.read_bytes() for p in (tmp_path / "t" / "m").glob("pool-*.safetensors")}
+    assert a.resident() == {"device": 1, "host": 0}
+    a.close()  # a would snapshot its stale pool (step 1): refused
+    assert {p.name: p.read_bytes() for p in (tmp_path / "t" / "m").glob("pool-*.safetensors")} == snapshots
+    assert a.resident() == {"device": 0, "host": 0}
+    assert a.get("t", "m").step == 2  # and the next call reloads from storage
+
+
 def test_concurrent_writers_lose_no_write_and_duplicate_none(tmp_path):
     """Two stores (two servers) writing one memory at once, each through its own engine."""
     stores = [
