@@ -37,7 +37,7 @@ def test_inject_ask_chat_ls_rm_export_import(server, capsys, monkeypatch, tmp_pa
     assert "[cli]" in listing and "Jon's kite is red." in listing
     with server.client(ALICE) as client:
         answer = client.ask("cli-notes", "What colour is the boat?")
-    assert _run(server, capsys, "ask", "cli-notes", "What", "colour", "is", "the", "boat?") == answer + "\n"
+    assert answer and _run(server, capsys, "ask", "cli-notes", "What", "colour", "is", "the", "boat?") == answer + "\n"
     assert _run(server, capsys, "chat", "cli-notes", "--message", "Hello", "--max-new-tokens", "4").endswith("\n")
     assert "exported" in _run(server, capsys, "export", "cli-notes", str(tmp_path / "notes.tar"))
     assert "imported cli-copy: step 2, 2 entries" in _run(

@@ -49,7 +49,7 @@ def test_list_pages(server):
     channel.close()
 
 
-def test_inject_entries_and_reads(alice):
+def test_inject_entries_and_reads(server, alice):
     alice.create("facts")
     receipt = alice.inject("facts", "Alice's cat is called Miso.", source="chat", metadata={"turn": "3"})
     assert (receipt.entry_id, receipt.step) == (1, 1) and receipt.tokens > 0 and receipt.chunks == 1
@@ -63,9 +63,15 @@ def test_inject_entries_and_reads(alice):
 
     pieces = list(alice.generate("facts", "The cat is called", max_new_tokens=8))
     assert "".join(pieces) == alice.complete("facts", "The cat is called", max_new_tokens=8)
-    assert isinstance(alice.ask("facts", "What is the cat called?"), str)
-    reply = "".join(alice.chat("facts", [{"role": "user", "content": "Who plays the cello?"}], max_new_tokens=6))
-    assert isinstance(reply, str)
+    # Ask is a one-turn chat cut at the first newline; chat completes the model's chat template.
+    # Seeded sampling, because the random model's greedy replies are blank lines.
+    question = [{"role": "user", "content": "What is the cat called?"}]
+    answer = "".join(alice.chat("facts", question, max_new_tokens=32, stop=["\n"], do_sample=True, seed=7)).strip()
+    assert answer and alice.ask("facts", "What is the cat called?", do_sample=True, seed=7) == answer
+    messages = [{"role": "user", "content": "Who plays the cello?"}]
+    reply = "".join(alice.chat("facts", messages, max_new_tokens=6, do_sample=True, seed=3))
+    prompt = server.store.engine.chat_prompt(messages)
+    assert reply.strip() and reply == alice.complete("facts", prompt, max_new_tokens=6, do_sample=True, seed=3)
     sampled = [alice.complete("facts", "Hi", do_sample=True, seed=7, top_k=50, top_p=0.9) for _ in range(2)]
     assert sampled[0] == sampled[1]
 
@@ -138,9 +144,14 @@ async def test_async_client(server):
         assert [e.entry_id for e in await client.entries("async")] == [1, 2, 3]
         pieces = [p async for p in client.generate("async", "Frank keeps", max_new_tokens=6)]
         assert "".join(pieces) == await client.complete("async", "Frank keeps", max_new_tokens=6)
-        chat = [p async for p in client.chat("async", [{"role": "user", "content": "Hi"}], max_new_tokens=4)]
-        assert isinstance("".join(chat), str)
-        assert isinstance(await client.ask("async", "Who keeps bees?"), str)
+        sampled = {"do_sample": True, "seed": 5}
+        messages = [{"role": "user", "content": "Hi"}]
+        chat = "".join([p async for p in client.chat("async", messages, max_new_tokens=4, **sampled)])
+        prompt = server.store.engine.chat_prompt(messages)
+        assert chat.strip() and chat == await client.complete("async", prompt, max_new_tokens=4, **sampled)
+        question = [{"role": "user", "content": "Who keeps bees?"}]
+        answer = "".join([p async for p in client.chat("async", question, max_new_tokens=32, stop=["\n"], **sampled)])
+        assert answer.strip() and await client.ask("async", "Who keeps bees?", **sampled) == answer.strip()
         assert (await client.get("async")).step == 3
         assert "async" in [m.memory_id for m in await client.list()]
         assert (await client.fork("async", "async-copy")).entries == 3
