@@ -119,7 +119,7 @@ def test_a_model_moved_to_cuda_takes_its_pool_along():
 
     model.to("cuda", HALF)
     assert model.memory.device.type == "cuda" and model.memory.dtype == HALF
-    built = MemoryLLM.from_random(config, device="cuda", dtype=HALF)
+    built = MemoryLLM.from_random(config, dtype=HALF).to("cuda")  # a CUDA generator would draw other weights
     built.pool = MemoryPool(memory.to("cuda", HALF), initialized=True)
     ids = ids.cuda()
     assert torch.equal(model(ids).logits, built(ids).logits)
