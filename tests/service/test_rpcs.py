@@ -50,7 +50,16 @@ def test_list_pages(server):
     channel.close()
 
 
-def test_inject_entries_and_reads(server, alice):
+def _in_process(engine, name, texts):
+    """A pool on the server's engine told the same texts: it answers as the server must."""
+    pool = engine.pool(name)
+    pool.reset()
+    for text in texts:
+        pool.inject(text, progress=False)
+    return pool
+
+
+def test_inject_entries_and_reads(alice, tiny_engine):
     alice.create("facts")
     receipt = alice.inject("facts", "Alice's cat is called Miso.", source="chat", metadata={"turn": "3"})
     assert (receipt.entry_id, receipt.step) == (1, 1) and receipt.tokens > 0 and receipt.chunks == 1
@@ -64,15 +73,16 @@ def test_inject_entries_and_reads(server, alice):
 
     pieces = list(alice.generate("facts", "The cat is called", max_new_tokens=8))
     assert "".join(pieces) == alice.complete("facts", "The cat is called", max_new_tokens=8).text
-    # Ask is a one-turn chat cut at the first newline; chat completes the model's chat template.
-    # Seeded sampling, because the random model's greedy replies are blank lines.
+    local = _in_process(tiny_engine, "rpc-facts", [e.text for e in entries])
+    assert alice.ask("facts", "What is the cat called?") == local.ask("What is the cat called?")
+    messages = [{"role": "user", "content": "Who plays the cello?"}]
+    reply = "".join(alice.chat("facts", messages, max_new_tokens=6))
+    assert reply and reply == local.chat(messages, max_new_tokens=6)
+    # Ask is a one-turn chat cut at the first newline (seeded sampling: greedy replies of the
+    # random model are blank lines).
     question = [{"role": "user", "content": "What is the cat called?"}]
     answer = "".join(alice.chat("facts", question, max_new_tokens=32, stop=["\n"], do_sample=True, seed=7)).strip()
     assert answer and alice.ask("facts", "What is the cat called?", do_sample=True, seed=7) == answer
-    messages = [{"role": "user", "content": "Who plays the cello?"}]
-    reply = "".join(alice.chat("facts", messages, max_new_tokens=6, do_sample=True, seed=3))
-    prompt = server.store.engine.chat_prompt(messages)
-    assert reply.strip() and reply == alice.complete("facts", prompt, max_new_tokens=6, do_sample=True, seed=3).text
     sampled = [alice.complete("facts", "Hi", do_sample=True, seed=7, top_k=50, top_p=0.9).text for _ in range(2)]
     assert sampled[0] == sampled[1]
 
@@ -179,7 +189,7 @@ def test_forget_rebuilds_as_if_never_told(alice, tmp_path):
     assert err.value.code == grpc.StatusCode.NOT_FOUND
 
 
-async def test_async_client(server):
+async def test_async_client(server, tiny_engine):
     async with AsyncClient(server.address, ALICE) as client:
         await client.create("async")
         receipt = await client.inject("async", "Frank keeps bees.", source="s")
@@ -188,14 +198,11 @@ async def test_async_client(server):
         assert [e.entry_id for e in await client.entries("async")] == [1, 2, 3]
         pieces = [p async for p in client.generate("async", "Frank keeps", max_new_tokens=6)]
         assert "".join(pieces) == (await client.complete("async", "Frank keeps", max_new_tokens=6)).text
-        sampled = {"do_sample": True, "seed": 5}
+        local = _in_process(tiny_engine, "rpc-async", ["Frank keeps bees.", "Gina sails.", "Hal paints."])
         messages = [{"role": "user", "content": "Hi"}]
-        chat = "".join([p async for p in client.chat("async", messages, max_new_tokens=4, **sampled)])
-        prompt = server.store.engine.chat_prompt(messages)
-        assert chat.strip() and chat == (await client.complete("async", prompt, max_new_tokens=4, **sampled)).text
-        question = [{"role": "user", "content": "Who keeps bees?"}]
-        answer = "".join([p async for p in client.chat("async", question, max_new_tokens=32, stop=["\n"], **sampled)])
-        assert answer.strip() and await client.ask("async", "Who keeps bees?", **sampled) == answer.strip()
+        chat = [p async for p in client.chat("async", messages, max_new_tokens=4)]
+        assert chat and "".join(chat) == local.chat(messages, max_new_tokens=4)
+        assert await client.ask("async", "Who keeps bees?") == local.ask("Who keeps bees?")
         assert (await client.get("async")).step == 3
         assert "async" in [m.memory_id for m in await client.list()]
         assert (await client.fork("async", "async-copy")).entries == 3
