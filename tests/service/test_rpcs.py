@@ -78,6 +78,11 @@ def test_inject_entries_and_reads(alice, tiny_engine):
     messages = [{"role": "user", "content": "Who plays the cello?"}]
     reply = "".join(alice.chat("facts", messages, max_new_tokens=6))
     assert reply and reply == local.chat(messages, max_new_tokens=6)
+    # Ask is a one-turn chat cut at the first newline (seeded sampling: greedy replies of the
+    # random model are blank lines).
+    question = [{"role": "user", "content": "What is the cat called?"}]
+    answer = "".join(alice.chat("facts", question, max_new_tokens=32, stop=["\n"], do_sample=True, seed=7)).strip()
+    assert answer and alice.ask("facts", "What is the cat called?", do_sample=True, seed=7) == answer
     sampled = [alice.complete("facts", "Hi", do_sample=True, seed=7, top_k=50, top_p=0.9).text for _ in range(2)]
     assert sampled[0] == sampled[1]
 
