@@ -68,7 +68,7 @@ class StaticDecodeStep:
 
 
 class DecodeGraphs:
-    """The static decode steps of one model, by (batch, length bucket, prefix length)."""
+    """The static decode steps of one model, by (batch, length bucket, prefix length, long-term slots)."""
 
     def __init__(self, model: MemoryLLM, *, capture: bool | None = None, max_steps: int = MAX_STEPS):
         self.model = model
@@ -94,7 +94,7 @@ class DecodeGraphs:
         length = length_bucket(tokens)
         if self.model.rotary.kind == "dynamic":
             length = tokens  # dynamic RoPE scales with the cache length, which a bucket would change
-        return batch, length, prefix.keys[0].shape[2] if prefix else 0
+        return batch, length, prefix.keys[0].shape[2] if prefix else 0, self.model.long_term_slots(pool)
 
     @contextlib.contextmanager
     def borrow(self, pool: MemoryPool | None, batch: int, tokens: int) -> Iterator[StaticDecodeStep | None]:
@@ -108,7 +108,7 @@ class DecodeGraphs:
             prefix = self.model.memory_prefix(pool) if pool is not None else None
             if prefix is not None:
                 step.cache.load_prefix(prefix)
-            step.cache.reset()
+            step.cache.reset(self.model.long_term_read(pool))
             yield step
         finally:
             with self.lock:
@@ -130,7 +130,7 @@ class DecodeGraphs:
                         steps.remove(old)
             if self.busy >= self.max_steps:
                 return None
-            batch, length, _ = key
+            batch, length = key[:2]
             cache = self.model.new_cache(pool, batch, length, own_prefix=True)
             step = StaticDecodeStep(self.model, cache, self.capture)
             self.captures += self.capture

@@ -1,5 +1,9 @@
 """Pre-allocated key/value cache: the memory prefix, shared by every row, plus per-row token slots.
 
+With M+ the token slots start with a per-row long-term region: the M long-term tokens each row
+retrieves for its prompt (so they differ between rows and cannot join the shared prefix). They
+sit between bos and memory in RoPE positions, so the shared prefix's positions skip them.
+
 Shapes never change during a generation, and the decode cursor (next slot, next RoPE position)
 lives on the device and advances inside the step, so the step can be CUDA-graphed or compiled
 without a host sync.
@@ -8,17 +12,21 @@ without a host sync.
 from __future__ import annotations
 
 import weakref
+from typing import TYPE_CHECKING
 
 import torch
 
 from memagent.model.memory_pool import PrefixKV
+
+if TYPE_CHECKING:
+    from memagent.model.long_term_memory import LongTermRead
 
 
 class LayerCache:
     def __init__(self, prefix_keys, prefix_values, keys: torch.Tensor, values: torch.Tensor):
         self.prefix_keys = prefix_keys  # [1, kv_heads, P, head_dim], one copy for all rows; or None
         self.prefix_values = prefix_values
-        self.keys = keys  # [B, kv_heads, S, head_dim]: the rows' own tokens
+        self.keys = keys  # [B, kv_heads, M + S, head_dim]: the rows' long-term region, then own tokens
         self.values = values
 
     def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -29,6 +37,10 @@ class LayerCache:
 
 class KVCache:
     """One LayerCache per layer, which token slots hold real (non-padding) tokens, and the cursor.
+
+Token slots are counted from the start of the per-row buffers: the long-term region is slots
+0..M-1 (M = `long_term_slots`, 0 without M+), the prompt starts at slot M. `prefix_length` is
+the RoPE position of the prompt's first token: the shared prefix plus the long-term region.
 
     With `own_prefix` the cache holds its own prefix buffers, filled by `load_prefix` (a cache
     reused across requests, e.g. by a captured graph); otherwise it refers to the pool's
@@ -47,12 +59,15 @@ class KVCache:
         dtype: torch.dtype,
         device: torch.device,
         own_prefix: bool = False,
+        long_term_slots: int = 0,
+        long_term: LongTermRead | None = None,
     ):
-        self.prefix_length = P = prefix.keys[0].shape[2] if prefix else 0
+        self.long_term_slots = M = long_term_slots if prefix else 0
+        self.prefix_length = prefix.keys[0].shape[2] + M if prefix else 0
         self.max_tokens = max_tokens
         self.layers: list[LayerCache] = []
         for layer in range(num_layers):
-            shape = (batch_size, kv_heads, max_tokens, head_dim)
+            shape = (batch_size, kv_heads, M + max_tokens, head_dim)
             prefix_kv = (None, None)
             if prefix:
                 prefix_kv = (prefix.keys[layer], prefix.values[layer])
@@ -63,13 +78,14 @@ class KVCache:
             keys = torch.zeros(shape, dtype=dtype, device=device)
             values = torch.zeros(shape, dtype=dtype, device=device)
             self.layers.append(LayerCache(*prefix_kv, keys, values))
-        self.key_valid = torch.zeros(batch_size, max_tokens, dtype=torch.bool, device=device)
+        self.key_valid = torch.zeros(batch_size, M + max_tokens, dtype=torch.bool, device=device)
         self.next_slot = torch.zeros(1, dtype=torch.long, device=device)
         self.next_position = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.own_prefix = bool(prefix) and own_prefix
         self.loaded: weakref.ref | None = None  # the PrefixKV held in the own buffers
         if self.own_prefix:
             self.load_prefix(prefix)
+        self.reset(long_term)
 
     @property
     def batch_size(self) -> int:
@@ -84,21 +100,28 @@ class KVCache:
             layer.prefix_values.copy_(v)
         self.loaded = weakref.ref(prefix)  # a write replaces the pool's PrefixKV, and this dies
 
-    def reset(self) -> None:
-        """Forget the tokens of the previous request (their keys/values become unreachable)."""
+    def reset(self, long_term: LongTermRead | None = None) -> None:
+        """Forget the tokens of the previous request (their keys/values become unreachable).
+
+        `long_term` is the next prefill's recall, which fills the long-term region layer by
+        layer before that layer attends; without one (nothing stored yet) the region stays hidden.
+        """
         self.key_valid.zero_()
+        self.key_valid[:, : self.long_term_slots] = long_term is not None
+        self.long_term = long_term
 
     def mark(self, slots: torch.Tensor, valid: torch.Tensor) -> None:
         """Record which of the token slots [T] now hold real tokens (valid: [B, T] bool)."""
         self.key_valid.index_copy_(1, slots, valid)
 
     def attention_mask(self, slots: torch.Tensor) -> torch.Tensor:
-        """Boolean mask [B, 1, T, S] over token slots for queries at slots [T]: causal, padding
-        hidden. The memory prefix needs none: every query sees all of it.
+        """Boolean mask [B, 1, T, M + S] over token slots for queries at slots [T]: causal, padding
+        hidden. The memory prefix needs none: every query sees all of it; nor does the long-term
+        region beyond its validity bits, since it comes before every token slot.
 
         A query always sees itself, so rows of left padding never attend to nothing.
         """
-        key_index = torch.arange(self.max_tokens, device=slots.device)
+        key_index = torch.arange(self.key_valid.shape[1], device=slots.device)
         query_index = slots[:, None]
         causal = key_index[None, :] <= query_index
         mask = self.key_valid[:, None, :] & causal[None]

@@ -7,8 +7,10 @@ runs the context behind the last K memory tokens and keeps the last K outputs of
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,8 +21,10 @@ from memagent.model import generation, loading
 from memagent.model.attention import attend
 from memagent.model.config import MemoryLLMConfig
 from memagent.model.kv_cache import KVCache, LayerCache
+from memagent.model.long_term_memory import LongTermMemory, LongTermRead
 from memagent.model.lora import writing
-from memagent.model.memory_pool import MemoryPool, PrefixKV
+from memagent.model.memory_pool import Dropped, MemoryPool, PrefixKV
+from memagent.model.retriever import Retriever
 from memagent.model.rope import RotaryEmbedding, apply_rope
 
 
@@ -133,6 +137,7 @@ class Backbone(nn.Module):
 @dataclass
 class CausalLMOutput:
     logits: torch.Tensor
+    long_term_order: torch.Tensor | None = None  # M+: [B, L, M] candidate index of each long-term prefix slot
 
 
 class MemoryLLM(nn.Module):
@@ -150,6 +155,7 @@ class MemoryLLM(nn.Module):
         self.bos_embedding = nn.Parameter(torch.zeros(L, 1, d)) if config.add_bos_embedding else None
         self.new_memory_positional_emb = nn.Parameter(torch.zeros(1, 1, d))
         self.rotary = RotaryEmbedding(config)
+        self.retriever = Retriever(config) if config.long_term else None
         self.pool = self.new_pool()
         self._fingerprint: str | None = None
 
@@ -157,7 +163,7 @@ class MemoryLLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_id, *, device="cpu", dtype=torch.float32) -> "MemoryLLM":
-        """Load a released MemoryLLM checkpoint (a folder or a Hugging Face hub id)."""
+        """Load a released MemoryLLM or M+ checkpoint (a folder or a Hugging Face hub id)."""
         return loading.from_pretrained(cls, path_or_id, device=device, dtype=dtype)
 
     @classmethod
@@ -207,7 +213,8 @@ class MemoryLLM(nn.Module):
         memory = torch.zeros(
             c.num_hidden_layers, c.num_memory_tokens, c.hidden_size, dtype=self.dtype, device=self.device
         )
-        return MemoryPool(memory, seed=seed, drop_per_layer=c.drop_memory_per_layer)
+        long_term = LongTermMemory.empty(c.long_term, c.num_tokens, memory) if c.long_term else None
+        return MemoryPool(memory, seed=seed, drop_per_layer=c.drop_memory_per_layer, long_term=long_term)
 
     @property
     def device(self) -> torch.device:
@@ -229,11 +236,19 @@ class MemoryLLM(nn.Module):
 
     # -- reading ---------------------------------------------------------------------------
 
+    @staticmethod
+    def long_term_slots(pool: MemoryPool | None) -> int:
+        """M: the long-term tokens a read of `pool` places between bos and memory (0 without M+)."""
+        if pool is None or not pool.initialized or pool.long_term is None:
+            return 0
+        return pool.long_term.slots
+
     def memory_prefix(self, pool: MemoryPool) -> PrefixKV | None:
         """Keys/values of [bos_embedding, memory] for every layer, computed once per pool version.
 
         Built layer by layer: only one layer's [1 + N, d] tokens exist at a time, never a copy of
-        the whole pool.
+        the whole pool. With M+ the memory's RoPE positions start after the M long-term tokens,
+        which each row has in its own slots (see `_recall`).
         """
         if not pool.initialized:
             return None
@@ -242,6 +257,7 @@ class MemoryLLM(nn.Module):
         memory = pool.memory
         bos = self.config.add_bos_embedding
         positions = torch.arange(memory.shape[1] + bos, device=self.device)[None]
+        positions[:, bos:] += self.long_term_slots(pool)
         cos, sin = self.rotary(positions, self.dtype)
         keys, values = [], []
         for index, layer in enumerate(self.model.layers):
@@ -271,39 +287,80 @@ class MemoryLLM(nn.Module):
             dtype=self.dtype,
             device=self.device,
             own_prefix=own_prefix,
+            long_term_slots=self.long_term_slots(pool),
+            long_term=self.long_term_read(pool),
         )
 
+    @staticmethod
+    def long_term_read(pool: MemoryPool | None) -> LongTermRead | None:
+        """M+: the recall a read of `pool` makes; None without M+ or while nothing is stored."""
+        if not MemoryLLM.long_term_slots(pool) or min(pool.long_term.sizes()) == 0:
+            return None
+        return LongTermRead(pool.long_term)
+
     def read(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache: KVCache
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        cache: KVCache,
+        recall: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
-        """Final hidden states [B, T, d] for tokens at RoPE `positions` [B, T], cache `slots` [T]."""
+        """Final hidden states [B, T, d] for tokens at RoPE `positions` [B, T], cache `slots` [T].
+
+        Long inputs go through each layer in chunks of about PREFILL_QUERY_ROWS queries (rows x
+        tokens), which bounds the attention scores and activations of one step. Chunks run
+        layer by layer, not model by model, so `recall(i, x)` (M+), run before layer i, sees that
+        layer's input x for the whole prompt, as M+'s retrieval needs.
+        """
+        B, T = input_ids.shape
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rotary(positions, x.dtype, seq_len=cache.prefix_length + cache.max_tokens)
-        mask = cache.attention_mask(slots)  # once per read, shared by every layer
-        for layer, layer_cache in zip(self.model.layers, cache.layers):
-            x = layer(x, cos, sin, mask, layer_cache, slots)
+        size = max(1, PREFILL_QUERY_ROWS // B)
+        parts = [slice(start, min(start + size, T)) for start in range(0, T, size)]
+        masks = [cache.attention_mask(slots[part]) for part in parts]  # once per read, shared by every layer
+        for i, (layer, layer_cache) in enumerate(zip(self.model.layers, cache.layers)):
+            if recall is not None:
+                recall(i, x)
+            out = [layer(x[:, p], cos[:, p], sin[:, p], m, layer_cache, slots[p]) for p, m in zip(parts, masks)]
+            x = torch.cat(out, dim=1) if len(out) > 1 else out[0]
         return self.model.norm(x)
+
+    def _recall(self, cache: KVCache, valid: torch.Tensor, i: int, x: torch.Tensor) -> None:
+        """M+: put the long-term tokens layer i retrieves for the prompt (layer input `x`, `valid`
+        [B, T]) in each row's long-term region, at RoPE positions right after bos."""
+        read, layer = cache.long_term, self.model.layers[i]
+        store = read.store
+        scores = None
+        if store.scored(i):
+            normed = layer.input_layernorm(x)
+            scores = torch.cat([self.retriever.scores(i, normed, valid, rows.keys) for rows in store.candidates(i)], 1)
+        chosen = store.choose(i, scores, x.shape[0])
+        read.chosen.append(chosen)
+        tokens = store.tokens(i, chosen).to(device=x.device, dtype=x.dtype)
+        first = int(self.config.add_bos_embedding)
+        cos, sin = self._rope(first + store.slots, x.dtype)
+        k, v = layer.self_attn.project_kv(layer.input_layernorm(tokens), cos[:, first:], sin[:, first:])
+        cache.layers[i].keys[:, :, : store.slots] = k
+        cache.layers[i].values[:, :, : store.slots] = v
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run a left-padded prompt through the cache; returns its hidden states [B, T, d].
 
-        Long prompts go in chunks of about PREFILL_QUERY_ROWS queries (rows x tokens), which
-        bounds the attention scores and activations of one step. Leaves the cache's decode
-        cursor just after the prompt.
+        With M+ each layer first recalls its long-term tokens. Leaves the cache's decode cursor
+        just after the prompt.
         """
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         valid = attention_mask.bool()
+        first = cache.long_term_slots  # the prompt's first token slot
+        slots = torch.arange(first, first + T, device=input_ids.device)
+        cache.mark(slots, valid)
         positions = cache.prefix_length + (attention_mask.long().cumsum(1) - 1).clamp(min=0)
-        chunk = max(1, PREFILL_QUERY_ROWS // B)
-        hidden = []
-        for start in range(0, T, chunk):
-            part = slice(start, min(start + chunk, T))
-            slots = torch.arange(part.start, part.stop, device=input_ids.device)
-            cache.mark(slots, valid[:, part])
-            hidden.append(self.read(input_ids[:, part], positions[:, part], slots, cache))
-        cache.next_slot.fill_(T)
+        recall = None if cache.long_term is None else functools.partial(self._recall, cache, valid)
+        hidden = self.read(input_ids, positions, slots, cache, recall)
+        cache.next_slot.fill_(first + T)
         cache.next_position.copy_(positions[:, -1:] + 1)
-        return torch.cat(hidden, dim=1) if len(hidden) > 1 else hidden[0]
+        return hidden
 
     def decode_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits [B, V] for one new token per row [B, 1], at the cache's cursor, which advances.
@@ -326,7 +383,9 @@ class MemoryLLM(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         cache = self.new_cache(pool or self.pool, *input_ids.shape)
-        return CausalLMOutput(self.lm_head(self.prefill(input_ids, attention_mask, cache)))
+        logits = self.lm_head(self.prefill(input_ids, attention_mask, cache))
+        order = torch.stack(cache.long_term.chosen, 1) if cache.long_term is not None else None
+        return CausalLMOutput(logits, order)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -397,8 +456,17 @@ class MemoryLLM(nn.Module):
             input_ids = input_ids[None]
         new = self.new_memory(input_ids.to(self.device), pool.memory if pool.initialized else None)
         if update:
-            pool.write(new)
+            dropped = pool.write(new)
+            if pool.long_term is not None:
+                pool.long_term.write(dropped, self._retriever_keys(dropped), new.shape[1])
         return new
+
+    def _retriever_keys(self, dropped: Dropped | None) -> torch.Tensor | None:
+        """M+: retriever keys [L, K, s] of the tokens a write dropped, computed as they leave the pool."""
+        if dropped is None:
+            return None
+        layers = zip(self.model.layers, dropped.tokens.to(self.dtype))
+        return torch.stack([self.retriever.keys(i, layer.input_layernorm(t)) for i, (layer, t) in enumerate(layers)])
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 32, **options) -> torch.Tensor:
         """New token ids [B, n] after `input_ids`; see `memagent.model.generation.generate`."""

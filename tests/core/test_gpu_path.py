@@ -1,5 +1,8 @@
 """What the CUDA path needs, shown on the CPU: CUDA's attention layout, a decode step that
-compiles whole and never waits for the device, static steps reused across requests, dtypes."""
+compiles whole and never waits for the device, static steps reused across requests, dtypes.
+Most run for MemoryLLM and M+ (whose rows read their own long-term tokens beside the shared prefix)."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +18,15 @@ from memagent.model.shapes import shape_config
 from memagent.sampling import SamplingParams
 
 
-@pytest.fixture(scope="module")
-def model():
+MPLUS = Path(__file__).parent.parent / "fixtures" / "reference_mplus" / "gqa_lora_eager" / "checkpoint"
+
+
+@pytest.fixture(scope="module", params=["memoryllm", "mplus"])
+def model(request):
+    if request.param == "mplus":
+        m = MemoryLLM.from_pretrained(MPLUS)  # its long-term memory is stored: every read recalls
+        m.inject(torch.arange(3, 27)[None])  # and leaves tokens pending, which reads score too
+        return m
     m = MemoryLLM.from_random(shape_config("tiny"), seed=0)
     m.inject(torch.arange(100, 140)[None])
     return m
@@ -35,6 +45,8 @@ def cuda_layout(sdpa):
 
 @torch.no_grad()
 def test_grouped_query_attention_survives_cudas_output_layout(model, monkeypatch):
+    if model.config.long_term:
+        pytest.skip("the M+ checkpoint writes with its own adapter; MemoryLLM covers this")
     assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped queries
     ids = torch.arange(300, 340)[None]
     prompt = torch.tensor([[5, 6, 7], [8, 9, 10]])
@@ -120,7 +132,7 @@ def test_dynamic_rope_creates_no_host_tensor_on_the_device():
 def test_static_steps_are_reused_across_requests_and_memories(model):
     graphs = DecodeGraphs(model, capture=False)
     other = model.new_pool(seed=1)
-    model.inject(torch.arange(500, 530)[None], pool=other)
+    model.inject(torch.arange(150, 180)[None], pool=other)
     prompts = torch.tensor([[5, 6, 7], [8, 9, 10]])
     params = SamplingParams(max_new_tokens=12)
 
@@ -129,6 +141,8 @@ def test_static_steps_are_reused_across_requests_and_memories(model):
 
     for pool in (model.pool, other, model.pool):
         assert torch.equal(run(pool, graphs), run(pool, None))
+    if model.config.long_term:  # `other` has stored nothing yet: its long-term region stays hidden
+        assert other.long_term.sizes()[0] == 0 and model.pool.long_term.sizes()[0] > 0
     assert graphs.steps == 1, "one bucket, one static step, whichever memory it reads"
     short = SamplingParams(max_new_tokens=3)
     list(stream(model, prompts, short, [], graphs=graphs))
@@ -185,12 +199,29 @@ def test_seeded_sampling_uses_a_generator_on_the_models_device(model, monkeypatc
 
 @torch.no_grad()
 def test_chunked_prefill_equals_one_pass(model, monkeypatch):
-    prompt = torch.arange(400, 437).reshape(1, 37).repeat(2, 1)
+    prompt = torch.arange(140, 177).reshape(1, 37).repeat(2, 1)
     mask = torch.ones_like(prompt)
     mask[1, :5] = 0
-    whole = model(prompt, attention_mask=mask).logits
+    whole = model(prompt, attention_mask=mask)
     monkeypatch.setattr(memoryllm, "PREFILL_QUERY_ROWS", 10)  # 5 tokens per chunk at batch 2
-    assert torch.allclose(model(prompt, attention_mask=mask).logits, whole, atol=1e-5)
+    chunked = model(prompt, attention_mask=mask)
+    assert torch.allclose(chunked.logits, whole.logits, atol=1e-5)
+    if model.config.long_term:  # each layer recalls from the whole prompt, not from one chunk
+        assert torch.equal(chunked.long_term_order, whole.long_term_order)
+
+
+@torch.no_grad()
+def test_long_term_tokens_are_per_row_and_the_memory_prefix_is_shared():
+    m = MemoryLLM.from_pretrained(MPLUS)
+    M, N = m.pool.long_term.slots, m.config.num_memory_tokens
+    cache = m.new_cache(m.pool, 3, 8)
+    assert cache.layers[0].prefix_keys.shape[:3] == (1, m.config.num_key_value_heads, 1 + N)  # bos + memory, once
+    assert cache.layers[0].keys.shape[2] == M + 8 and cache.prefix_length == 1 + M + N
+    m.prefill(torch.tensor([[5, 6], [7, 8], [9, 10]]), torch.ones(3, 2, dtype=torch.long), cache)
+    assert cache.key_valid[:, :M].all() and int(cache.next_slot) == M + 2
+    assert cache.next_position.flatten().tolist() == [1 + M + N + 2] * 3
+    rows = cache.layers[0].keys[:, :, :M]
+    assert not torch.equal(rows[0], rows[1]), "each row recalls for its own prompt"
 
 
 @torch.no_grad()
