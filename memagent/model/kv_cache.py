@@ -38,9 +38,10 @@ class LayerCache:
 class KVCache:
     """One LayerCache per layer, which token slots hold real (non-padding) tokens, and the cursor.
 
-Token slots are counted from the start of the per-row buffers: the long-term region is slots
-0..M-1 (M = `long_term_slots`, 0 without M+), the prompt starts at slot M. `prefix_length` is
-the RoPE position of the prompt's first token: the shared prefix plus the long-term region.
+    Token slots are counted from the start of the per-row buffers: the long-term region is
+    slots 0..M-1 (M = `long_term_slots`, 0 without M+), the prompt starts at slot M.
+    `prefix_length` is the RoPE position of the prompt's first token: the shared prefix plus
+    the long-term region, so it no longer equals the number of shared keys.
 
     With `own_prefix` the cache holds its own prefix buffers, filled by `load_prefix` (a cache
     reused across requests, e.g. by a captured graph); otherwise it refers to the pool's

@@ -318,7 +318,7 @@ class MemoryLLM(nn.Module):
         cos, sin = self.rotary(positions, x.dtype, seq_len=cache.prefix_length + cache.max_tokens)
         size = max(1, PREFILL_QUERY_ROWS // B)
         parts = [slice(start, min(start + size, T)) for start in range(0, T, size)]
-        masks = [cache.attention_mask(slots[part]) for part in parts]  # once per read, shared by every layer
+        masks = [cache.attention_mask(slots[part]) for part in parts]  # one per chunk, shared by every layer
         for i, (layer, layer_cache) in enumerate(zip(self.model.layers, cache.layers)):
             if recall is not None:
                 recall(i, x)
