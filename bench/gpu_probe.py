@@ -148,7 +148,7 @@ class Probe:
             self.sync()
             took = time.perf_counter() - start
             print(f"new_cache batch {batch}: {took * 1000:.2f} ms, {(self.allocated() - before) / 2**20:,.1f} MiB "
-                  f"(token slots; the memory prefix is shared, {cache.prefix_length} tokens)")
+                  f"(token slots; the memory prefix is shared, {cache.layers[0].prefix_keys.shape[2]} tokens)")
             del cache
 
     def prefill(self) -> None:
