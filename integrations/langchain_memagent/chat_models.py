@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.chat_models import BaseChatModel, agenerate_from_stream, generate_from_stream
@@ -11,8 +11,9 @@ from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from langchain_memagent._model_fields import MemAgentModelFields
+from langchain_memagent.memory_choice import MEMORY_ID
 from memagent.integration import records as memory_records
-from memagent.integration.backend import chat_message
+from memagent.integration.backend import MemoryBackend, chat_message
 
 
 def message_dicts(messages: Sequence[BaseMessage]) -> list[dict]:
@@ -24,7 +25,14 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
     """Chat with a model that reads one memory, sync or async, whole or streamed.
 
     With `remember_turns=True` each finished turn (the latest human message and the answer) is
-    written into the memory, so a long conversation needs only its latest turns in the prompt.
+    written into the memory, so a long conversation needs only its latest turns in the prompt;
+    `remember_turns="user"` writes the human side only (an answer may be wrong, and what is
+    written is later taken as true). Each write carries the run id (and the memory the call
+    named, as `user`) as log metadata.
+
+    Built without `memory=`, one object serves many users: each call names its memory, e.g.
+    `chat.invoke(messages, config={"configurable": {"memory_id": "alice"}})` (see
+    `langchain_memagent.memory_choice`).
     MemoryLLM has no native tool calling: `bind_tools` raises; to give tools to an agent, use a
     tool-calling model with `MemAgentMiddleware`.
 
@@ -41,8 +49,8 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
         ```
     """
 
-    remember_turns: bool = False
-    """Write each finished human/AI turn into the memory."""
+    remember_turns: bool | Literal["user"] = False
+    """Write each finished human/AI turn into the memory; "user": the human message only."""
     source: str = "langchain:chat"
     """Source label of the turns written into the memory."""
 
@@ -89,8 +97,8 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        answer = []
-        for piece in self.backend.chat(message_dicts(messages), **self._sampling(stop, **kwargs)):
+        answer, backend = [], self._backend_for(kwargs)
+        for piece in backend.chat(message_dicts(messages), self._sampling(stop, **kwargs)):
             if piece:
                 answer.append(piece)
                 chunk = self._chunk(piece)
@@ -98,7 +106,7 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
                     run_manager.on_llm_new_token(piece, chunk=chunk)
                 yield chunk
         if record := self._turn_record(messages, "".join(answer)):
-            self.backend.write(record, self.source)
+            backend.write(record, self.source, self._write_metadata(backend, run_manager, kwargs))
         yield self._last_chunk()
 
     async def _astream(
@@ -108,8 +116,8 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        answer = []
-        async for piece in self.backend.achat(message_dicts(messages), **self._sampling(stop, **kwargs)):
+        answer, backend = [], self._backend_for(kwargs)
+        async for piece in backend.achat(message_dicts(messages), self._sampling(stop, **kwargs)):
             if piece:
                 answer.append(piece)
                 chunk = self._chunk(piece)
@@ -117,7 +125,7 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
                     await run_manager.on_llm_new_token(piece, chunk=chunk)
                 yield chunk
         if record := self._turn_record(messages, "".join(answer)):
-            await self.backend.awrite(record, self.source)
+            await backend.awrite(record, self.source, self._write_metadata(backend, run_manager, kwargs))
         yield self._last_chunk()
 
     @staticmethod
@@ -136,4 +144,11 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
         if not self.remember_turns or human is None:
             return None
         user = str(human.text)
-        return memory_records.turn(user, answer) if answer else memory_records.user_message(user)
+        if answer and self.remember_turns != "user":
+            return memory_records.turn(user, answer)
+        return memory_records.user_message(user)
+
+    @staticmethod
+    def _write_metadata(backend: MemoryBackend, run_manager: Any, kwargs: dict[str, Any]) -> dict[str, str]:
+        run_id = run_manager.run_id if run_manager else None
+        return memory_records.metadata(run_id=run_id, user=backend.memory if MEMORY_ID in kwargs else None)

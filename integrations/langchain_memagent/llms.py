@@ -8,6 +8,7 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import GenerationChunk
+from langchain_core.runnables import Runnable, RunnableConfig
 
 from langchain_memagent._model_fields import MemAgentModelFields
 
@@ -24,6 +25,7 @@ class MemAgentLLM(MemAgentModelFields, LLM):
         engine.pool("notes").inject("The spare key is under the blue flower pot by the back door.")
         llm = MemAgentLLM(memory="notes", engine=engine, max_tokens=24, stop=["\\n"])
         print(llm.invoke("Question: Where is the spare key?\\nAnswer:"))
+        # without memory=, a call names its memory: config={"configurable": {"memory_id": "notes"}}
         for piece in llm.stream("The spare key is"):
             print(piece, end="", flush=True)
         ```
@@ -32,6 +34,16 @@ class MemAgentLLM(MemAgentModelFields, LLM):
     @property
     def _llm_type(self) -> str:
         return "memagent"
+
+    # LangChain's LLM batches through `generate`, which sees no per-input config: batch through
+    # `invoke` instead, so each input's config may name its own memory.
+    def batch(self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None, **kwargs: Any):
+        return Runnable.batch(self, inputs, config, **kwargs)
+
+    async def abatch(
+        self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None, **kwargs: Any
+    ):
+        return await Runnable.abatch(self, inputs, config, **kwargs)
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
@@ -65,7 +77,7 @@ class MemAgentLLM(MemAgentModelFields, LLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        for piece in self.backend.generate(prompt, **self._sampling(stop, **kwargs)):
+        for piece in self._backend_for(kwargs).generate(prompt, self._sampling(stop, **kwargs)):
             if piece:
                 chunk = GenerationChunk(text=piece)
                 if run_manager:
@@ -79,7 +91,7 @@ class MemAgentLLM(MemAgentModelFields, LLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        async for piece in self.backend.agenerate(prompt, **self._sampling(stop, **kwargs)):
+        async for piece in self._backend_for(kwargs).agenerate(prompt, self._sampling(stop, **kwargs)):
             if piece:
                 chunk = GenerationChunk(text=piece)
                 if run_manager:

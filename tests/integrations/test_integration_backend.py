@@ -6,8 +6,14 @@ from pydantic import ValidationError
 from langchain_memagent import ChatMemAgent, MemAgentCallbackHandler, MemAgentLLM
 from llama_index.memory.memagent import MemAgentMemory
 from memagent.client import ClientError
-from memagent.integration.backend import EngineBackend, connect, sampling_options
+from memagent.integration.backend import EngineBackend, connect
 from tests.integrations.conftest import new_memory_id
+
+
+@pytest.fixture(autouse=True)
+def _no_server_variables(monkeypatch):
+    monkeypatch.delenv("MEMAGENT_SERVER", raising=False)
+    monkeypatch.delenv("MEMAGENT_TOKEN", raising=False)
 
 
 def test_connect_needs_exactly_one_of_server_and_engine(tiny_engine):
@@ -16,7 +22,7 @@ def test_connect_needs_exactly_one_of_server_and_engine(tiny_engine):
         connect("notes")
     with pytest.raises(ValueError, match="either server="):
         connect("notes", server="127.0.0.1:1", engine=tiny_engine)
-    with pytest.raises(ValueError, match="memory id"):
+    with pytest.raises(ValueError, match="must not be empty"):
         connect("", engine=tiny_engine)
 
 
@@ -27,13 +33,6 @@ def test_adapters_report_a_missing_backend_at_construction():
         MemAgentMemory(memory="notes")
     with pytest.raises(ValueError, match="either server="):
         MemAgentCallbackHandler(memory="notes")
-
-
-def test_sampling_options_are_greedy_unless_a_temperature_is_set():
-    assert sampling_options(max_tokens=8, temperature=0, stop=None) == {"stop": [], "max_new_tokens": 8}
-    assert sampling_options(temperature=0.7, top_p=0.9, top_k=5, seed=1, stop=["\n"]) == {
-        "stop": ["\n"], "do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 5, "seed": 1,
-    }
 
 
 def test_engine_errors_surface(tiny_engine):

@@ -21,8 +21,9 @@ from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from memagent.integration.backend import chat_message, sampling_options
+from memagent.integration.backend import MemoryBackend, chat_message
 from memagent.integration.fields import MemoryConnection
+from memagent.sampling import SamplingParams
 
 
 def message_dicts(messages: Sequence[ChatMessage]) -> list[dict]:
@@ -35,7 +36,8 @@ class MemAgentLLM(MemoryConnection, CustomLLM):
 
     `complete` continues the prompt as written; `chat` puts the messages through the model's chat
     template. Either way the model attends to the memory: what was written into it is known
-    without being in the prompt.
+    without being in the prompt. Built without `memory=`, one LLM serves many users: each call
+    names its memory with the `memory_id=` keyword (e.g. `llm.chat(messages, memory_id="alice")`).
 
     Example:
         ```python
@@ -69,54 +71,59 @@ class MemAgentLLM(MemoryConnection, CustomLLM):
             model_name=self.backend.model_name,
         )
 
-    def _options(self, kwargs: dict[str, Any]) -> dict:
-        return sampling_options(
+    def _options(self, kwargs: dict[str, Any]) -> SamplingParams:
+        return SamplingParams.from_framework(
             max_tokens=kwargs.get("max_tokens", self.max_tokens),
             temperature=kwargs.get("temperature", self.temperature),
             stop=kwargs.get("stop"),
         )
+
+    def _backend_for(self, kwargs: dict[str, Any]) -> MemoryBackend:
+        """The backend of the memory this call names (`memory_id=`), else of `memory=`."""
+        memory = kwargs.get("memory_id")
+        return self.backend.using(memory) if memory else self.backend
 
     def _prompt(self, prompt: str, formatted: bool) -> str:
         return prompt if formatted else self.completion_to_prompt(prompt)
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        pieces = self.backend.generate(self._prompt(prompt, formatted), **self._options(kwargs))
+        pieces = self._backend_for(kwargs).generate(self._prompt(prompt, formatted), self._options(kwargs))
         return CompletionResponse(text="".join(pieces))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        pieces = self.backend.generate(self._prompt(prompt, formatted), **self._options(kwargs))
+        pieces = self._backend_for(kwargs).generate(self._prompt(prompt, formatted), self._options(kwargs))
         return _completions(pieces)
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        text = "".join(self.backend.chat(message_dicts(messages), **self._options(kwargs)))
+        text = "".join(self._backend_for(kwargs).chat(message_dicts(messages), self._options(kwargs)))
         return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        return _chat_responses(self.backend.chat(message_dicts(messages), **self._options(kwargs)))
+        return _chat_responses(self._backend_for(kwargs).chat(message_dicts(messages), self._options(kwargs)))
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        pieces = self.backend.agenerate(self._prompt(prompt, formatted), **self._options(kwargs))
+        pieces = self._backend_for(kwargs).agenerate(self._prompt(prompt, formatted), self._options(kwargs))
         return CompletionResponse(text="".join([piece async for piece in pieces]))
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
-        pieces = self.backend.agenerate(self._prompt(prompt, formatted), **self._options(kwargs))
+        pieces = self._backend_for(kwargs).agenerate(self._prompt(prompt, formatted), self._options(kwargs))
         return _acompletions(pieces)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        pieces = self.backend.achat(message_dicts(messages), **self._options(kwargs))
+        pieces = self._backend_for(kwargs).achat(message_dicts(messages), self._options(kwargs))
         text = "".join([piece async for piece in pieces])
         return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        return _achat_responses(self.backend.achat(message_dicts(messages), **self._options(kwargs)))
+        return _achat_responses(self._backend_for(kwargs).achat(message_dicts(messages), self._options(kwargs)))
 
 
 def _completions(pieces: Iterator[str]) -> CompletionResponseGen:
