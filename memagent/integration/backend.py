@@ -48,6 +48,7 @@ class MemoryBackend(Protocol):
     model_name: str
 
     def using(self, memory: str) -> MemoryBackend: ...
+    def memory_ids(self) -> list[str]: ...
     def write(self, text: str, source: str | None = None, metadata: Mapping[str, str] | None = None) -> None: ...
     def entries(self) -> list[LoggedText]: ...
     def forget(self, entry_ids: Sequence[int]) -> None: ...
@@ -91,7 +92,7 @@ def connect(
             "or engine= (from memagent.load())"
         )
     if engine is not None:
-        return EngineBackend(_EngineLogs(engine), memory)
+        return EngineBackend(_EngineLogs.of(engine), memory)
     return ServerBackend(_ServerConnection(server, token, timeout), memory)
 
 
@@ -176,13 +177,24 @@ class _EngineLog:
 
 class _EngineLogs:
     """An engine keeps no log of its own (no sources, no metadata, no entries): the backends of
-    one `connect` keep one here, in this process, for what they wrote. It lets `entries` and
+    one engine keep one here, in this process, for what they wrote. It lets `entries` and
     `forget` work on an engine as on a server; it is lost when the process ends."""
+
+    _of_engine: weakref.WeakKeyDictionary[Engine, _EngineLogs] = weakref.WeakKeyDictionary()
+    _of_engine_lock = threading.Lock()
 
     def __init__(self, engine: Engine):
         self.engine = engine
         self.lock = threading.Lock()
         self.logs: dict[str, _EngineLog] = {}
+
+    @classmethod
+    def of(cls, engine: Engine) -> _EngineLogs:
+        """The one log keeper of `engine`."""
+        with cls._of_engine_lock:
+            if engine not in cls._of_engine:
+                cls._of_engine[engine] = cls(engine)
+            return cls._of_engine[engine]
 
 
 class EngineBackend(_BoundMemory):
@@ -196,6 +208,11 @@ class EngineBackend(_BoundMemory):
 
     def using(self, memory: str) -> EngineBackend:
         return self if memory == self.memory else EngineBackend(self._logs, memory)
+
+    def memory_ids(self) -> list[str]:
+        """Every memory of the engine."""
+        with self.engine.lock:
+            return list(self.engine.pools)
 
     def _pool(self):
         return self.engine.pool(self._id)
@@ -339,6 +356,10 @@ class ServerBackend(_BoundMemory):
 
     def using(self, memory: str) -> ServerBackend:
         return self if memory == self.memory else ServerBackend(self._connection, memory)
+
+    def memory_ids(self) -> list[str]:
+        """Every memory of the token's tenant."""
+        return [m.memory_id for m in self._connection.client.list()]
 
     @property
     def model_name(self) -> str:

@@ -39,6 +39,11 @@ def turn(user: str, assistant: str) -> str:
     return f"{user_message(user)}\n{assistant_message(assistant)}"
 
 
+def store_item(key: str, value: dict[str, Any]) -> str:
+    """A LangGraph store item: `{"key": key, <value fields>}` on one line."""
+    return json.dumps({"key": key} | value, ensure_ascii=False, default=str)
+
+
 def _json_object(value: Any) -> dict | None:
     """`value` as a dict when it is one, or a string holding a JSON object."""
     if isinstance(value, dict):
