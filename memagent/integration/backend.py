@@ -18,14 +18,12 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Protocol, Self
 
+from memagent.client.messages import SERVER_VARIABLE, TOKEN_VARIABLE
 from memagent.sampling import SamplingParams
 
 if TYPE_CHECKING:  # a server-only process need not import torch
     from memagent.client import AsyncClient
     from memagent.engine import Engine
-
-SERVER_VARIABLE = "MEMAGENT_SERVER"
-TOKEN_VARIABLE = "MEMAGENT_TOKEN"
 
 
 @dataclass(frozen=True)
