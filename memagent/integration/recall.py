@@ -7,7 +7,6 @@ import re
 from typing import Literal
 
 RecallMode = Literal["always", "questions", "never"]
-RECALL_MODES: tuple[str, ...] = ("always", "questions", "never")
 
 # A question ends with "?" or opens with a question word or an inverted auxiliary.
 _QUESTION_START = re.compile(
@@ -23,7 +22,6 @@ def is_question(text: str) -> bool:
 
 
 def should_recall(mode: RecallMode, text: str) -> bool:
-    """Whether automatic recall runs for `text` (the latest user message) under `mode`."""
-    if mode not in RECALL_MODES:
-        raise ValueError(f"recall must be one of {', '.join(RECALL_MODES)}, got {mode!r}")
+    """Whether automatic recall runs for `text` (the latest user message) under `mode` (the
+    adapters' pydantic fields refuse any other mode when they are built)."""
     return bool(text.strip()) and (mode == "always" or (mode == "questions" and is_question(text)))
