@@ -222,6 +222,7 @@ def from_hf_model(model_class: type[MemoryLLM], hf_model, *, num_tokens: int, nu
     state = dict(hf_model.state_dict())
     generator = torch.Generator().manual_seed(seed)
     L, d = config.num_hidden_layers, config.hidden_size
-    state["bos_embedding"] = torch.randn(L, 1, d, generator=generator) * config.initializer_range
+    if config.add_bos_embedding:
+        state["bos_embedding"] = torch.randn(L, 1, d, generator=generator) * config.initializer_range
     state["new_memory_positional_emb"] = torch.randn(1, 1, d, generator=generator) * config.initializer_range
     return build(model_class, config, state, dtype=next(iter(state.values())).dtype)

@@ -94,9 +94,9 @@ class MemoryPool:
         twin.step = self.step
         return twin
 
-    def to(self, device: torch.device | str) -> "MemoryPool":
-        """Move the pool (not its derived caches) to `device`, in place."""
-        self.memory = self.memory.to(device)
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MemoryPool":
+        """Move the pool to `device` and/or cast it to `dtype`, in place; its derived caches are dropped."""
+        self.memory = self.memory.to(device=device, dtype=dtype)
         self.prefix_kv = None
         return self
 

@@ -135,7 +135,8 @@ class MemoryLLM(nn.Module):
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.bos_embedding = nn.Parameter(torch.zeros(L, 1, d))
+        # Checkpoints saved with add_bos_embedding false have no such tensor, so nor does the model.
+        self.bos_embedding = nn.Parameter(torch.zeros(L, 1, d)) if config.add_bos_embedding else None
         self.new_memory_positional_emb = nn.Parameter(torch.zeros(1, 1, d))
         self.rotary = RotaryEmbedding(config)
         self.pool = self.new_pool()
@@ -183,6 +184,13 @@ class MemoryLLM(nn.Module):
     def reset_memory(self) -> None:
         self.pool.reset()
 
+    def _apply(self, fn, recurse=True):
+        # The default pool is plain data (each write replaces its tensor), so `.to()`, `.half()`
+        # and the like would not reach it: it follows the weights here instead.
+        super()._apply(fn, recurse)
+        self.pool.to(self.device, self.dtype)
+        return self
+
     def new_pool(self, seed: int = 0) -> MemoryPool:
         c = self.config
         memory = torch.zeros(
@@ -203,7 +211,8 @@ class MemoryLLM(nn.Module):
         if self._fingerprint is None:
             digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True, default=str).encode())
             for t in (self.bos_embedding, self.new_memory_positional_emb, self.model.embed_tokens.weight[:4]):
-                digest.update(t.detach().float().cpu().numpy().tobytes())
+                if t is not None:
+                    digest.update(t.detach().float().cpu().numpy().tobytes())
             self._fingerprint = digest.hexdigest()[:16]
         return self._fingerprint
 
