@@ -8,12 +8,13 @@ from typing import Any, Literal, NoReturn
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.chat_models import BaseChatModel, agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from langchain_memagent._model_fields import MemAgentModelFields
 from langchain_memagent.memory_choice import MEMORY_ID
 from memagent.integration import records as memory_records
-from memagent.integration.backend import MemoryBackend, chat_message
+from memagent.integration.backend import MemoryBackend, chat_message, usage_fields
 
 
 def message_dicts(messages: Sequence[BaseMessage]) -> list[dict]:
@@ -33,6 +34,11 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
     Built without `memory=`, one object serves many users: each call names its memory, e.g.
     `chat.invoke(messages, config={"configurable": {"memory_id": "alice"}})` (see
     `langchain_memagent.memory_choice`).
+
+    The last chunk carries `usage_metadata` (prompt and completion tokens) and, in
+    `response_metadata`, the `finish_reason` ("stop", "length", "cancelled"), the `memory` read
+    and its pool `step`.
+
     MemoryLLM has no native tool calling: `bind_tools` raises; to give tools to an agent, use a
     tool-calling model with `MemAgentMiddleware`.
 
@@ -98,7 +104,8 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         answer, backend = [], self._backend_for(kwargs)
-        for piece in backend.chat(message_dicts(messages), self._sampling(stop, **kwargs)):
+        pieces = backend.chat(message_dicts(messages), self._sampling(stop, **kwargs))
+        for piece in pieces:
             if piece:
                 answer.append(piece)
                 chunk = self._chunk(piece)
@@ -107,7 +114,7 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
                 yield chunk
         if record := self._turn_record(messages, "".join(answer)):
             backend.write(record, self.source, self._write_metadata(backend, run_manager, kwargs))
-        yield self._last_chunk()
+        yield self._last_chunk(usage_fields(pieces.usage, backend.memory))
 
     async def _astream(
         self,
@@ -117,7 +124,8 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         answer, backend = [], self._backend_for(kwargs)
-        async for piece in backend.achat(message_dicts(messages), self._sampling(stop, **kwargs)):
+        pieces = await backend.achat(message_dicts(messages), self._sampling(stop, **kwargs))
+        async for piece in pieces:
             if piece:
                 answer.append(piece)
                 chunk = self._chunk(piece)
@@ -126,16 +134,27 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
                 yield chunk
         if record := self._turn_record(messages, "".join(answer)):
             await backend.awrite(record, self.source, self._write_metadata(backend, run_manager, kwargs))
-        yield self._last_chunk()
+        yield self._last_chunk(usage_fields(pieces.usage, backend.memory))
 
     @staticmethod
     def _chunk(piece: str) -> ChatGenerationChunk:
         return ChatGenerationChunk(message=AIMessageChunk(content=piece))
 
-    def _last_chunk(self) -> ChatGenerationChunk:
+    def _last_chunk(self, usage: dict) -> ChatGenerationChunk:
+        """The closing chunk: token usage, finish reason, and the memory and pool step read."""
         metadata = {"model_name": self.model_name, "model_provider": "memagent"}
+        metadata |= {k: usage[k] for k in ("finish_reason", "memory", "step") if k in usage}
+        tokens = (
+            UsageMetadata(
+                input_tokens=usage["prompt_tokens"],
+                output_tokens=usage["completion_tokens"],
+                total_tokens=usage["total_tokens"],
+            )
+            if usage
+            else None
+        )
         return ChatGenerationChunk(
-            message=AIMessageChunk(content="", chunk_position="last", response_metadata=metadata)
+            message=AIMessageChunk(content="", chunk_position="last", response_metadata=metadata, usage_metadata=tokens)
         )
 
     def _turn_record(self, messages: Sequence[BaseMessage], answer: str) -> str | None:

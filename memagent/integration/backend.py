@@ -15,11 +15,11 @@ import os
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, Self
 
 from memagent.client.messages import SERVER_VARIABLE, TOKEN_VARIABLE
-from memagent.sampling import SamplingParams
+from memagent.sampling import SamplingParams, Usage
 
 if TYPE_CHECKING:  # a server-only process need not import torch
     from memagent.client import AsyncClient
@@ -36,10 +36,27 @@ class LoggedText:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+class Pieces(Protocol):
+    """A generation's text pieces; `usage` is None until they are exhausted, then a `Usage`."""
+
+    usage: Usage | None
+
+    def __iter__(self) -> Iterator[str]: ...
+
+
+class AsyncPieces(Protocol):
+    """`Pieces` for `async for`."""
+
+    usage: Usage | None
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+
 class MemoryBackend(Protocol):
     """Write text into one memory, read its log, and read from it, sync and async.
 
-    `generate` and `chat` take a `memagent.sampling.SamplingParams`.
+    `generate` and `chat` take a `memagent.sampling.SamplingParams` and return `Pieces`
+    (`agenerate` and `achat`: `AsyncPieces`, once awaited).
     """
 
     memory: str | None
@@ -51,16 +68,16 @@ class MemoryBackend(Protocol):
     def entries(self) -> list[LoggedText]: ...
     def forget(self, entry_ids: Sequence[int]) -> None: ...
     def ask(self, question: str) -> str: ...
-    def generate(self, prompt: str, params: SamplingParams) -> Iterator[str]: ...
-    def chat(self, messages: Sequence[dict], params: SamplingParams) -> Iterator[str]: ...
+    def generate(self, prompt: str, params: SamplingParams) -> Pieces: ...
+    def chat(self, messages: Sequence[dict], params: SamplingParams) -> Pieces: ...
     def reset(self) -> None: ...
     def close(self) -> None: ...
     async def awrite(self, text: str, source: str | None = None, metadata: Mapping[str, str] | None = None) -> None: ...
     async def aentries(self) -> list[LoggedText]: ...
     async def aforget(self, entry_ids: Sequence[int]) -> None: ...
     async def aask(self, question: str) -> str: ...
-    def agenerate(self, prompt: str, params: SamplingParams) -> AsyncIterator[str]: ...
-    def achat(self, messages: Sequence[dict], params: SamplingParams) -> AsyncIterator[str]: ...
+    async def agenerate(self, prompt: str, params: SamplingParams) -> AsyncPieces: ...
+    async def achat(self, messages: Sequence[dict], params: SamplingParams) -> AsyncPieces: ...
     async def areset(self) -> None: ...
     async def aclose(self) -> None: ...
 
@@ -94,9 +111,19 @@ def connect(
     return ServerBackend(_ServerConnection(server, token, timeout), memory)
 
 
-def sampling_kwargs(params: SamplingParams) -> dict:
-    """`params` as the keyword options the clients and `NamedPool` take."""
-    return asdict(params) | {"stop": list(params.stop)}
+def usage_fields(usage: Usage | None, memory: str | None) -> dict:
+    """How a generation ended, for an adapter's response metadata: token counts, finish reason,
+    and which memory at which pool step it read."""
+    if usage is None:
+        return {}
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "finish_reason": usage.finish_reason,
+        "memory": memory,
+        "step": usage.step,
+    }
 
 
 # Chat templates and the service know three roles; a tool's result reaches the model as user text.
@@ -142,10 +169,24 @@ class ClosesBackend:
 _END = object()
 
 
-async def _iterate_in_thread(pieces: Iterator[str]) -> AsyncIterator[str]:
-    """Each step of a blocking iterator in a worker thread, so the event loop keeps running."""
-    while (piece := await asyncio.to_thread(next, pieces, _END)) is not _END:
-        yield piece
+class _PiecesInThread:
+    """Each step of a blocking generation in a worker thread, so the event loop keeps running."""
+
+    def __init__(self, pieces: Pieces):
+        self._pieces = pieces
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._pieces.usage
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self
+
+    async def __anext__(self) -> str:
+        piece = await asyncio.to_thread(next, self._pieces, _END)
+        if piece is _END:
+            raise StopAsyncIteration
+        return piece
 
 
 class _BoundMemory:
@@ -249,11 +290,11 @@ class EngineBackend(_BoundMemory):
     def ask(self, question: str) -> str:
         return self._pool().ask(question)
 
-    def generate(self, prompt: str, params: SamplingParams) -> Iterator[str]:
-        return self._pool().generate(prompt, stream=True, **sampling_kwargs(params))
+    def generate(self, prompt: str, params: SamplingParams) -> Pieces:
+        return self._pool().generate(prompt, params, stream=True)
 
-    def chat(self, messages: Sequence[dict], params: SamplingParams) -> Iterator[str]:
-        return self._pool().chat(messages, stream=True, **sampling_kwargs(params))
+    def chat(self, messages: Sequence[dict], params: SamplingParams) -> Pieces:
+        return self._pool().chat(messages, params, stream=True)
 
     def reset(self) -> None:
         pool = self._pool()
@@ -276,11 +317,11 @@ class EngineBackend(_BoundMemory):
     async def aask(self, question: str) -> str:
         return await asyncio.to_thread(self.ask, question)
 
-    def agenerate(self, prompt: str, params: SamplingParams) -> AsyncIterator[str]:
-        return _iterate_in_thread(self.generate(prompt, params))
+    async def agenerate(self, prompt: str, params: SamplingParams) -> AsyncPieces:
+        return _PiecesInThread(self.generate(prompt, params))
 
-    def achat(self, messages: Sequence[dict], params: SamplingParams) -> AsyncIterator[str]:
-        return _iterate_in_thread(self.chat(messages, params))
+    async def achat(self, messages: Sequence[dict], params: SamplingParams) -> AsyncPieces:
+        return _PiecesInThread(self.chat(messages, params))
 
     async def areset(self) -> None:
         await asyncio.to_thread(self.reset)
@@ -400,11 +441,11 @@ class ServerBackend(_BoundMemory):
     def ask(self, question: str) -> str:
         return self._ready().ask(self._id, question)
 
-    def generate(self, prompt: str, params: SamplingParams) -> Iterator[str]:
-        return self._ready().generate(self._id, prompt, **sampling_kwargs(params))
+    def generate(self, prompt: str, params: SamplingParams) -> Pieces:
+        return self._ready().generate(self._id, prompt, params)
 
-    def chat(self, messages: Sequence[dict], params: SamplingParams) -> Iterator[str]:
-        return self._ready().chat(self._id, messages, **sampling_kwargs(params))
+    def chat(self, messages: Sequence[dict], params: SamplingParams) -> Pieces:
+        return self._ready().chat(self._id, messages, params)
 
     def reset(self) -> None:
         self._ready().reset(self._id)
@@ -424,13 +465,11 @@ class ServerBackend(_BoundMemory):
     async def aask(self, question: str) -> str:
         return await (await self._aready()).ask(self._id, question)
 
-    async def agenerate(self, prompt: str, params: SamplingParams) -> AsyncIterator[str]:
-        async for piece in (await self._aready()).generate(self._id, prompt, **sampling_kwargs(params)):
-            yield piece
+    async def agenerate(self, prompt: str, params: SamplingParams) -> AsyncPieces:
+        return (await self._aready()).generate(self._id, prompt, params)
 
-    async def achat(self, messages: Sequence[dict], params: SamplingParams) -> AsyncIterator[str]:
-        async for piece in (await self._aready()).chat(self._id, messages, **sampling_kwargs(params)):
-            yield piece
+    async def achat(self, messages: Sequence[dict], params: SamplingParams) -> AsyncPieces:
+        return (await self._aready()).chat(self._id, messages, params)
 
     async def areset(self) -> None:
         await (await self._aready()).reset(self._id)
