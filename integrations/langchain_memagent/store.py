@@ -44,7 +44,9 @@ def memory_id(namespace: tuple[str, ...]) -> str:
             f"namespace {namespace!r}: use labels of letters, digits, '_' and '-' (no '.')"
         )
     if not namespace[0][0].isalnum() or len(SEPARATOR.join(namespace)) > 128:
-        raise InvalidNamespaceError(f"namespace {namespace!r}: must start with a letter or digit, 128 characters at most")
+        raise InvalidNamespaceError(
+            f"namespace {namespace!r}: must start with a letter or digit, 128 characters at most"
+        )
     return SEPARATOR.join(namespace)
 
 

@@ -38,8 +38,9 @@ class MemAgentLLM(MemoryConnection, CustomLLM):
     template. Either way the model attends to the memory: what was written into it is known
     without being in the prompt. Responses carry the usage in `additional_kwargs` (prompt_tokens,
     completion_tokens, total_tokens, finish_reason, and the memory and pool step read); a stream
-    ends with one more response, its delta empty, that carries it. Built without `memory=`, one LLM serves many users: each call
-    names its memory with the `memory_id=` keyword (e.g. `llm.chat(messages, memory_id="alice")`).
+    ends with one more response, its delta empty, that carries it. Built without `memory=`, one
+    LLM serves many users: each call names its memory with the `memory_id=` keyword
+    (e.g. `llm.chat(messages, memory_id="alice")`).
 
     Example:
         ```python
