@@ -15,7 +15,8 @@ import grpc
 def register(subparsers) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--server", default=os.environ.get("MEMAGENT_SERVER", "127.0.0.1:50051"), help="host:port")
-    common.add_argument("--token", default=os.environ.get("MEMAGENT_TOKEN"), help="bearer token (your tenant)")
+    # Read at run time, not shown as a default: `--help` must not print a secret.
+    common.add_argument("--token", help="bearer token (your tenant); default: $MEMAGENT_TOKEN")
     common.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
 
     def add(name: str, run, help: str) -> argparse.ArgumentParser:
@@ -31,13 +32,13 @@ def register(subparsers) -> None:
     p = add("ask", ask, "ask a question of a memory")
     p.add_argument("memory")
     p.add_argument("question", nargs="+")
-    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: the server's, 32)")
 
     p = add("chat", chat, "chat with a memory (one line per turn; --message for a single turn)")
     p.add_argument("memory")
-    p.add_argument("--message")
+    p.add_argument("--message", help="one turn, then exit (default: one turn per line of stdin)")
     p.add_argument("--system", help="system message")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest reply in tokens")
 
     p = add("ls", ls, "list memories, or with MEMORY the entries of its log")
     p.add_argument("memory", nargs="?")
@@ -58,7 +59,7 @@ def register(subparsers) -> None:
 def _client(args):
     from memagent.client import Client
 
-    return Client(args.server, args.token, tls=args.tls)
+    return Client(args.server, args.token or os.environ.get("MEMAGENT_TOKEN"), tls=args.tls)
 
 
 def _guarded(run, args) -> int:

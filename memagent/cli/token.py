@@ -20,12 +20,10 @@ from memagent.cli.serve import DEFAULT_DATA_DIR
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("token", help="print (or add) a bearer token from the server's tokens file",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"the server's data dir ({DEFAULT_DATA_DIR})"
-    )
+                              description=__doc__)
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="the server's data dir")
     p.add_argument("--tokens", type=Path, help="the tokens file, if not DATA_DIR/tokens.json")
-    p.add_argument("--tenant", default="default", help="whose token (default: %(default)s)")
+    p.add_argument("--tenant", default="default", help="whose token")
     p.add_argument("--new", action="store_true", help="add a new token for the tenant, even if it has one")
     p.set_defaults(run=run)
 

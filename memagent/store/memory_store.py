@@ -10,10 +10,17 @@ complete, and deleted by renaming them out of sight first, so a crash never leav
 
 The store is not thread-safe. The service drives it from a single worker thread, which also
 applies each memory's writes in the order they arrived and lets no read see a half-done write.
+
+With `shared=True` several stores (one per server) share the data directory: each memory is
+found on storage when asked for, every call first makes sure this store holds the memory's
+lease (taking it over and reloading the memory from storage if not; `lease.py`), and every
+change to a memory's files is fenced by that lease.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import re
@@ -30,6 +37,7 @@ from memagent.model.memory_pool import MemoryPool
 from memagent.model.pool_file import PoolFileError, pool_to_bytes
 from memagent.sampling import SamplingParams, Usage
 from memagent.store.errors import CorruptState, EntryNotFound, InvalidName, MemoryExists, MemoryNotFound, ModelMismatch
+from memagent.store.lease import Lease, LeaseLost, default_owner
 from memagent.store.residency import Residency
 from memagent.store.snapshots import Snapshots
 from memagent.store.write_ahead_log import LogEntry, LogHeader, WriteAheadLog, decode
@@ -101,6 +109,7 @@ class DurablePool:
         self.snapshots = snapshots
         self.pool: MemoryPool | None = None
         self.unsnapshotted = 0  # entries applied to the pool since its last snapshot
+        self.lease: Lease | None = None  # held on shared storage only
 
     @property
     def memory_id(self) -> str:
@@ -146,7 +155,11 @@ class MemoryStore:
         device_bytes: int | None = None,
         host_bytes: int | None = None,
         seed: int = 0,
+        shared: bool = False,
+        owner: str | None = None,
     ):
+        """`shared`: other stores use `data_dir` too (memories are leased; see the module doc);
+        `owner` names this store in the lease files (default: host and process id)."""
         self.engine = engine
         self.root = Path(data_dir)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -156,7 +169,10 @@ class MemoryStore:
         self.pool_bytes = engine.pool_nbytes
         self.residency = Residency(engine.device, self._evict, device_bytes=device_bytes, host_bytes=host_bytes)
         self.tenants: dict[str, dict[str, DurablePool]] = {}
-        self._recover()
+        self.shared = shared
+        self.owner = owner or default_owner()
+        if not shared:  # shared storage: memories are found when asked for; leftovers may be another store's work
+            self._recover()
 
     # -- opening the data directory --------------------------------------------------------
 
@@ -193,15 +209,17 @@ class MemoryStore:
 
     def list(self, tenant: str, *, after: str = "", limit: int | None = None) -> list[MemoryInfo]:
         """The tenant's memories in id order, starting after the id `after`."""
-        names = sorted(n for n in self.tenants.get(tenant, {}) if n > after)
-        return [self.info(self.tenants[tenant][n]) for n in names[:limit]]
+        memories = self._on_storage(tenant) if self.shared else self.tenants.get(tenant, {})
+        names = sorted(n for n in memories if n > after)
+        return [self.info(memories[n]) for n in names[:limit]]
 
     def delete(self, tenant: str, memory_id: str) -> None:
         memory = self._memory(tenant, memory_id)
         self.residency.discard(memory.key)
         del self.tenants[tenant][memory_id]
         trash = memory.folder.with_name(f".deleted-{memory_id}-{uuid.uuid4().hex}")
-        os.replace(memory.folder, trash)
+        with self._fenced(memory):
+            os.replace(memory.folder, trash)
         _fsync_folder(trash.parent)
         shutil.rmtree(trash)
 
@@ -294,7 +312,8 @@ class MemoryStore:
                 time.time(),
                 dict(text.metadata),
             )
-            memory.wal.append(entry)
+            with self._fenced(memory):
+                memory.wal.append(entry)
             try:
                 self.engine.apply(pool, plan.chunks)
             except BaseException:
@@ -354,6 +373,10 @@ class MemoryStore:
                 if memory.pool is not None and memory.unsnapshotted:
                     self._snapshot(memory)
 
+    def held(self) -> set[str]:
+        """Shared storage: the ids of the memories (of any tenant) whose lease this store holds."""
+        return {m.memory_id for ms in self.tenants.values() for m in ms.values() if m.lease and m.lease.held()}
+
     def resident(self) -> dict[str, int]:
         """How many pools are on the device and in host memory."""
         return self.residency.counts()
@@ -362,6 +385,8 @@ class MemoryStore:
 
     def _memory(self, tenant: str, memory_id: str) -> DurablePool:
         check_name("memory id", memory_id)
+        if self.shared:
+            return self._hold(tenant, memory_id)
         memory = self.tenants.get(tenant, {}).get(memory_id)
         if memory is None:
             raise MemoryNotFound(f"memory {memory_id!r} not found")
@@ -370,7 +395,11 @@ class MemoryStore:
     def _new_key(self, tenant: str, memory_id: str) -> tuple[str, str]:
         check_name("tenant", tenant)
         check_name("memory id", memory_id)
-        if memory_id in self.tenants.get(tenant, {}):
+        if self.shared:
+            taken = (self.root / tenant / memory_id).exists()
+        else:
+            taken = memory_id in self.tenants.get(tenant, {})
+        if taken:
             raise MemoryExists(f"memory {memory_id!r} already exists")
         return tenant, memory_id
 
@@ -406,14 +435,19 @@ class MemoryStore:
         return replayed
 
     def _snapshot(self, memory: DurablePool) -> None:
-        memory.snapshots.save(memory.pool, memory.wal.header.log_id)
+        try:
+            with self._fenced(memory):
+                memory.snapshots.save(memory.pool, memory.wal.header.log_id)
+        except LeaseLost:  # the pool is stale; the new holder snapshots its own
+            return
         memory.unsnapshotted = 0
 
     def _rewrite(self, memory: DurablePool, entries: list[LogEntry], pool: MemoryPool) -> None:
         """Replace the memory's log and pool (reset, forget). The new log gets a new id, so the
         old snapshot no longer counts even if a crash comes before the new one is written."""
         header = memory.wal.header.rewrite(memory.wal.next_entry_id)
-        memory.wal = WriteAheadLog.create(memory.wal.path, header, entries)
+        with self._fenced(memory):
+            memory.wal = WriteAheadLog.create(memory.wal.path, header, entries)
         memory.pool = pool
         self.residency.use(memory.key, pool)
         self._snapshot(memory)
@@ -432,7 +466,9 @@ class MemoryStore:
             if pool is not None:
                 Snapshots(staging, self.fingerprint).save(pool, header.log_id)
             os.rename(staging, folder)
-        except FileExistsError as err:
+        except OSError as err:
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
             raise MemoryExists(f"memory {key[1]!r} already exists on disk (unreadable; see the server log)") from err
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -440,6 +476,8 @@ class MemoryStore:
         memory = DurablePool(
             key, folder, WriteAheadLog(folder / LOG_FILE, header, entries), Snapshots(folder, self.fingerprint)
         )
+        if self.shared:  # its creator is its first writer
+            memory.lease = Lease.take(folder, self.owner)
         self.tenants.setdefault(key[0], {})[key[1]] = memory
         return memory
 
@@ -453,6 +491,61 @@ class MemoryStore:
             raise CorruptState(f"imported pool: {err}".replace(str(scratch), "pool")) from err
         finally:
             scratch.unlink(missing_ok=True)
+
+    # -- shared storage (lease.py) ---------------------------------------------------------
+
+    def _hold(self, tenant: str, memory_id: str) -> DurablePool:
+        """The memory as storage has it, with this store holding its lease: kept if the lease
+        still holds, else taken over and read again from storage (dropping any stale pool)."""
+        memory = self.tenants.get(tenant, {}).get(memory_id)
+        if memory is not None and memory.lease is not None and memory.lease.held():
+            return memory
+        if memory is not None:
+            self._close_pool(memory)
+            del self.tenants[tenant][memory_id]
+        folder = self.root / tenant / memory_id
+        if not (folder / LOG_FILE).is_file():
+            raise MemoryNotFound(f"memory {memory_id!r} not found")
+        lease = Lease.take(folder, self.owner)
+        # Only the lease holder appends, so a torn tail here is a crashed writer's and may be cut.
+        wal = WriteAheadLog.open(folder / LOG_FILE)
+        memory = DurablePool((tenant, memory_id), folder, wal, Snapshots(folder, self.fingerprint))
+        memory.lease = lease
+        self.tenants.setdefault(tenant, {})[memory_id] = memory
+        return memory
+
+    def _on_storage(self, tenant: str) -> dict[str, DurablePool]:
+        """Every memory of `tenant` on storage: ours as held, the others read without their lease."""
+        found = {}
+        tenant_dir = self.root / tenant
+        for folder in sorted(tenant_dir.iterdir()) if tenant_dir.is_dir() else ():
+            if not NAME.fullmatch(folder.name):  # a create or delete in progress
+                continue
+            held = self.tenants.get(tenant, {}).get(folder.name)
+            if held is not None and held.lease is not None and held.lease.held():
+                found[folder.name] = held
+                continue
+            try:
+                header, entries, _ = decode((folder / LOG_FILE).read_bytes())
+            except (OSError, CorruptState):  # not a memory, deleted meanwhile, or unreadable
+                continue
+            wal = WriteAheadLog(folder / LOG_FILE, header, entries)
+            found[folder.name] = DurablePool((tenant, folder.name), folder, wal, Snapshots(folder, self.fingerprint))
+        return found
+
+    @contextlib.contextmanager
+    def _fenced(self, memory: DurablePool) -> Iterator[None]:
+        """Change the memory's files only while holding its lease (shared storage); a store that
+        lost it drops its pool and changes nothing."""
+        if memory.lease is None:
+            yield
+            return
+        try:
+            with memory.lease.fenced():
+                yield
+        except LeaseLost:
+            self._close_pool(memory)
+            raise
 
     def _close_pool(self, memory: DurablePool) -> None:
         self.residency.discard(memory.key)

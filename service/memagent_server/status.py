@@ -8,7 +8,15 @@ import logging
 
 import grpc
 
-from memagent.store import CorruptState, EntryNotFound, InvalidName, MemoryExists, MemoryNotFound, ModelMismatch
+from memagent.store import (
+    CorruptState,
+    EntryNotFound,
+    InvalidName,
+    LeaseLost,
+    MemoryExists,
+    MemoryNotFound,
+    ModelMismatch,
+)
 from memagent_server.worker import QueueFull
 
 log = logging.getLogger(__name__)
@@ -19,6 +27,7 @@ CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (EntryNotFound, grpc.StatusCode.NOT_FOUND),
     (MemoryExists, grpc.StatusCode.ALREADY_EXISTS),
     (ModelMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    (LeaseLost, grpc.StatusCode.ABORTED),  # another replica took the memory over: retry
     (InvalidName, grpc.StatusCode.INVALID_ARGUMENT),
     (CorruptState, grpc.StatusCode.INVALID_ARGUMENT),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
