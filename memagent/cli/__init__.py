@@ -13,7 +13,7 @@ import sys
 
 DESCRIPTION = "Agent memory in a model's latent space: serve it, use a server's memories, train and evaluate the default."
 # Each module has `register(subparsers)`, adding its subcommands with a `run(args)` default.
-SUBCOMMAND_MODULES = ["memagent.cli.serve", "memagent.cli.client_commands", "memagent.cli.train"]
+SUBCOMMAND_MODULES = ["memagent.cli.serve", "memagent.cli.client_commands", "memagent.cli.train", "memagent.cli.token"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -47,7 +47,7 @@ def _megabytes(value: float | None) -> int | None:
 
 
 def _tokens(args: argparse.Namespace, log: logging.Logger) -> dict[str, str] | None:
-    from memagent_server.auth import create_tokens, load_tokens
+    from memagent_server.auth import HOW_TO_PASS_A_TOKEN, create_tokens, load_tokens
 
     if args.no_auth:
         return None
@@ -56,7 +56,9 @@ def _tokens(args: argparse.Namespace, log: logging.Logger) -> dict[str, str] | N
     path = args.data_dir / "tokens.json"
     if path.exists():
         return load_tokens(path)
-    log.warning("created a tokens file with one token for tenant 'default'", extra={"path": str(path)})
+    log.warning(
+        f"created a tokens file with one token for tenant 'default'; {HOW_TO_PASS_A_TOKEN}", extra={"path": str(path)}
+    )
     return create_tokens(path)
 
 
