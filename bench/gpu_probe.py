@@ -91,7 +91,7 @@ class Probe:
                 times.append(time.perf_counter() - start)
             print(f"batch {batch}: first request {times[0] * 1000:.1f} ms (with {graphs.captures - captures} capture), "
                   f"second {times[1] * 1000:.1f} ms: graph construction about {(times[0] - times[1]) * 1000:.1f} ms")
-            with graphs.borrow(model.pool, batch, self.args.prompt_tokens + new) as step, torch.inference_mode():
+            with torch.inference_mode(), graphs.borrow(model.pool, batch, self.args.prompt_tokens + new) as step:
                 logits = model.lm_head(model.prefill(prompt, torch.ones_like(prompt), step.cache)[:, -1])
                 token = logits.argmax(-1)[:, None]
                 self.sync()

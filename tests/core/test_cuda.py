@@ -94,3 +94,15 @@ def test_residency_budgets_from_free_memory_and_pins_host_pools():
     assert residency.tier("a") == HOST and pools[0].memory.is_pinned()
     residency.use("a", pools[0])
     assert pools[0].memory.is_cuda
+
+
+def test_prefix_attention_in_half_precision_matches_float32():
+    from memagent.model.attention import _prefix_attention
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 8, n, 128, device="cuda", generator=generator) for n in (12, 3000, 3000))
+    out, lse = _prefix_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), 128**-0.5)  # flash attention
+    expected_out, expected_lse = _prefix_attention(q, k, v, 128**-0.5)  # float32 products
+    assert out.shape == expected_out.shape and lse.shape == expected_lse.shape
+    assert (out.float() - expected_out).abs().max() < 3e-2
+    assert (lse - expected_lse).abs().max() < 3e-2
