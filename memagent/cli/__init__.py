@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Each module has `register(subparsers)`, adding its subcommands with a `run(args)` default.
-SUBCOMMAND_MODULES = ["memagent.cli.serve", "memagent.cli.client_commands", "memagent.cli.train"]
+SUBCOMMAND_MODULES = ["memagent.cli.serve", "memagent.cli.client_commands", "memagent.cli.train", "memagent.cli.repair"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,7 @@ from memagent.model.pool_file import write_atomically
 from memagent.store.errors import CorruptState
 
 FORMAT = "memagent.wal/1"
+LOG_FILE = "log.wal"  # a memory folder's log
 FRAME = struct.Struct("<II")  # payload length, crc32 of payload
 MAX_RECORD_BYTES = 1 << 30
 ENTRY_START = b'{"entry_id":'  # every entry payload starts so (asdict keeps field order)
@@ -226,6 +227,8 @@ def decode_complete(data: bytes) -> tuple[LogHeader, list[LogEntry]]:
         raise CorruptState("the log has no readable header record")
     if decoded.damaged or decoded.tail != len(data):
         start = decoded.damaged[0][0] if decoded.damaged else decoded.tail
+        if (found := _payload_at(data, start)) is not None:  # intact bytes, but not an entry: say why
+            entry_from_payload(found[0])
         raise CorruptState(f"damaged or cut short at byte {start} of {len(data)}")
     ids = [e.entry_id for e in decoded.entries]
     if any(b <= a for a, b in zip(ids, ids[1:])):
@@ -318,9 +321,9 @@ class WriteAheadLog:
                 os.fsync(f.fileno())
             except BaseException:
                 # A half-written record would read as damage once more records follow; take it back.
+                # If even that fails, later records would follow unacknowledged bytes: refuse more.
                 try:
                     f.truncate(end)
-                    os.fsync(f.fileno())
                 except OSError as err:
                     self.damage = Damage(False, [(end, end + len(data))], len(self.entries))
                     log.error("a failed append could not be taken back", extra={"path": str(self.path), "error": str(err)})
