@@ -28,6 +28,7 @@ def memory(info: MemoryInfo) -> pb.Memory:
         update_time=timestamp(info.updated),
         model=info.model,
         residency=RESIDENCY[info.residency],
+        damage=info.damage,
     )
 
 
