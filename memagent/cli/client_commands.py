@@ -1,6 +1,8 @@
 """Client subcommands against a running server: inject, ask, chat, ls, rm, export, import.
 
-The server address and token come from --server/--token or $MEMAGENT_SERVER/$MEMAGENT_TOKEN.
+The server address comes from --server or $MEMAGENT_SERVER; the token from $MEMAGENT_TOKEN,
+--token-file (or $MEMAGENT_TOKEN_FILE), or --token (which other local users can see in the
+process list: prefer the other two).
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import grpc
 
@@ -15,7 +18,12 @@ import grpc
 def register(subparsers) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--server", default=os.environ.get("MEMAGENT_SERVER", "127.0.0.1:50051"), help="host:port")
-    common.add_argument("--token", default=os.environ.get("MEMAGENT_TOKEN"), help="bearer token (your tenant)")
+    common.add_argument(
+        "--token", default=os.environ.get("MEMAGENT_TOKEN"), help="bearer token (visible to `ps`: prefer $MEMAGENT_TOKEN)"
+    )
+    common.add_argument(
+        "--token-file", default=os.environ.get("MEMAGENT_TOKEN_FILE"), help="a file holding the bearer token"
+    )
     common.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
 
     def add(name: str, run, help: str) -> argparse.ArgumentParser:
@@ -58,7 +66,8 @@ def register(subparsers) -> None:
 def _client(args):
     from memagent.client import Client
 
-    return Client(args.server, args.token, tls=args.tls)
+    token = Path(args.token_file).read_text().strip() if args.token_file else args.token
+    return Client(args.server, token, tls=args.tls)
 
 
 def _guarded(run, args) -> int:
