@@ -479,7 +479,13 @@ class MemoryStore:
         """Replace the memory's log and pool (reset, forget). The new log gets a new id, so the
         old snapshot no longer counts even if a crash comes before the new one is written."""
         header = memory.wal.header.rewrite(memory.wal.next_entry_id)
-        memory.wal = WriteAheadLog.create(memory.wal.path, header, entries)
+        try:
+            memory.wal = WriteAheadLog.create(memory.wal.path, header, entries)
+        except OSError:
+            # The new log may be in place already (only the folder's fsync failed): believe the disk.
+            self._close_pool(memory)
+            memory.wal = WriteAheadLog.open(memory.wal.path, memory.wal.header)
+            raise
         memory.pool = pool
         self.residency.use(memory.key, pool)
         self._try_snapshot(memory)
