@@ -1,7 +1,8 @@
 """Text in, text out: a model with its tokenizer and any number of named memory pools.
 
-The write path (text -> chunks -> `MemoryLLM.inject`) and the read path (prompt -> streamed
-text through `memagent.model.generation`) start here; `memagent.engines` builds engines.
+The write path (text -> `WritePlan` -> `MemoryLLM.inject`) and the read path (prompt ->
+`Generation`: streamed text through `memagent.model.generation`, then its `Usage`) start here;
+`memagent.engines` builds engines. The store builds on these and never touches the model.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from memagent.model import generation
 from memagent.model.memory_pool import MemoryPool
 from memagent.model.memoryllm import MemoryLLM
 from memagent.model.pool_file import load_pool, save_pool
-from memagent.sampling import SamplingParams
+from memagent.sampling import SamplingParams, Usage
 from memagent.text_stream import TextStream
 
 # The released checkpoints' authors warn that writes under 16 tokens disturb the memory.
@@ -32,6 +33,14 @@ class WriteReceipt:
     chunks: int  # writes (forward passes) it took
     step: int  # the pool's write count after this write
     ms: float
+
+
+@dataclass(frozen=True)
+class WritePlan:
+    """A text checked, encoded and cut into the token chunks that are written, one step each."""
+
+    tokens: int  # tokens of the text as given
+    chunks: list[list[int]]
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,10 @@ class Engine:
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
     def fingerprint(self) -> str:
         return self.model.fingerprint()
 
@@ -93,33 +106,51 @@ class Engine:
         """The pool called `name`, created empty on first use."""
         with self.lock:
             if name not in self.pools:
-                self.pools[name] = NamedPool(self, name, self.model.new_pool())
+                self.pools[name] = NamedPool(self, name, self.new_pool())
             return self.pools[name]
 
     def drop(self, name: str) -> None:
         with self.lock:
             self.pools.pop(name, None)
 
+    def new_pool(self, seed: int = 0) -> MemoryPool:
+        """An empty pool for this model; `seed` fixes its initial contents."""
+        return self.model.new_pool(seed=seed)
+
+    @property
+    def pool_nbytes(self) -> int:
+        """Bytes of one pool's memory on the device."""
+        return self.model.pool.memory.nbytes
+
+    def load_pool(self, path: str | Path) -> MemoryPool:
+        """A pool file saved by this model, on its device and in its dtype."""
+        return load_pool(path, self.fingerprint(), device=self.device, dtype=self.dtype)
+
     # -- writing ---------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def write(self, pool: MemoryPool, text: str, *, progress: bool = True) -> WriteReceipt:
+    def plan_write(self, text: str) -> WritePlan:
+        """What writing `text` takes; raises ValueError for text with nothing to write."""
         if not text or not text.strip():
             raise ValueError("cannot write empty text into memory")
-        start = time.perf_counter()
         ids = self.encode(text)
-        chunks = self.chunking.chunks(ids)
+        return WritePlan(len(ids), self.chunking.chunks(ids))
+
+    def apply(self, pool: MemoryPool, chunks: Sequence[Sequence[int]], *, progress: bool = False) -> None:
+        """Write planned (or logged) chunks into `pool`, one step each."""
         bar = tqdm(chunks, desc="writing", unit="chunk", disable=not progress or len(chunks) < 4)
         for chunk in bar:
-            self.write_ids(pool, chunk)
-        return WriteReceipt(len(ids), len(chunks), pool.step, (time.perf_counter() - start) * 1000)
+            tensor = torch.tensor([list(chunk)], dtype=torch.long, device=self.device)
+            with self.lock, torch.inference_mode():
+                self.model.inject(tensor, pool=pool)
 
-    def write_ids(self, pool: MemoryPool, ids: Sequence[int]) -> None:
-        tensor = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-        with self.lock, torch.inference_mode():
-            self.model.inject(tensor, pool=pool)
+    def write(self, pool: MemoryPool, text: str, *, progress: bool = True) -> WriteReceipt:
+        start = time.perf_counter()
+        plan = self.plan_write(text)
+        self.apply(pool, plan.chunks, progress=progress)
+        return WriteReceipt(plan.tokens, len(plan.chunks), pool.step, (time.perf_counter() - start) * 1000)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -134,43 +165,104 @@ class Engine:
         return self.chat_prompt([{"role": "user", "content": question}])
 
     def stream(
-        self,
-        pool: MemoryPool,
-        prompts: Sequence[str],
-        *,
-        max_new_tokens: int = 64,
-        stop: Sequence[str] = (),
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-    ) -> Iterator[list[str]]:
-        """Yield, per decode step, the new text piece of every prompt (empty once it ended)."""
-        params = SamplingParams(max_new_tokens, do_sample, temperature, top_k, top_p, seed, tuple(stop))
-        streams = [TextStream(self.tokenizer, params.stop) for _ in prompts]
-        for tokens in self._tokens(pool, prompts, params):
-            yield [text.finish() if token in self.eos_token_ids else text.push(token) for text, token in zip(streams, tokens)]
-            if all(s.stopped for s in streams):
-                return
-        yield [s.finish() for s in streams]
+        self, pool: MemoryPool, prompts: Sequence[str], params: SamplingParams | None = None, **options
+    ) -> BatchGeneration:
+        """The prompts' continuations, decoded together; `options` are SamplingParams fields."""
+        return BatchGeneration(self, pool, prompts, SamplingParams.of(params, **options))
 
-    def _tokens(self, pool: MemoryPool, prompts: Sequence[str], params: SamplingParams) -> Iterator[list[int]]:
-        encoded = self.tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="pt")
-        tokens = generation.stream(
-            self.model, encoded["input_ids"], params, self.eos_token_ids, encoded["attention_mask"], pool, lock=self.lock
-        )
-        return (t.tolist() for t in tokens)
+    def generate(self, pool: MemoryPool, prompt: str, params: SamplingParams | None = None, **options) -> Generation:
+        """The continuation of one prompt, as text pieces; its `usage` once it ended."""
+        return Generation(self.stream(pool, [prompt], params, **options))
 
-    def complete(self, pool: MemoryPool, prompts: Sequence[str], **options) -> list[str]:
+    def complete(
+        self, pool: MemoryPool, prompts: Sequence[str], params: SamplingParams | None = None, **options
+    ) -> list[str]:
         texts = ["" for _ in prompts]
-        for pieces in self.stream(pool, prompts, **options):
+        for pieces in self.stream(pool, prompts, params, **options):
             texts = [t + p for t, p in zip(texts, pieces)]
         return texts
 
 
+class BatchGeneration:
+    """Per decode step, the new text piece of every prompt (empty once that prompt ended).
+
+    `usages` (one `Usage` per prompt) is None until the iteration ended or was closed; prompts
+    still running when it was closed end "cancelled". Each prompt is tokenized once, here.
+    """
+
+    def __init__(self, engine: Engine, pool: MemoryPool, prompts: Sequence[str], params: SamplingParams):
+        encoded = engine.tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="pt")
+        self.usages: list[Usage] | None = None
+        self._steps = self._run(engine, pool, encoded, params)
+
+    def __iter__(self) -> Iterator[list[str]]:
+        return self
+
+    def __next__(self) -> list[str]:
+        return next(self._steps)
+
+    def close(self) -> None:
+        self._steps.close()
+
+    def _run(self, engine: Engine, pool: MemoryPool, encoded, params: SamplingParams) -> Iterator[list[str]]:
+        prompt_tokens = encoded["attention_mask"].sum(1).tolist()
+        texts = [TextStream(engine.tokenizer, params.stop) for _ in prompt_tokens]
+        completion = [0 for _ in prompt_tokens]
+        ended: list[str | None] = [None for _ in prompt_tokens]  # a finish reason once a prompt ended
+        eos = set(engine.eos_token_ids)
+        step = pool.step
+        try:
+            ids, mask = encoded["input_ids"], encoded["attention_mask"]
+            tokens = generation.stream(engine.model, ids, params, engine.eos_token_ids, mask, pool, lock=engine.lock)
+            for row_tokens in tokens:
+                pieces = []
+                for i, token in enumerate(row_tokens.tolist()):
+                    if ended[i]:  # finished rows get padding; a stop string ends a row before its EOS
+                        pieces.append("")
+                        continue
+                    completion[i] += 1
+                    pieces.append(texts[i].finish() if token in eos else texts[i].push(token))
+                    if texts[i].stopped:
+                        ended[i] = "stop"
+                yield pieces
+                if all(ended):
+                    return
+            ended = [reason or "length" for reason in ended]
+            yield [text.finish() for text in texts]  # the text held back for a stop string that never came
+        finally:
+            self.usages = [
+                Usage(p, c, reason or "cancelled", step) for p, c, reason in zip(prompt_tokens, completion, ended)
+            ]
+
+
+class Generation:
+    """One prompt's text pieces as they are decoded (maybe empty); closing it stops decoding.
+
+    `usage` is None until the iteration ended or was closed, then a `memagent.sampling.Usage`.
+    """
+
+    def __init__(self, batch: BatchGeneration):
+        self._batch = batch
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._batch.usages[0] if self._batch.usages else None
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._batch)[0]
+
+    def close(self) -> None:
+        self._batch.close()
+
+
 class NamedPool:
-    """A memory pool with a name, on an engine: write text into it, read from it."""
+    """A memory pool with a name, on an engine: write text into it, read from it.
+
+    Reads take a `SamplingParams` and/or its fields as keywords (applied over it).
+    """
 
     def __init__(self, engine: Engine, name: str, pool: MemoryPool):
         self.engine = engine
@@ -180,22 +272,22 @@ class NamedPool:
     def inject(self, text: str, *, progress: bool = True) -> WriteReceipt:
         return self.engine.write(self.pool, text, progress=progress)
 
-    def generate(self, prompt: str, *, stream: bool = False, **options):
-        """The continuation of `prompt` (a str), or an iterator of text pieces with stream=True."""
-        pieces = (p[0] for p in self.engine.stream(self.pool, [prompt], **options))
-        return pieces if stream else "".join(pieces)
+    def generate(self, prompt: str, params: SamplingParams | None = None, *, stream: bool = False, **options):
+        """The continuation of `prompt` (a str), or with stream=True a `Generation`: its text
+        pieces, then its `usage`."""
+        generation = self.engine.generate(self.pool, prompt, params, **options)
+        return generation if stream else "".join(generation)
 
-    def generate_batch(self, prompts: Sequence[str], **options) -> list[str]:
-        return self.engine.complete(self.pool, prompts, **options)
+    def generate_batch(self, prompts: Sequence[str], params: SamplingParams | None = None, **options) -> list[str]:
+        return self.engine.complete(self.pool, prompts, params, **options)
 
-    def chat(self, messages: Sequence[dict], *, stream: bool = False, **options):
-        return self.generate(self.engine.chat_prompt(messages), stream=stream, **options)
+    def chat(self, messages: Sequence[dict], params: SamplingParams | None = None, *, stream: bool = False, **options):
+        return self.generate(self.engine.chat_prompt(messages), params, stream=stream, **options)
 
-    def ask(self, question: str, *, max_new_tokens: int = 32, **options) -> str:
-        """A short answer to `question`, from what this memory holds."""
-        options.setdefault("stop", ["\n"])
+    def ask(self, question: str, params: SamplingParams | None = None, **options) -> str:
+        """A short answer to `question`, from what this memory holds (`SamplingParams.for_ask`)."""
         prompt = self.engine.question_prompt(question)
-        return self.generate(prompt, max_new_tokens=max_new_tokens, **options).strip()
+        return self.generate(prompt, SamplingParams.for_ask(params, **options)).strip()
 
     def reset(self) -> None:
         with self.engine.lock:
@@ -210,6 +302,6 @@ class NamedPool:
             save_pool(self.pool, path, self.engine.fingerprint())
 
     def load(self, path: str | Path) -> None:
-        pool = load_pool(path, self.engine.fingerprint(), device=self.engine.device, dtype=self.engine.model.dtype)
+        pool = self.engine.load_pool(path)
         with self.engine.lock:
             self.pool = pool

@@ -7,7 +7,7 @@ through the service and the store, down to the decode loop.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 # How a generation ended: an end-of-sequence token or a stop string, the token limit, or the
 # caller (cancellation, deadline).
@@ -53,6 +53,13 @@ class SamplingParams:
         return cls(**(base | given))
 
     @classmethod
+    def for_ask(cls, params: SamplingParams | None = None, **options) -> SamplingParams:
+        """Ask's options: a short answer (ASK_DEFAULTS unless `params` is given) that ends at a
+        newline unless stop strings are given."""
+        params = cls.of(params or ASK_DEFAULTS, **options)
+        return params if params.stop else replace(params, stop=ASK_DEFAULTS.stop)
+
+    @classmethod
     def from_framework(
         cls,
         *,
@@ -74,6 +81,9 @@ class SamplingParams:
             top_k=top_k,
             seed=seed,
         )
+
+
+ASK_DEFAULTS = SamplingParams(max_new_tokens=32, stop=("\n",))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,19 @@ for piece in client.generate("alice", "Alice's cat", max_new_tokens=16):
 
 from memagent.client.async_client import AsyncClient
 from memagent.client.sync_client import Client
-from memagent.client.types import ClientError, Entry, ForgetResult, MemoryInfo, Receipt, Text
+from memagent.client.streams import AsyncGenerationStream, GenerationStream
+from memagent.client.types import ClientError, Completion, Entry, ForgetResult, MemoryInfo, Receipt, Text
 
-__all__ = ["AsyncClient", "Client", "ClientError", "Entry", "ForgetResult", "MemoryInfo", "Receipt", "Text"]
+__all__ = [
+    "AsyncClient",
+    "AsyncGenerationStream",
+    "Client",
+    "ClientError",
+    "Completion",
+    "Entry",
+    "ForgetResult",
+    "GenerationStream",
+    "MemoryInfo",
+    "Receipt",
+    "Text",
+]

@@ -9,7 +9,9 @@ from typing import Self
 import grpc
 
 import memagent.client.messages as m
-from memagent.client.types import Entry, ForgetResult, MemoryInfo, Receipt, Text
+from memagent.client.streams import AsyncGenerationStream
+from memagent.client.types import Completion, Entry, ForgetResult, MemoryInfo, Receipt, Text
+from memagent.sampling import SamplingParams
 from memagent.v1 import memagent_pb2 as pb
 from memagent.v1 import memagent_pb2_grpc
 
@@ -124,29 +126,45 @@ class AsyncClient:
         return ForgetResult.from_proto(await self._call(self._stub.Forget, request))
 
     # -- reads -----------------------------------------------------------------------------
+    # Each takes a `SamplingParams` and/or its fields as keywords (applied over it): max_new_tokens,
+    # stop, do_sample, temperature, top_k, top_p, seed. Streams are AsyncGenerationStreams: text
+    # pieces, then `.usage`.
 
-    def generate(self, memory_id: str, prompt: str, **options) -> AsyncIterator[str]:
-        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(options))
-        return self._pieces(self._stub.Generate, request)
+    def generate(
+        self, memory_id: str, prompt: str, params: SamplingParams | None = None, **options
+    ) -> AsyncGenerationStream:
+        """The continuation of `prompt`, as text pieces while they are decoded."""
+        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(params, **options))
+        return self._stream(self._stub.Generate, request)
 
-    async def complete(self, memory_id: str, prompt: str, **options) -> str:
-        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(options))
-        return (await self._call(self._stub.Complete, request)).text
+    async def complete(
+        self, memory_id: str, prompt: str, params: SamplingParams | None = None, **options
+    ) -> Completion:
+        """The whole continuation of `prompt`, with its usage."""
+        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(params, **options))
+        response = await self._call(self._stub.Complete, request)
+        return Completion(response.text, m.usage(response.usage))
 
-    def chat(self, memory_id: str, messages: Sequence[Mapping[str, str]], **options) -> AsyncIterator[str]:
-        request = pb.ChatRequest(memory_id=memory_id, messages=m.chat_messages(messages), options=m.sampling(options))
-        return self._pieces(self._stub.Chat, request)
+    def chat(
+        self, memory_id: str, messages: Sequence[Mapping[str, str]], params: SamplingParams | None = None, **options
+    ) -> AsyncGenerationStream:
+        """The assistant's reply to `messages` ({"role", "content"} dicts), as text pieces."""
+        turns = m.chat_messages(messages)
+        request = pb.ChatRequest(memory_id=memory_id, messages=turns, options=m.sampling(params, **options))
+        return self._stream(self._stub.Chat, request)
 
-    async def ask(self, memory_id: str, question: str, **options) -> str:
-        request = pb.AskRequest(memory_id=memory_id, question=question, options=m.sampling(options))
-        return (await self._call(self._stub.Ask, request)).answer
+    async def ask(self, memory_id: str, question: str, params: SamplingParams | None = None, **options) -> str:
+        """A short answer to `question` from what the memory holds (`SamplingParams.for_ask`)."""
+        return (await self.ask_with_usage(memory_id, question, params, **options)).text
 
-    async def _pieces(self, method, request) -> AsyncIterator[str]:
-        with m.translated_errors():
-            call = method(request, metadata=self._metadata, timeout=self.timeout)
-            try:
-                async for response in call:
-                    if response.HasField("text"):
-                        yield response.text
-            finally:
-                call.cancel()
+    async def ask_with_usage(
+        self, memory_id: str, question: str, params: SamplingParams | None = None, **options
+    ) -> Completion:
+        """`ask`'s answer with its usage."""
+        options = m.sampling(SamplingParams.for_ask(params, **options))
+        request = pb.AskRequest(memory_id=memory_id, question=question, options=options)
+        response = await self._call(self._stub.Ask, request)
+        return Completion(response.answer, m.usage(response.usage))
+
+    def _stream(self, method, request) -> AsyncGenerationStream:
+        return AsyncGenerationStream(lambda: method(request, metadata=self._metadata, timeout=self.timeout))

@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 
 from memagent.client.types import ClientError, Text
+from memagent.sampling import SamplingParams, Usage
 from memagent.v1 import memagent_pb2 as pb
 
-SAMPLING_FIELDS = ("max_new_tokens", "stop", "do_sample", "temperature", "top_k", "top_p", "seed")
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 STATE_CHUNK_BYTES = 1 << 20
 
@@ -36,14 +36,25 @@ def translated_errors():
         raise ClientError(err.code(), err.details()) from None
 
 
-def sampling(options: Mapping) -> pb.SamplingOptions:
-    unknown = set(options) - set(SAMPLING_FIELDS)
-    if unknown:
-        raise TypeError(f"unknown options {sorted(unknown)}; known: {', '.join(SAMPLING_FIELDS)}")
-    options = {k: v for k, v in options.items() if v is not None}
-    if isinstance(options.get("stop"), str):
-        options["stop"] = [options["stop"]]
-    return pb.SamplingOptions(**options)
+def sampling(params: SamplingParams | None = None, **options) -> pb.SamplingOptions:
+    """`params` with `options` (its field names) applied over it, every field sent: the caller's
+    defaults are `SamplingParams`', never the server's."""
+    params = SamplingParams.of(params, **options)
+    request = pb.SamplingOptions(
+        max_new_tokens=params.max_new_tokens,
+        stop=params.stop,
+        do_sample=params.do_sample,
+        temperature=params.temperature,
+        top_k=params.top_k,
+        top_p=params.top_p,
+    )
+    if params.seed is not None:
+        request.seed = params.seed
+    return request
+
+
+def usage(u: pb.Usage) -> Usage:
+    return Usage(u.prompt_tokens, u.generated_tokens, u.finish_reason, u.step)
 
 
 def text(item: str | Text, source: str | None = None, metadata: Mapping[str, str] | None = None) -> pb.Text:

@@ -9,7 +9,9 @@ from typing import Self
 import grpc
 
 import memagent.client.messages as m
-from memagent.client.types import Entry, ForgetResult, MemoryInfo, Receipt, Text
+from memagent.client.streams import GenerationStream
+from memagent.client.types import Completion, Entry, ForgetResult, MemoryInfo, Receipt, Text
+from memagent.sampling import SamplingParams
 from memagent.v1 import memagent_pb2 as pb
 from memagent.v1 import memagent_pb2_grpc
 
@@ -133,33 +135,43 @@ class Client:
         return ForgetResult.from_proto(self._call(self._stub.Forget, request))
 
     # -- reads -----------------------------------------------------------------------------
-    # options: max_new_tokens, stop, do_sample, temperature, top_k, top_p, seed
+    # Each takes a `SamplingParams` and/or its fields as keywords (applied over it): max_new_tokens,
+    # stop, do_sample, temperature, top_k, top_p, seed. Streams are GenerationStreams: text
+    # pieces, then `.usage`.
 
-    def generate(self, memory_id: str, prompt: str, **options) -> Iterator[str]:
+    def generate(
+        self, memory_id: str, prompt: str, params: SamplingParams | None = None, **options
+    ) -> GenerationStream:
         """The continuation of `prompt`, as text pieces while they are decoded."""
-        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(options))
-        return self._pieces(self._stub.Generate, request)
+        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(params, **options))
+        return self._stream(self._stub.Generate, request)
 
-    def complete(self, memory_id: str, prompt: str, **options) -> str:
-        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(options))
-        return self._call(self._stub.Complete, request).text
+    def complete(self, memory_id: str, prompt: str, params: SamplingParams | None = None, **options) -> Completion:
+        """The whole continuation of `prompt`, with its usage."""
+        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(params, **options))
+        response = self._call(self._stub.Complete, request)
+        return Completion(response.text, m.usage(response.usage))
 
-    def chat(self, memory_id: str, messages: Sequence[Mapping[str, str]], **options) -> Iterator[str]:
+    def chat(
+        self, memory_id: str, messages: Sequence[Mapping[str, str]], params: SamplingParams | None = None, **options
+    ) -> GenerationStream:
         """The assistant's reply to `messages` ({"role", "content"} dicts), as text pieces."""
-        request = pb.ChatRequest(memory_id=memory_id, messages=m.chat_messages(messages), options=m.sampling(options))
-        return self._pieces(self._stub.Chat, request)
+        turns = m.chat_messages(messages)
+        request = pb.ChatRequest(memory_id=memory_id, messages=turns, options=m.sampling(params, **options))
+        return self._stream(self._stub.Chat, request)
 
-    def ask(self, memory_id: str, question: str, **options) -> str:
-        """A short answer to `question` from what the memory holds."""
-        request = pb.AskRequest(memory_id=memory_id, question=question, options=m.sampling(options))
-        return self._call(self._stub.Ask, request).answer
+    def ask(self, memory_id: str, question: str, params: SamplingParams | None = None, **options) -> str:
+        """A short answer to `question` from what the memory holds (`SamplingParams.for_ask`)."""
+        return self.ask_with_usage(memory_id, question, params, **options).text
 
-    def _pieces(self, method, request) -> Iterator[str]:
-        with m.translated_errors():
-            call = method(request, metadata=self._metadata, timeout=self.timeout)
-            try:
-                for response in call:
-                    if response.HasField("text"):
-                        yield response.text
-            finally:
-                call.cancel()  # an abandoned iterator stops the server's decoding
+    def ask_with_usage(
+        self, memory_id: str, question: str, params: SamplingParams | None = None, **options
+    ) -> Completion:
+        """`ask`'s answer with its usage."""
+        options = m.sampling(SamplingParams.for_ask(params, **options))
+        request = pb.AskRequest(memory_id=memory_id, question=question, options=options)
+        response = self._call(self._stub.Ask, request)
+        return Completion(response.answer, m.usage(response.usage))
+
+    def _stream(self, method, request) -> GenerationStream:
+        return GenerationStream(lambda: method(request, metadata=self._metadata, timeout=self.timeout))

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import grpc
 
+from memagent.sampling import Usage
 from memagent.v1 import memagent_pb2 as pb
 
 RESIDENCY = {pb.RESIDENCY_DEVICE: "device", pb.RESIDENCY_HOST: "host", pb.RESIDENCY_DISK: "disk"}
@@ -108,3 +109,11 @@ class Text:
     text: str
     source: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole answer (`complete`, `ask_with_usage`) and how it was made."""
+
+    text: str
+    usage: Usage

@@ -24,6 +24,41 @@ class LoRAConfig:
 
 
 @dataclass
+class LongTermConfig:
+    """M+'s long-term memory, under the released config.json's names (stored there as flat keys).
+
+    Tokens dropped from the pool wait in a pending list, move to the long-term store every
+    `update_ltm_frequency` writes, and every read retrieves M = num_ltm_blocks * K of them per
+    layer into its prefix, chosen by a retriever with keys of `selector_hidden_dim`.
+    """
+
+    num_ltm_blocks: int
+    selector_hidden_dim: int
+    num_selector_layers: int = 1  # 1: Linear(d, s); 2: Linear(d, 2s) -> activation -> Linear(2s, s)
+    selector_activation: str = "silu"  # the released config's hidden_act
+    ltm_initial_size: int = 0  # rows per layer in a released checkpoint
+    update_ltm_frequency: int = 1  # F: merge the pending tokens every F-th write
+    decay_frequency: float = 1.0  # delta: recall frequencies lose this much per merge
+    initial_rf_when_moving_stm_to_ltm: float = 1.0  # r0: a merged token's recall frequency
+    update_ltm_mode: str = "immediate"
+
+    def __post_init__(self) -> None:
+        if self.num_selector_layers not in (1, 2):
+            raise ValueError(f"num_selector_layers must be 1 or 2, got {self.num_selector_layers}")
+        # The reference raises on any other mode at the first write; refusing at load keeps
+        # a half-written pool from ever existing.
+        if self.update_ltm_mode != "immediate":
+            raise ValueError(f"update_ltm_mode {self.update_ltm_mode!r} is not supported (only 'immediate', as in M+)")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "LongTermConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in raw.items() if k in names}
+        kwargs.setdefault("selector_activation", raw.get("hidden_act", "silu"))
+        return cls(**kwargs)
+
+
+@dataclass
 class MemoryLLMConfig:
     vocab_size: int
     hidden_size: int
@@ -45,6 +80,7 @@ class MemoryLLMConfig:
     add_decoder_lora: bool = False
     drop_memory_per_layer: bool = False
     lora_config: LoRAConfig | None = None
+    long_term: LongTermConfig | None = None  # M+ (off for MemoryLLM)
     initializer_range: float = 0.02
     bos_token_id: int | None = 1
     eos_token_id: int | list[int] | None = 2
@@ -65,15 +101,30 @@ class MemoryLLMConfig:
                 lora_alpha=self.lora_config["lora_alpha"],
                 target_modules=list(self.lora_config["target_modules"]),
             )
+        if isinstance(self.long_term, dict):
+            self.long_term = LongTermConfig.from_dict(self.long_term)
+        if self.long_term is not None:
+            if not 0 < self.long_term.num_ltm_blocks < self.num_blocks - 1:
+                raise ValueError(
+                    f"num_ltm_blocks ({self.long_term.num_ltm_blocks}) must leave the pool at least two of "
+                    f"num_blocks ({self.num_blocks})"
+                )
+            self.drop_memory_per_layer = True  # M+ always drops per layer; its config's flag is unused
 
     @property
     def num_memory_tokens(self) -> int:
-        return self.num_tokens * self.num_blocks
+        """N: the pool's tokens per layer (M+ counts its long-term slots in num_blocks too)."""
+        return self.num_tokens * (self.num_blocks - (self.long_term.num_ltm_blocks if self.long_term else 0))
+
+    @property
+    def long_term_slots(self) -> int:
+        """M: long-term tokens a read places in each layer's prefix (0 without long-term memory)."""
+        return self.num_tokens * self.long_term.num_ltm_blocks if self.long_term else 0
 
     @property
     def prefix_length(self) -> int:
-        """Keys/values a read sees before the prompt: the bos embedding and the pool."""
-        return self.num_memory_tokens + int(self.add_bos_embedding)
+        """Keys/values a read sees before the prompt: the bos embedding, long-term slots and the pool."""
+        return self.num_memory_tokens + self.long_term_slots + int(self.add_bos_embedding)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "MemoryLLMConfig":
@@ -84,8 +135,12 @@ class MemoryLLMConfig:
             raw.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
             if rope.get("rope_type", "default") != "default":
                 raw.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "long_term"}
         kwargs = {k: v for k, v in raw.items() if k in known}
+        # M+ stores its long-term fields as flat extra keys of a Llama config.
+        if raw.get("add_selector"):
+            kwargs["long_term"] = LongTermConfig.from_dict(raw)
+            known |= {f.name for f in dataclasses.fields(LongTermConfig)} | {"add_selector"}
         kwargs["extra"] = {k: v for k, v in raw.items() if k not in known}
         return cls(**kwargs)
 
@@ -94,8 +149,10 @@ class MemoryLLMConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("extra", "long_term")}
         out["lora_config"] = dataclasses.asdict(self.lora_config) if self.lora_config else None
+        if self.long_term:
+            out |= dataclasses.asdict(self.long_term) | {"add_selector": True}
         out["model_type"] = "memoryllm"
         out["architectures"] = ["MemoryLLM"]
         out["num_memory_tokens"] = self.num_memory_tokens

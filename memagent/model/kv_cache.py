@@ -5,9 +5,14 @@ Shapes never change during a generation, so the decode step can be CUDA-graphed 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from memagent.model.memory_pool import PrefixKV
+
+if TYPE_CHECKING:
+    from memagent.model.long_term_memory import LongTermRead
 
 
 class LayerCache:
@@ -56,6 +61,8 @@ class KVCache:
         # Memory prefix slots are always visible; token slots become visible once filled.
         self.key_valid = torch.zeros(batch_size, P + max_tokens, dtype=torch.bool, device=device)
         self.key_valid[:, :P] = True
+        # M+: the prefix's long-term slots, which the prefill fills per layer from the prompt.
+        self.long_term: LongTermRead | None = None
 
     def mark(self, slots: torch.Tensor, valid: torch.Tensor) -> None:
         """Record which of the token slots [T] now hold real tokens (valid: [B, T] bool)."""

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from memagent.model.config import DECODER_ADAPTER, WRITE_ADAPTER, MemoryLLMConfig
+from memagent.model.long_term_memory import LongTermMemory
 from memagent.model.lora import build_lora_linear
 from memagent.model.memory_pool import MemoryPool
 from memagent.model.rope import RotaryEmbedding
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from memagent.model.memoryllm import MemoryLLM
 
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.(?P<adapter>[^.]+)\.weight$")
+# M+ keeps its retriever's projections inside each attention module; we keep them in `retriever`.
+_RETRIEVER_KEY = re.compile(
+    r"^model\.layers\.(?P<layer>\d+)\.self_attn\.(?P<name>query_proj|key_proj|encoder_query_proj)\."
+)
 _LLAMA_FAMILY = ("llama", "mistral")
 # Options of the first released layout (MemoryLLM-7B), whose read and write paths differ.
 _FIRST_LAYOUT_OPTIONS = ("split_positional_embedding", "interpolate_position_ids", "use_negative_position_ids")
@@ -82,6 +87,18 @@ def split_lora(state: dict[str, torch.Tensor]) -> dict[str, dict[str, tuple[torc
     return {module: {name: (ab["A"], ab["B"]) for name, ab in adapters.items()} for module, adapters in found.items()}
 
 
+def split_retriever(state: dict[str, torch.Tensor]) -> None:
+    """Rename M+'s retriever weights in `state` to `retriever.layers.{l}.*`, in place.
+
+    The encoder retriever (`encoder_query_proj`) is used only in M+'s training, so it is dropped.
+    """
+    for key in [k for k in state if _RETRIEVER_KEY.match(k)]:
+        m = _RETRIEVER_KEY.match(key)
+        tensor = state.pop(key)
+        if m["name"] != "encoder_query_proj":
+            state[f"retriever.layers.{m['layer']}.{m['name']}.{key[m.end():]}"] = tensor
+
+
 def attach_lora(model: MemoryLLM, lora: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> None:
     """Replace each adapted linear layer by a LoRALinear (read adapter merged, write adapter as delta)."""
     c = model.config
@@ -112,8 +129,12 @@ def build(
     """A MemoryLLM from `state` (released key names, LoRA PEFT-style, `memory`/`initialized` optional)."""
     state = dict(state)
     lora = split_lora(state)
+    split_retriever(state)
     memory = state.pop("memory", None)
-    initialized = bool(state.pop("initialized", torch.tensor(0)).item()) and memory is not None
+    # M+ checkpoints have no `initialized` flag: their pool is always written.
+    initialized = bool(state.pop("initialized", torch.tensor(int(config.long_term is not None))).item())
+    initialized = initialized and memory is not None
+    long_term_state = {k: state.pop(k) for k in [k for k in state if k.startswith("ltm")]}
     with torch.device("meta"):
         model = model_class(config)
     expected = set(model.state_dict())
@@ -133,21 +154,36 @@ def build(
         if memory.shape != model.pool.memory.shape:
             raise CheckpointError(f"memory {tuple(memory.shape)} does not match the config's pool {tuple(model.memory.shape)}")
         memory = memory.to(device=device, dtype=dtype)
-        model.pool = MemoryPool(memory, initialized, drop_per_layer=config.drop_memory_per_layer)
+        long_term = model.pool.long_term
+        model.pool = MemoryPool(memory, initialized, drop_per_layer=config.drop_memory_per_layer, long_term=long_term)
+    if long_term_state:
+        if config.long_term is None:
+            first = sorted(long_term_state)[0]
+            raise CheckpointError(f"checkpoint holds long-term memory ({first}, ...) but its config has none")
+        try:
+            model.pool.long_term = LongTermMemory.from_state(
+                config.long_term, config.num_tokens, long_term_state, model.pool.memory
+            )
+        except ValueError as err:
+            raise CheckpointError(f"long-term memory: {err}") from err
     return model.eval().requires_grad_(False)
 
 
 def from_pretrained(
     model_class: type[MemoryLLM], path_or_id: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> MemoryLLM:
-    """Load a checkpoint in the released MemoryLLM format (a folder or a hub id)."""
+    """Load a checkpoint in the released MemoryLLM or M+ format (a folder or a hub id)."""
     folder = resolve_checkpoint(path_or_id)
     config_file = folder / "config.json"
     if not config_file.exists():
         raise CheckpointError(f"{folder}: no config.json")
     raw = json.loads(config_file.read_text())
     # MemoryLLM-8B says model_type "llama" with architectures ["MemoryLLM"]; the fixtures say "memoryllm".
-    if raw.get("model_type") != "memoryllm" and "MemoryLLM" not in raw.get("architectures", []):
+    # M+ says "llama" with ["MPlus"] and its long-term fields as extra keys.
+    architectures = raw.get("architectures") or []
+    if "MPlus" in architectures and not raw.get("add_selector"):
+        raise CheckpointError(f"{folder}: an M+ checkpoint without add_selector, which M+ requires")
+    if raw.get("model_type") != "memoryllm" and not {"MemoryLLM", "MPlus"} & set(architectures):
         raise CheckpointError(
             f"{folder}: not a MemoryLLM checkpoint (model_type {raw.get('model_type')!r}, "
             f"architectures {raw.get('architectures')}); use MemoryLLM.from_base to turn a plain causal LM "
@@ -222,6 +258,7 @@ def from_hf_model(model_class: type[MemoryLLM], hf_model, *, num_tokens: int, nu
     state = dict(hf_model.state_dict())
     generator = torch.Generator().manual_seed(seed)
     L, d = config.num_hidden_layers, config.hidden_size
-    state["bos_embedding"] = torch.randn(L, 1, d, generator=generator) * config.initializer_range
+    if config.add_bos_embedding:
+        state["bos_embedding"] = torch.randn(L, 1, d, generator=generator) * config.initializer_range
     state["new_memory_positional_emb"] = torch.randn(1, 1, d, generator=generator) * config.initializer_range
     return build(model_class, config, state, dtype=next(iter(state.values())).dtype)

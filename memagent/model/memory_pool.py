@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from memagent.model.long_term_memory import LongTermMemory
 
 
 @dataclass
@@ -16,11 +20,28 @@ class PrefixKV:
     values: list[torch.Tensor]
 
 
+@dataclass
+class Dropped:
+    """The tokens one write dropped from the pool."""
+
+    index: torch.Tensor  # [L, n] their positions before the write, ascending per layer
+    tokens: torch.Tensor  # [L, n, d]
+
+
+def fill(new: torch.Tensor, size: int) -> torch.Tensor:
+    """`size` entries along dim 1 made by repeating `new`, then its last size % n (a first write)."""
+    n = new.shape[1]
+    copies, rest = divmod(size, n)
+    parts = [new] * copies + ([new[:, n - rest :]] if rest else [])
+    return torch.cat(parts, dim=1).contiguous()
+
+
 class MemoryPool:
     """A pool of memory tokens [L, N, d] plus what makes its updates reproducible.
 
     `version` changes on every write or reset, so caches derived from the pool (the prefix
-    keys/values) know when they are stale.
+    keys/values) know when they are stale. With M+ the pool also owns its `long_term`
+    memory, which the model feeds with the tokens each write drops.
     """
 
     def __init__(
@@ -30,6 +51,7 @@ class MemoryPool:
         *,
         seed: int = 0,
         drop_per_layer: bool = False,
+        long_term: LongTermMemory | None = None,
     ):
         self.memory = memory
         self.initialized = initialized
@@ -39,6 +61,7 @@ class MemoryPool:
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(seed)
         self.prefix_kv: PrefixKV | None = None
+        self.long_term = long_term
 
     @property
     def num_layers(self) -> int:
@@ -52,55 +75,66 @@ class MemoryPool:
         self.version += 1
         self.prefix_kv = None
 
-    def write(self, new: torch.Tensor) -> None:
-        """Store `new` [L, n, d]: fill an empty pool, else drop n tokens at random and append."""
+    def write(self, new: torch.Tensor) -> Dropped | None:
+        """Store `new` [L, n, d]: fill an empty pool, else drop n tokens at random and append.
+
+        Returns what was dropped (None when the write filled an empty pool).
+        """
         if new.shape[0] != self.num_layers or new.shape[2] != self.memory.shape[2]:
             raise ValueError(f"new memory {tuple(new.shape)} does not fit pool {tuple(self.memory.shape)}")
         new = new.to(self.memory.dtype)
+        dropped = None
         if self.initialized:
-            self.memory = torch.cat([self._keep(new.shape[1]), new], dim=1)
+            keep, drop = self._split(new.shape[1])
+            dropped = Dropped(drop, self._gather(drop))
+            self.memory = torch.cat([self._gather(keep), new], dim=1)
         else:
-            self.memory = self._fill(new)
+            self.memory = fill(new, self.size)
             self.initialized = True
         self.step += 1
         self._changed()
+        return dropped
 
-    def _keep(self, n_drop: int) -> torch.Tensor:
-        """The pool without `n_drop` tokens chosen uniformly at random, order kept."""
+    def _split(self, n_drop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions [L, N - n_drop] to keep and [L, n_drop] to drop, chosen uniformly at random, ascending."""
         N = self.size
         layers = self.num_layers if self.drop_per_layer else 1
-        keep = torch.stack(
-            [torch.randperm(N, generator=self.generator)[: N - n_drop].sort().values for _ in range(layers)]
-        ).to(self.memory.device)
-        index = keep[:, :, None].expand(self.num_layers, N - n_drop, self.memory.shape[2])
-        return torch.gather(self.memory, 1, index)
+        perms = [torch.randperm(N, generator=self.generator) for _ in range(layers)]
+        keep = torch.stack([p[: N - n_drop].sort().values for p in perms]).to(self.memory.device)
+        drop = torch.stack([p[N - n_drop :].sort().values for p in perms]).to(self.memory.device)
+        return keep.expand(self.num_layers, -1), drop.expand(self.num_layers, -1)
 
-    def _fill(self, new: torch.Tensor) -> torch.Tensor:
-        """A first write fills the whole pool by repeating its tokens."""
-        n = new.shape[1]
-        copies, rest = divmod(self.size, n)
-        parts = [new] * copies + ([new[:, n - rest :]] if rest else [])
-        return torch.cat(parts, dim=1).contiguous()
+    def _gather(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.gather(self.memory, 1, index[:, :, None].expand(-1, -1, self.memory.shape[2]))
 
     def reset(self) -> None:
         self.memory = torch.zeros_like(self.memory)
         self.initialized = False
         self.step = 0
+        if self.long_term is not None:
+            self.long_term.reset()
         self._changed()
 
     def clone(self) -> "MemoryPool":
-        twin = MemoryPool(self.memory.clone(), self.initialized, drop_per_layer=self.drop_per_layer)
+        long_term = self.long_term.clone() if self.long_term is not None else None
+        twin = MemoryPool(
+            self.memory.clone(), self.initialized, drop_per_layer=self.drop_per_layer, long_term=long_term
+        )
         twin.generator.set_state(self.generator.get_state())
         twin.step = self.step
         return twin
 
-    def to(self, device: torch.device | str) -> "MemoryPool":
-        """Move the pool (not its derived caches) to `device`, in place."""
-        self.memory = self.memory.to(device)
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MemoryPool":
+        """Move the pool and its long-term memory to `device` and/or cast them to `dtype`, in place;
+        their derived caches are dropped."""
+        self.memory = self.memory.to(device=device, dtype=dtype)
+        if self.long_term is not None:
+            self.long_term.to(device=device, dtype=dtype)
         self.prefix_kv = None
         return self
 
     @property
     def nbytes(self) -> int:
         cached = sum(t.nbytes for t in self.prefix_kv.keys + self.prefix_kv.values) if self.prefix_kv else 0
-        return self.memory.nbytes + cached
+        long_term = self.long_term.nbytes if self.long_term is not None else 0
+        return self.memory.nbytes + cached + long_term

@@ -7,8 +7,10 @@ runs the context behind the last K memory tokens and keeps the last K outputs of
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,8 +20,10 @@ from torch import nn
 from memagent.model import generation, loading
 from memagent.model.config import MemoryLLMConfig
 from memagent.model.kv_cache import KVCache, LayerCache
+from memagent.model.long_term_memory import LongTermMemory, LongTermRead
 from memagent.model.lora import writing
-from memagent.model.memory_pool import MemoryPool, PrefixKV
+from memagent.model.memory_pool import Dropped, MemoryPool, PrefixKV
+from memagent.model.retriever import Retriever
 from memagent.model.rope import RotaryEmbedding, apply_rope
 
 
@@ -122,6 +126,7 @@ class Backbone(nn.Module):
 @dataclass
 class CausalLMOutput:
     logits: torch.Tensor
+    long_term_order: torch.Tensor | None = None  # M+: [B, L, M] candidate index of each long-term prefix slot
 
 
 class MemoryLLM(nn.Module):
@@ -135,9 +140,11 @@ class MemoryLLM(nn.Module):
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.bos_embedding = nn.Parameter(torch.zeros(L, 1, d))
+        # Checkpoints saved with add_bos_embedding false have no such tensor, so nor does the model.
+        self.bos_embedding = nn.Parameter(torch.zeros(L, 1, d)) if config.add_bos_embedding else None
         self.new_memory_positional_emb = nn.Parameter(torch.zeros(1, 1, d))
         self.rotary = RotaryEmbedding(config)
+        self.retriever = Retriever(config) if config.long_term else None
         self.pool = self.new_pool()
         self._fingerprint: str | None = None
 
@@ -145,7 +152,7 @@ class MemoryLLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_id, *, device="cpu", dtype=torch.float32) -> "MemoryLLM":
-        """Load a released MemoryLLM checkpoint (a folder or a Hugging Face hub id)."""
+        """Load a released MemoryLLM or M+ checkpoint (a folder or a Hugging Face hub id)."""
         return loading.from_pretrained(cls, path_or_id, device=device, dtype=dtype)
 
     @classmethod
@@ -183,12 +190,20 @@ class MemoryLLM(nn.Module):
     def reset_memory(self) -> None:
         self.pool.reset()
 
+    def _apply(self, fn, recurse=True):
+        # The default pool is plain data (each write replaces its tensor), so `.to()`, `.half()`
+        # and the like would not reach it: it follows the weights here instead.
+        super()._apply(fn, recurse)
+        self.pool.to(self.device, self.dtype)
+        return self
+
     def new_pool(self, seed: int = 0) -> MemoryPool:
         c = self.config
         memory = torch.zeros(
             c.num_hidden_layers, c.num_memory_tokens, c.hidden_size, dtype=self.dtype, device=self.device
         )
-        return MemoryPool(memory, seed=seed, drop_per_layer=c.drop_memory_per_layer)
+        long_term = LongTermMemory.empty(c.long_term, c.num_tokens, memory) if c.long_term else None
+        return MemoryPool(memory, seed=seed, drop_per_layer=c.drop_memory_per_layer, long_term=long_term)
 
     @property
     def device(self) -> torch.device:
@@ -203,7 +218,8 @@ class MemoryLLM(nn.Module):
         if self._fingerprint is None:
             digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True, default=str).encode())
             for t in (self.bos_embedding, self.new_memory_positional_emb, self.model.embed_tokens.weight[:4]):
-                digest.update(t.detach().float().cpu().numpy().tobytes())
+                if t is not None:
+                    digest.update(t.detach().float().cpu().numpy().tobytes())
             self._fingerprint = digest.hexdigest()[:16]
         return self._fingerprint
 
@@ -216,6 +232,8 @@ class MemoryLLM(nn.Module):
         if pool.prefix_kv is not None and pool.prefix_kv.version == pool.version:
             return pool.prefix_kv
         parts = [self.bos_embedding.to(pool.memory.dtype)] if self.config.add_bos_embedding else []
+        if pool.long_term is not None:  # M+: slots for the long-term tokens each read retrieves
+            parts.append(pool.memory.new_zeros(pool.num_layers, pool.long_term.slots, pool.memory.shape[2]))
         prefix = torch.cat(parts + [pool.memory], dim=1)  # [L, P, d]
         positions = torch.arange(prefix.shape[1], device=prefix.device)[None]
         cos, sin = self.rotary(positions, prefix.dtype)
@@ -229,8 +247,9 @@ class MemoryLLM(nn.Module):
 
     def new_cache(self, pool: MemoryPool, batch_size: int, max_tokens: int) -> KVCache:
         c = self.config
-        return KVCache(
-            self.memory_prefix(pool),
+        prefix = self.memory_prefix(pool)
+        cache = KVCache(
+            prefix,
             batch_size=batch_size,
             max_tokens=max_tokens,
             num_layers=c.num_hidden_layers,
@@ -239,24 +258,58 @@ class MemoryLLM(nn.Module):
             dtype=self.dtype,
             device=self.device,
         )
+        if prefix is not None and pool.long_term is not None:
+            first = int(c.add_bos_embedding)
+            if min(pool.long_term.sizes()) == 0:  # nothing stored yet (a fresh or reset pool)
+                cache.key_valid[:, first : first + pool.long_term.slots] = False
+            else:
+                cache.long_term = LongTermRead(pool.long_term, first)
+        return cache
 
     def read(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache: KVCache
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        cache: KVCache,
+        recall: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
-        """Final hidden states [B, T, d] for tokens at RoPE `positions` [B, T], cache `slots` [T]."""
+        """Final hidden states [B, T, d] for tokens at RoPE `positions` [B, T], cache `slots` [T].
+
+        `recall(i, x)`, when given, runs before layer i with the layer's input x.
+        """
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rotary(positions, x.dtype, seq_len=cache.key_valid.shape[1])
         mask = cache.attention_mask(slots)
-        for layer, layer_cache in zip(self.model.layers, cache.layers):
+        for i, (layer, layer_cache) in enumerate(zip(self.model.layers, cache.layers)):
+            if recall is not None:
+                recall(i, x)
             x = layer(x, cos, sin, mask, layer_cache, slots)
         return self.model.norm(x)
+
+    def _recall(self, cache: KVCache, valid: torch.Tensor, i: int, x: torch.Tensor) -> None:
+        """M+: put the long-term tokens layer i retrieves for the prompt (layer input `x`) in the prefix."""
+        read, layer = cache.long_term, self.model.layers[i]
+        store, start = read.store, read.first_slot
+        scores = None
+        if store.scored(i):
+            normed = layer.input_layernorm(x)
+            scores = torch.cat([self.retriever.scores(i, normed, valid, rows.keys) for rows in store.candidates(i)], 1)
+        chosen = store.choose(i, scores, x.shape[0])
+        read.chosen.append(chosen)
+        tokens = store.tokens(i, chosen).to(device=x.device, dtype=x.dtype)
+        cos, sin = self._rope(start + store.slots, x.dtype)
+        k, v = layer.self_attn.project_kv(layer.input_layernorm(tokens), cos[:, start:], sin[:, start:])
+        cache.layers[i].keys[:, :, start : start + store.slots] = k
+        cache.layers[i].values[:, :, start : start + store.slots] = v
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run a left-padded prompt through the cache; returns its hidden states."""
         slots = torch.arange(input_ids.shape[1], device=input_ids.device)
         cache.mark(slots, attention_mask.bool())
         positions = cache.prefix_length + (attention_mask.long().cumsum(1) - 1).clamp(min=0)
-        return self.read(input_ids, positions, slots, cache)
+        recall = None if cache.long_term is None else functools.partial(self._recall, cache, attention_mask.bool())
+        return self.read(input_ids, positions, slots, cache, recall)
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor, cache: KVCache):
         """Logits [B, V] for one new token per row, at `slot` [1] and `positions` [B, 1]."""
@@ -273,7 +326,9 @@ class MemoryLLM(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         cache = self.new_cache(pool or self.pool, *input_ids.shape)
-        return CausalLMOutput(self.lm_head(self.prefill(input_ids, attention_mask, cache)))
+        logits = self.lm_head(self.prefill(input_ids, attention_mask, cache))
+        order = torch.stack(cache.long_term.chosen, 1) if cache.long_term is not None else None
+        return CausalLMOutput(logits, order)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -344,8 +399,17 @@ class MemoryLLM(nn.Module):
             input_ids = input_ids[None]
         new = self.new_memory(input_ids.to(self.device), pool.memory if pool.initialized else None)
         if update:
-            pool.write(new)
+            dropped = pool.write(new)
+            if pool.long_term is not None:
+                pool.long_term.write(dropped, self._retriever_keys(dropped), new.shape[1])
         return new
+
+    def _retriever_keys(self, dropped: Dropped | None) -> torch.Tensor | None:
+        """M+: retriever keys [L, K, s] of the tokens a write dropped, computed as they leave the pool."""
+        if dropped is None:
+            return None
+        layers = zip(self.model.layers, dropped.tokens.to(self.dtype))
+        return torch.stack([self.retriever.keys(i, layer.input_layernorm(t)) for i, (layer, t) in enumerate(layers)])
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 32, **options) -> torch.Tensor:
         """New token ids [B, n] after `input_ids`; see `memagent.model.generation.generate`."""

@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from memagent.model.long_term_memory import LongTermMemory
 from memagent.model.memory_pool import MemoryPool
 
 FORMAT = "memagent.pool/1"
@@ -55,7 +56,11 @@ def pool_to_bytes(pool: MemoryPool, fingerprint: str) -> bytes:
         "drop_per_layer": json.dumps(pool.drop_per_layer),
         "generator": base64.b64encode(pool.generator.get_state().numpy().tobytes()).decode(),
     }
-    return save({"memory": pool.memory.detach().contiguous().cpu()}, metadata=metadata)
+    tensors = {"memory": pool.memory.detach().contiguous().cpu()}
+    if pool.long_term is not None:
+        metadata["long_term"] = pool.long_term.metadata()
+        tensors |= pool.long_term.state_dict()
+    return save(tensors, metadata=metadata)
 
 
 def save_pool(pool: MemoryPool, path: str | Path, fingerprint: str) -> None:
@@ -67,7 +72,7 @@ def load_pool(path: str | Path, fingerprint: str, *, device="cpu", dtype: torch.
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            memory = f.get_tensor("memory")
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as err:
         raise PoolFileError(f"{path}: not a readable pool file ({err})") from err
     if metadata.get("format") != FORMAT:
@@ -77,10 +82,19 @@ def load_pool(path: str | Path, fingerprint: str, *, device="cpu", dtype: torch.
             f"{path}: this pool was written by another model (fingerprint {metadata['fingerprint']}, "
             f"this model is {fingerprint}); a pool only makes sense to the model that wrote it"
         )
+    memory = tensors.pop("memory")
+    memory = memory.to(device=device, dtype=dtype or memory.dtype)
+    long_term = None
+    if "long_term" in metadata:
+        try:
+            long_term = LongTermMemory.from_metadata(metadata["long_term"], tensors, memory)
+        except (ValueError, KeyError, TypeError) as err:
+            raise PoolFileError(f"{path}: damaged long-term memory ({err})") from err
     pool = MemoryPool(
-        memory.to(device=device, dtype=dtype or memory.dtype),
+        memory,
         json.loads(metadata["initialized"]),
         drop_per_layer=json.loads(metadata["drop_per_layer"]),
+        long_term=long_term,
     )
     pool.step = int(metadata["step"])
     state = torch.frombuffer(bytearray(base64.b64decode(metadata["generator"])), dtype=torch.uint8)

@@ -28,13 +28,15 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from memagent import engine as engine_module
 from memagent.engine import Engine
 from memagent.model.memory_pool import MemoryPool
-from memagent.model.pool_file import PoolFileError, load_pool, pool_to_bytes
+from memagent.model.pool_file import PoolFileError, pool_to_bytes
+from memagent.sampling import SamplingParams, Usage
 from memagent.store.errors import (
     CorruptState,
     EntryNotFound,
@@ -133,16 +135,15 @@ class DurablePool:
 
 
 class Generation:
-    """The text pieces of one generation, one per decode step (maybe empty); closing it stops
-    decoding. Its usage (`prompt_tokens`, `generated_tokens`, `finish_reason`, `step`) is final
-    once the iteration has ended."""
+    """One read's text pieces as they are decoded (maybe empty); closing it stops decoding.
 
-    def __init__(self, store: MemoryStore, memory: DurablePool, prompt: str, options: dict):
-        self.prompt_tokens = len(store.engine.encode(prompt))
-        self.generated_tokens = 0
-        self.finish_reason = ""
-        self.step = 0
-        self._steps = self._run(store, memory, prompt, options)
+    The engine's generation starts on the first step, so the pool is on the device for its
+    prefill. `usage` is None until the iteration ended, then the engine's.
+    """
+
+    def __init__(self, start: Callable[[], engine_module.Generation]):
+        self.usage: Usage | None = None
+        self._steps = self._run(start)
 
     def __iter__(self) -> Iterator[str]:
         return self._steps
@@ -153,17 +154,13 @@ class Generation:
     def close(self) -> None:
         self._steps.close()
 
-    def _run(self, store: MemoryStore, memory: DurablePool, prompt: str, options: dict) -> Iterator[str]:
-        pool = store._ready(memory)  # on the first step, so the pool is on the device for the prefill
-        self.step = pool.step
-        limit = options.get("max_new_tokens", 64)
-        steps = 0
-        for pieces in store.engine.stream(pool, [prompt], **options):
-            steps += 1
-            self.generated_tokens = min(steps, limit)
-            yield pieces[0]
-        # The engine yields one step more (the held-back text) only when the length limit ended it.
-        self.finish_reason = "length" if steps > limit else "stop"
+    def _run(self, start: Callable[[], engine_module.Generation]) -> Iterator[str]:
+        generation = start()
+        try:
+            yield from generation
+        finally:
+            generation.close()
+            self.usage = generation.usage
 
 
 class MemoryStore:
@@ -183,7 +180,7 @@ class MemoryStore:
         self.snapshot_every = snapshot_every
         self.seed = seed
         self.fingerprint = engine.fingerprint()
-        self.pool_bytes = engine.model.pool.memory.nbytes
+        self.pool_bytes = engine.pool_nbytes
         self.residency = Residency(engine.device, self._evict, device_bytes=device_bytes, host_bytes=host_bytes)
         self.tenants: dict[str, dict[str, DurablePool]] = {}
         self._recover()
@@ -241,7 +238,7 @@ class MemoryStore:
 
     def reset(self, tenant: str, memory_id: str) -> MemoryInfo:
         memory = self._memory(tenant, memory_id)
-        self._rewrite(memory, [], self.engine.model.new_pool(seed=memory.wal.header.seed))
+        self._rewrite(memory, [], self.engine.new_pool(seed=memory.wal.header.seed))
         return self.info(memory)
 
     def fork(self, tenant: str, memory_id: str, new_memory_id: str) -> MemoryInfo:
@@ -286,7 +283,7 @@ class MemoryStore:
             if pool.step != log_step:
                 raise CorruptState(f"imported pool is at step {pool.step} but its log ends at step {log_step}")
         else:
-            pool = self.engine.model.new_pool(seed=header.seed)
+            pool = self.engine.new_pool(seed=header.seed)
             self._replay(pool, entries)
         return self.info(self._materialize(key, header, entries, pool))
 
@@ -320,13 +317,15 @@ class MemoryStore:
         memory = self._memory(tenant, memory_id)
         if request_id and request_id in memory.wal.by_request:
             return _receipts_again(memory.wal.by_request[request_id], texts, request_id)
-        encoded = [self._encode(t) for t in texts]
+        plans = [self.engine.plan_write(t.text) for t in texts]
         pool = self._ready(memory)
         entries, step, entry_id, now = [], pool.step, memory.wal.next_entry_id, time.time()
-        for text, (tokens, chunks) in zip(texts, encoded):
-            step += len(chunks)
+        for text, plan in zip(texts, plans):
+            step += len(plan.chunks)
             entries.append(
-                LogEntry(entry_id, text.text, text.source, chunks, tokens, step, now, dict(text.metadata), request_id)
+                LogEntry(
+                    entry_id, text.text, text.source, plan.chunks, plan.tokens, step, now, dict(text.metadata), request_id
+                )
             )
             entry_id += 1
         memory.wal.append(entries)
@@ -334,8 +333,7 @@ class MemoryStore:
         try:
             for entry in entries:
                 start = time.perf_counter()
-                for chunk in entry.chunks:
-                    self.engine.write_ids(pool, chunk)
+                self.engine.apply(pool, entry.chunks)
                 ms = (time.perf_counter() - start) * 1000
                 receipts.append(Receipt(entry.entry_id, entry.tokens, len(entry.chunks), pool.step, ms))
         except BaseException:
@@ -363,24 +361,26 @@ class MemoryStore:
         missing = doomed - {e.entry_id for e in memory.wal.entries}
         if missing:
             raise EntryNotFound(f"memory {memory_id!r} has no entries {quote(sorted(missing))}")
-        pool = self.engine.model.new_pool(seed=memory.wal.header.seed)
+        pool = self.engine.new_pool(seed=memory.wal.header.seed)
         kept = self._replay(pool, [e for e in memory.wal.entries if e.entry_id not in doomed])
         self._rewrite(memory, kept, pool)
         return self.info(memory)
 
     # -- reading ---------------------------------------------------------------------------
 
-    def generate(self, tenant: str, memory_id: str, prompt: str, **options) -> Generation:
-        return Generation(self, self._memory(tenant, memory_id), prompt, options)
+    def generate(self, tenant: str, memory_id: str, prompt: str, params: SamplingParams | None = None) -> Generation:
+        memory = self._memory(tenant, memory_id)
+        params = params or SamplingParams()
+        return Generation(lambda: self.engine.generate(self._ready(memory), prompt, params))
 
-    def chat(self, tenant: str, memory_id: str, messages: Sequence[Mapping[str, str]], **options) -> Generation:
-        return self.generate(tenant, memory_id, self.engine.chat_prompt([dict(m) for m in messages]), **options)
+    def chat(
+        self, tenant: str, memory_id: str, messages: Sequence[Mapping[str, str]], params: SamplingParams | None = None
+    ) -> Generation:
+        return self.generate(tenant, memory_id, self.engine.chat_prompt([dict(m) for m in messages]), params)
 
-    def ask(self, tenant: str, memory_id: str, question: str, **options) -> Generation:
-        """Like `NamedPool.ask`: a short answer, ending at a newline unless other stops are given."""
-        options.setdefault("max_new_tokens", 32)
-        options["stop"] = options.get("stop") or ["\n"]
-        return self.generate(tenant, memory_id, self.engine.question_prompt(question), **options)
+    def ask(self, tenant: str, memory_id: str, question: str, params: SamplingParams | None = None) -> Generation:
+        """Like `NamedPool.ask`: a short answer (`SamplingParams.for_ask`)."""
+        return self.generate(tenant, memory_id, self.engine.question_prompt(question), SamplingParams.for_ask(params))
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -426,12 +426,6 @@ class MemoryStore:
                         f"log entry {entry.entry_id} has token id {max(chunk)}; this model's vocabulary has {vocab}"
                     )
 
-    def _encode(self, text: NewText) -> tuple[int, list[list[int]]]:
-        if not text.text or not text.text.strip():
-            raise ValueError("text is empty")
-        ids = self.engine.encode(text.text)
-        return len(ids), self.engine.chunking.chunks(ids)
-
     def _ready(self, memory: DurablePool) -> MemoryPool:
         """The memory's pool, on the device: loaded (snapshot + log tail) if it was on disk."""
         if memory.pool is None:
@@ -445,9 +439,8 @@ class MemoryStore:
                 f"memory {memory.memory_id!r} was written by model {header.fingerprint} ({header.model}); "
                 f"this server runs {self.fingerprint} ({self.engine.name})"
             )
-        model = self.engine.model
-        pool = memory.snapshots.load(header.log_id, entries, device=model.device, dtype=model.dtype)
-        pool = pool or model.new_pool(seed=header.seed)
+        pool = memory.snapshots.load(header.log_id, entries, device=self.engine.device, dtype=self.engine.dtype)
+        pool = pool or self.engine.new_pool(seed=header.seed)
         tail = [e for e in entries if e.step > pool.step]
         self._replay(pool, tail)
         memory.unsnapshotted = len(tail)
@@ -457,8 +450,7 @@ class MemoryStore:
         """Apply logged entries' chunks to `pool`; returns them with the steps they now end at."""
         replayed = []
         for entry in entries:
-            for chunk in entry.chunks:
-                self.engine.write_ids(pool, chunk)
+            self.engine.apply(pool, entry.chunks)
             replayed.append(replace(entry, step=pool.step))
         return replayed
 
@@ -518,19 +510,16 @@ class MemoryStore:
     def _pool_from_bytes(self, data: bytes, key: tuple[str, str]) -> MemoryPool:
         scratch = self.root / key[0] / f".import-{uuid.uuid4().hex}.safetensors"
         scratch.parent.mkdir(mode=PRIVATE, exist_ok=True)
-        model = self.engine.model
         try:
             scratch.write_bytes(data)
-            pool = load_pool(scratch, self.fingerprint, device=model.device, dtype=model.dtype)
+            pool = self.engine.load_pool(scratch)
         except PoolFileError as err:
             raise CorruptState(f"imported pool: {err}".replace(str(scratch), "pool")) from err
         finally:
             scratch.unlink(missing_ok=True)
-        expected = model.pool
-        if pool.memory.shape != expected.memory.shape:
-            raise CorruptState(
-                f"imported pool has shape {tuple(pool.memory.shape)}; this model's pools are {tuple(expected.memory.shape)}"
-            )
+        expected = tuple(self.engine.model.pool.memory.shape)
+        if tuple(pool.memory.shape) != expected:
+            raise CorruptState(f"imported pool has shape {tuple(pool.memory.shape)}; this model's pools are {expected}")
         return pool
 
     def _close_pool(self, memory: DurablePool) -> None:

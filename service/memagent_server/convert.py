@@ -1,10 +1,11 @@
-"""Store results to protobuf messages."""
+"""Between protobuf messages and the store's types: requests' sampling options in, results out."""
 
 from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from memagent.store import Generation, LogEntry, MemoryInfo, Receipt
+from memagent.sampling import SamplingParams, Usage
+from memagent.store import LogEntry, MemoryInfo, Receipt
 from memagent.v1 import memagent_pb2 as pb
 
 RESIDENCY = {"device": pb.RESIDENCY_DEVICE, "host": pb.RESIDENCY_HOST, "disk": pb.RESIDENCY_DISK}
@@ -49,11 +50,17 @@ def entry(e: LogEntry) -> pb.Entry:
     )
 
 
-def usage(g: Generation, ms: float) -> pb.Usage:
+def sampling(options: pb.SamplingOptions, defaults: SamplingParams) -> SamplingParams:
+    """The request's options over `defaults` (for its unset fields); raises ValueError if invalid."""
+    present = {f.name: v for f, v in options.ListFields()}  # fields set, or non-zero where no presence
+    return SamplingParams.of(defaults, **present)
+
+
+def usage(u: Usage, ms: float) -> pb.Usage:
     return pb.Usage(
-        prompt_tokens=g.prompt_tokens,
-        generated_tokens=g.generated_tokens,
-        finish_reason=g.finish_reason,
-        step=g.step,
+        prompt_tokens=u.prompt_tokens,
+        generated_tokens=u.completion_tokens,
+        finish_reason=u.finish_reason,
+        step=u.step,
         ms=ms,
     )

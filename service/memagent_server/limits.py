@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from memagent.sampling import SamplingParams
 from memagent.store import NewText
 from memagent.store.errors import quote
 from memagent.v1 import memagent_pb2 as pb
@@ -91,34 +92,19 @@ class Limits:
         self.prompt("".join(m.content for m in messages), "the messages' content")
         return [{"role": m.role, "content": m.content} for m in messages]
 
-    def sampling(self, options: pb.SamplingOptions, default_max_new_tokens: int) -> dict:
-        """Engine options from the request's; unset fields take the engine's defaults."""
-        max_new = options.max_new_tokens if options.HasField("max_new_tokens") else default_max_new_tokens
-        if not 1 <= max_new <= self.max_new_tokens:
-            raise LimitExceeded(f"max_new_tokens is {max_new}; it must be from 1 to {self.max_new_tokens}")
-        temperature = options.temperature if options.HasField("temperature") else 1.0
-        if options.do_sample and not temperature > 0:
-            raise ValueError(f"temperature is {temperature}; it must be > 0 when sampling")
-        top_p = options.top_p if options.HasField("top_p") else 1.0
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p is {top_p}; it must be in (0, 1]")
-        if len(options.stop) > self.max_stop_strings:
+    def sampling(self, params: SamplingParams) -> SamplingParams:
+        """`params` if within this server's limits (SamplingParams checks the values themselves)."""
+        if params.max_new_tokens > self.max_new_tokens:
             raise LimitExceeded(
-                f"{len(options.stop)} stop strings; the limit is max_stop_strings={self.max_stop_strings}"
+                f"max_new_tokens is {params.max_new_tokens}; it must be from 1 to {self.max_new_tokens}"
             )
-        for i, stop in enumerate(options.stop):
+        if len(params.stop) > self.max_stop_strings:
+            raise LimitExceeded(
+                f"{len(params.stop)} stop strings; the limit is max_stop_strings={self.max_stop_strings}"
+            )
+        for i, stop in enumerate(params.stop):
             _size(stop, self.max_stop_string_bytes, "max_stop_string_bytes", f"stop[{i}]")
-        sampling = {
-            "max_new_tokens": max_new,
-            "do_sample": options.do_sample,
-            "temperature": temperature,
-            "top_k": options.top_k,
-            "top_p": top_p,
-            "seed": options.seed if options.HasField("seed") else None,
-        }
-        if options.stop:
-            sampling["stop"] = list(options.stop)
-        return sampling
+        return params
 
     def page_size(self, requested: int) -> int:
         if requested > self.max_page_size:

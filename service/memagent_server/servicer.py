@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from memagent.sampling import ASK_DEFAULTS, SamplingParams
 from memagent.store import Generation, MemoryStore
 from memagent.store.errors import quote
 from memagent.store.memory_store import STATE_FORMAT
@@ -29,6 +30,9 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
         self.worker = worker
         self.limits = limits
         self.metrics = metrics
+
+    def _sampling(self, options: pb.SamplingOptions, defaults: SamplingParams | None = None) -> SamplingParams:
+        return self.limits.sampling(convert.sampling(options, defaults or SamplingParams()))
 
     async def _call(self, fn, *args, **kwargs):
         """Run a store call on the worker, holding a place in the bounded queue."""
@@ -159,49 +163,49 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
 
     @answers_with_status
     async def Generate(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateResponse]:
-        options = self.limits.sampling(request.options, 64)
+        params = self._sampling(request.options)
         prompt = self.limits.prompt(request.prompt)
-        async for response in self._stream(context, self.store.generate, request.memory_id, prompt, **options):
+        async for response in self._stream(context, self.store.generate, request.memory_id, prompt, params):
             yield response
 
     @answers_with_status
     async def Chat(self, request: pb.ChatRequest, context) -> AsyncIterator[pb.GenerateResponse]:
-        options = self.limits.sampling(request.options, 64)
+        params = self._sampling(request.options)
         messages = self.limits.messages(request.messages)
-        async for response in self._stream(context, self.store.chat, request.memory_id, messages, **options):
+        async for response in self._stream(context, self.store.chat, request.memory_id, messages, params):
             yield response
 
     @answers_with_status
     async def Complete(self, request: pb.GenerateRequest, context) -> pb.CompleteResponse:
-        options = self.limits.sampling(request.options, 64)
+        params = self._sampling(request.options)
         prompt = self.limits.prompt(request.prompt)
-        text, usage = await self._collect(context, self.store.generate, request.memory_id, prompt, **options)
+        text, usage = await self._collect(context, self.store.generate, request.memory_id, prompt, params)
         return pb.CompleteResponse(text=text, usage=usage)
 
     @answers_with_status
     async def Ask(self, request: pb.AskRequest, context) -> pb.AskResponse:
-        options = self.limits.sampling(request.options, 32)
+        params = self._sampling(request.options, ASK_DEFAULTS)
         question = self.limits.prompt(request.question, "question")
-        text, usage = await self._collect(context, self.store.ask, request.memory_id, question, **options)
+        text, usage = await self._collect(context, self.store.ask, request.memory_id, question, params)
         return pb.AskResponse(answer=text.strip(), usage=usage)
 
-    async def _stream(self, context, start_fn, memory_id: str, *args, **options) -> AsyncIterator[pb.GenerateResponse]:
+    async def _stream(self, context, start_fn, memory_id: str, *args) -> AsyncIterator[pb.GenerateResponse]:
         """Text pieces as they are decoded, then the usage; stops between steps at the deadline."""
         tenant, start = current_tenant(), time.perf_counter()
         with self.worker.admit():
-            generation: Generation = await self.worker.run(start_fn, tenant, memory_id, *args, **options)
+            generation: Generation = await self.worker.run(start_fn, tenant, memory_id, *args)
             async for piece in self.worker.steps(generation, generation.close):
                 remaining = context.time_remaining()
                 if remaining is not None and remaining <= 0:
                     await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded during generation")
                 if piece:
                     yield pb.GenerateResponse(text=piece)
-        self.metrics.tokens_generated.inc(generation.generated_tokens)
-        yield pb.GenerateResponse(usage=convert.usage(generation, (time.perf_counter() - start) * 1000))
+        self.metrics.tokens_generated.inc(generation.usage.completion_tokens)
+        yield pb.GenerateResponse(usage=convert.usage(generation.usage, (time.perf_counter() - start) * 1000))
 
-    async def _collect(self, context, start_fn, memory_id: str, *args, **options) -> tuple[str, pb.Usage]:
+    async def _collect(self, context, start_fn, memory_id: str, *args) -> tuple[str, pb.Usage]:
         pieces, usage = [], None
-        async for response in self._stream(context, start_fn, memory_id, *args, **options):
+        async for response in self._stream(context, start_fn, memory_id, *args):
             if response.HasField("usage"):
                 usage = response.usage
             else:

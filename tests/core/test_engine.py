@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from memagent.engine import Chunking
+from memagent.engine import Chunking, Engine
+from memagent.model import generation
+from memagent.sampling import SamplingParams, Usage
 
 
 def test_write_returns_a_receipt(tiny_engine):
@@ -84,3 +86,103 @@ def test_saved_pool_loads_into_another_name(tiny_engine, tmp_path):
     copy.load(tmp_path / "saved.safetensors")
     assert torch.equal(copy.pool.memory, pool.pool.memory) and copy.step == pool.step
     assert copy.generate("Where", max_new_tokens=5) == pool.generate("Where", max_new_tokens=5)
+
+
+# -- how a generation ended ------------------------------------------------------------------
+
+
+def _greedy_ids(engine, pool, prompts, n):
+    """The greedy continuation of each prompt, as token ids (no end-of-sequence token)."""
+    encoded = engine.tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
+    params = SamplingParams(max_new_tokens=n)
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    steps = generation.stream(engine.model, ids, params, (), mask, pool.pool)
+    return torch.stack(list(steps), dim=1).tolist()
+
+
+def _engine_ending_at(engine, eos: int) -> Engine:
+    """The same model and tokenizer with `eos` as its only end-of-sequence token."""
+    other = Engine(engine.model, engine.tokenizer)
+    other.eos_token_ids = [eos]
+    return other
+
+
+def test_usage_says_the_length_limit_ended_it(tiny_engine):
+    pool = tiny_engine.pool("usage-length")
+    generation = pool.generate("The meeting is on", stream=True, max_new_tokens=5)
+    assert generation.usage is None
+    text = "".join(generation)
+    prompt_tokens = len(tiny_engine.encode("The meeting is on"))
+    assert generation.usage == Usage(prompt_tokens, 5, "length", pool.step)
+    assert text == pool.generate("The meeting is on", max_new_tokens=5)
+
+
+def test_usage_says_an_end_token_ended_it(tiny_engine):
+    pool = tiny_engine.pool("usage-eos")
+    ids = _greedy_ids(tiny_engine, pool, ["Once upon a time"], 6)[0]
+    eos = ids[2]
+    ending = _engine_ending_at(tiny_engine, eos)
+    generation = ending.generate(pool.pool, "Once upon a time", max_new_tokens=6)
+    text = "".join(generation)
+    assert generation.usage.finish_reason == "stop"
+    assert generation.usage.completion_tokens == ids.index(eos) + 1  # the end token counts
+    assert text == tiny_engine.tokenizer.decode(ids[: ids.index(eos)], skip_special_tokens=True)
+
+
+def test_usage_says_a_stop_string_ended_it(tiny_engine):
+    pool = tiny_engine.pool("usage-stop")
+    free = pool.generate("Once upon a time", max_new_tokens=16, do_sample=True, seed=2)
+    stop = free[len(free) // 2 : len(free) // 2 + 2]
+    generation = pool.generate("Once upon a time", max_new_tokens=16, do_sample=True, seed=2, stop=[stop], stream=True)
+    assert "".join(generation) == free[: free.index(stop)]
+    assert generation.usage.finish_reason == "stop" and 1 <= generation.usage.completion_tokens < 16
+
+
+def test_usage_says_a_generation_closed_early_was_cancelled(tiny_engine):
+    pool = tiny_engine.pool("usage-closed")
+    generation = pool.chat([{"role": "user", "content": "Hi"}], stream=True, max_new_tokens=8)
+    next(generation), next(generation)
+    assert generation.usage is None
+    generation.close()
+    assert generation.usage.finish_reason == "cancelled" and generation.usage.completion_tokens == 2
+
+
+def test_every_row_of_a_batch_has_its_own_usage(tiny_engine):
+    pool = tiny_engine.pool("usage-batch")
+    prompts = ["Who leads Project Falcon?", "Tell me everything you know about the project"]
+    first, second = _greedy_ids(tiny_engine, pool, prompts, 6)
+    eos = next(t for t in first if t not in second)
+    batch = _engine_ending_at(tiny_engine, eos).stream(pool.pool, prompts, SamplingParams(max_new_tokens=6))
+    assert batch.usages is None
+    list(batch)
+    prompt_tokens = [len(tiny_engine.encode(p)) for p in prompts]
+    assert batch.usages == [
+        Usage(prompt_tokens[0], first.index(eos) + 1, "stop", pool.step),
+        Usage(prompt_tokens[1], 6, "length", pool.step),
+    ]
+
+
+def test_a_sampling_params_object_and_keywords_combine(tiny_engine):
+    pool = tiny_engine.pool("params")
+    params = SamplingParams(max_new_tokens=7, do_sample=True, seed=3)
+    assert pool.generate("Hello", params) == pool.generate("Hello", max_new_tokens=7, do_sample=True, seed=3)
+    short = pool.generate("Hello", params, max_new_tokens=2, stream=True)
+    "".join(short)
+    assert short.usage.completion_tokens == 2
+    with pytest.raises(TypeError, match="unknown sampling options"):
+        pool.generate("Hello", max_tokens=3)
+
+
+def test_a_write_plan_is_what_a_write_does(tiny_engine):
+    text = " ".join(f"fact number {i} is {i * i}." for i in range(100))
+    plan = tiny_engine.plan_write(text)
+    assert len(plan.chunks) > 1
+    assert plan.tokens == len(tiny_engine.encode(text))
+    assert plan.chunks == tiny_engine.chunking.chunks(tiny_engine.encode(text))
+    planned, written = tiny_engine.new_pool(), tiny_engine.new_pool()
+    tiny_engine.apply(planned, plan.chunks)
+    receipt = tiny_engine.write(written, text, progress=False)
+    assert (receipt.tokens, receipt.chunks) == (plan.tokens, len(plan.chunks))
+    assert torch.equal(planned.memory, written.memory) and planned.step == written.step
+    with pytest.raises(ValueError, match="empty"):
+        tiny_engine.plan_write(" \n")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from memagent.model.memory_pool import MemoryPool
+from memagent.model.memory_pool import MemoryPool, PrefixKV
 
 L, N, d = 3, 12, 4
 
@@ -88,3 +88,11 @@ def test_new_memory_of_the_wrong_shape_is_rejected_and_the_pool_kept():
     with pytest.raises(ValueError, match="does not fit"):
         pool.write(torch.zeros(L + 1, 4, d))
     assert torch.equal(pool.memory, before) and pool.step == 0
+
+
+def test_to_casts_in_place_and_drops_the_cached_prefix():
+    pool = MemoryPool(tokens(N), initialized=True)
+    pool.prefix_kv = PrefixKV(pool.version, [], [])
+    assert pool.to(dtype=torch.bfloat16) is pool
+    assert pool.memory.dtype == torch.bfloat16 and pool.prefix_kv is None
+    assert torch.equal(pool.memory, tokens(N).to(torch.bfloat16))

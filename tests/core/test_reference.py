@@ -66,3 +66,12 @@ def test_first_write_fills_the_pool(case):
     model.inject(v["long_ctx"])
     assert model.memory_initialized
     assert_close(model.memory, v["first_write_memory"])
+
+
+@torch.no_grad()
+def test_without_bos_embedding_the_model_has_none_and_reads_only_the_pool():
+    model = MemoryLLM.from_pretrained(FIXTURES / "reference" / "nobos_decoder_lora" / "checkpoint")
+    assert not model.config.add_bos_embedding
+    assert model.bos_embedding is None and "bos_embedding" not in model.state_dict()
+    prefix = model.memory_prefix(model.pool)
+    assert prefix.keys[0].shape[2] == model.config.num_memory_tokens

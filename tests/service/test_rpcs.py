@@ -8,7 +8,8 @@ import grpc
 import pytest
 from safetensors.torch import load as load_tensors
 
-from memagent.client import AsyncClient, ClientError, Text
+from memagent.client import AsyncClient, ClientError, Completion, Text
+from memagent.sampling import ASK_DEFAULTS, SamplingParams, Usage
 from memagent.v1 import memagent_pb2 as pb
 from memagent.v1 import memagent_pb2_grpc
 
@@ -62,11 +63,11 @@ def test_inject_entries_and_reads(alice):
     assert (info.step, info.entries, info.tokens_written) == (3, 3, sum(e.tokens for e in entries))
 
     pieces = list(alice.generate("facts", "The cat is called", max_new_tokens=8))
-    assert "".join(pieces) == alice.complete("facts", "The cat is called", max_new_tokens=8)
+    assert "".join(pieces) == alice.complete("facts", "The cat is called", max_new_tokens=8).text
     assert isinstance(alice.ask("facts", "What is the cat called?"), str)
     reply = "".join(alice.chat("facts", [{"role": "user", "content": "Who plays the cello?"}], max_new_tokens=6))
     assert isinstance(reply, str)
-    sampled = [alice.complete("facts", "Hi", do_sample=True, seed=7, top_k=50, top_p=0.9) for _ in range(2)]
+    sampled = [alice.complete("facts", "Hi", do_sample=True, seed=7, top_k=50, top_p=0.9).text for _ in range(2)]
     assert sampled[0] == sampled[1]
 
 
@@ -81,6 +82,49 @@ def test_usage_is_reported(server):
     assert responses[-1].HasField("usage") and all(r.HasField("text") for r in responses[:-1])
     assert usage.prompt_tokens == 2 and 1 <= usage.generated_tokens <= 5 and usage.finish_reason in ("stop", "length")
     channel.close()
+
+
+def test_the_clients_keep_the_usage(alice):
+    alice.create("usage-kept")
+    alice.inject("usage-kept", "Alice's cat is called Miso.")
+    prompt_tokens = alice.complete("usage-kept", "The cat", max_new_tokens=1).usage.prompt_tokens
+    stream = alice.generate("usage-kept", "The cat", SamplingParams(max_new_tokens=5))
+    assert stream.usage is None
+    text = "".join(stream)
+    assert stream.usage == Usage(prompt_tokens, 5, "length", 1)
+    assert alice.complete("usage-kept", "The cat", max_new_tokens=5) == Completion(text, stream.usage)
+
+    reply = alice.chat("usage-kept", [{"role": "user", "content": "Hi"}], max_new_tokens=3)
+    assert reply.usage is None and list(reply) and reply.usage.completion_tokens <= 3
+
+    answer = alice.ask_with_usage("usage-kept", "What is the cat called?")
+    assert answer.text == alice.ask("usage-kept", "What is the cat called?") and "\n" not in answer.text
+    assert answer.usage.completion_tokens <= ASK_DEFAULTS.max_new_tokens and answer.usage.step == 1
+    long = alice.ask_with_usage("usage-kept", "What is the cat called?", max_new_tokens=2, stop=["never seen"])
+    assert long.usage.completion_tokens <= 2
+
+
+async def test_the_async_client_keeps_the_usage(server):
+    async with AsyncClient(server.address, ALICE) as client:
+        await client.create("usage-async")
+        await client.inject("usage-async", "Frank keeps bees.")
+        stream = client.generate("usage-async", "Frank keeps", max_new_tokens=4)
+        assert stream.usage is None
+        text = "".join([p async for p in stream])
+        assert (stream.usage.completion_tokens, stream.usage.finish_reason, stream.usage.step) == (4, "length", 1)
+        assert await client.complete("usage-async", "Frank keeps", max_new_tokens=4) == Completion(text, stream.usage)
+        chat = client.chat("usage-async", [{"role": "user", "content": "Hi"}], SamplingParams(max_new_tokens=2))
+        assert [p async for p in chat] and chat.usage.completion_tokens <= 2
+        answer = await client.ask_with_usage("usage-async", "Who keeps bees?")
+        assert answer.text == await client.ask("usage-async", "Who keeps bees?")
+        assert answer.usage.completion_tokens <= ASK_DEFAULTS.max_new_tokens
+
+
+def test_bad_options_are_refused_before_sending(alice):
+    with pytest.raises(TypeError, match="unknown sampling options"):
+        alice.complete("facts", "hi", max_tokens=3)
+    with pytest.raises(ValueError, match="top_p"):
+        alice.generate("facts", "hi", top_p=0.0)
 
 
 def _pool(client, memory_id, path):
@@ -137,7 +181,7 @@ async def test_async_client(server):
         assert [r.entry_id for r in await client.inject_many("async", ["Gina sails.", "Hal paints."])] == [2, 3]
         assert [e.entry_id for e in await client.entries("async")] == [1, 2, 3]
         pieces = [p async for p in client.generate("async", "Frank keeps", max_new_tokens=6)]
-        assert "".join(pieces) == await client.complete("async", "Frank keeps", max_new_tokens=6)
+        assert "".join(pieces) == (await client.complete("async", "Frank keeps", max_new_tokens=6)).text
         chat = [p async for p in client.chat("async", [{"role": "user", "content": "Hi"}], max_new_tokens=4)]
         assert isinstance("".join(chat), str)
         assert isinstance(await client.ask("async", "Who keeps bees?"), str)

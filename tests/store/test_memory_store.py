@@ -6,6 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load as load_tensors
 
+from memagent.engine import Engine
+from memagent.sampling import ASK_DEFAULTS, SamplingParams, Usage
 from memagent.store import CorruptState, MemoryStore, ModelMismatch, NewText
 
 FACTS = ["Ann's dog is named Rex.", "The meeting moved to Tuesday.", "Ben's favourite colour is teal."]
@@ -53,7 +55,7 @@ def test_forget_equals_never_told(tiny_engine, tmp_path):
 
 
 def test_budget_moves_old_pools_to_disk_and_back(tiny_engine, tmp_path):
-    pool_bytes = tiny_engine.model.pool.memory.nbytes
+    pool_bytes = tiny_engine.pool_nbytes
     store = MemoryStore(tiny_engine, tmp_path, device_bytes=int(pool_bytes * 2.5), snapshot_every=100)
     for name in ("a", "b", "c", "d"):
         _filled(store, name)
@@ -104,3 +106,47 @@ def test_import_checks_what_it_is_given(tiny_engine, tmp_path):
     replayed = store.import_state("t", "y", state.log, None)  # no pool: rebuilt from the log
     assert replayed.step == store.get("t", "m").step
     assert torch.equal(_pool(store, "y"), _pool(store, "m"))
+
+
+class _CountingTokenizer:
+    """The engine's tokenizer, remembering the texts it was called on."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.calls: list = []
+
+    def __call__(self, text, *args, **kwargs):
+        self.calls.append(text)
+        return self.tokenizer(text, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_read_reports_its_usage_and_tokenizes_the_prompt_once(tiny_engine, tmp_path):
+    tokenizer = _CountingTokenizer(tiny_engine.tokenizer)
+    store = _filled(MemoryStore(Engine(tiny_engine.model, tokenizer), tmp_path), "m")
+    tokenizer.calls.clear()
+    generation = store.generate("t", "m", "Ann's dog is", SamplingParams(max_new_tokens=4))
+    assert generation.usage is None
+    assert "".join(generation)
+    assert tokenizer.calls == [["Ann's dog is"]]
+    assert generation.usage == Usage(len(tiny_engine.encode("Ann's dog is")), 4, "length", len(FACTS))
+
+
+def test_ask_ends_at_a_newline_within_its_default_length(tiny_engine, tmp_path):
+    store = _filled(MemoryStore(tiny_engine, tmp_path), "m")
+    generation = store.ask("t", "m", "What is the dog called?")
+    answer = "".join(generation)
+    assert "\n" not in answer
+    usage = generation.usage
+    assert usage.completion_tokens <= ASK_DEFAULTS.max_new_tokens
+    assert usage.finish_reason == ("length" if usage.completion_tokens == ASK_DEFAULTS.max_new_tokens else "stop")
+
+
+def test_a_closed_read_is_cancelled(tiny_engine, tmp_path):
+    store = _filled(MemoryStore(tiny_engine, tmp_path), "m")
+    generation = store.generate("t", "m", "Ann's dog is", SamplingParams(max_new_tokens=8))
+    next(generation)
+    generation.close()
+    assert generation.usage.finish_reason == "cancelled" and generation.usage.completion_tokens == 1

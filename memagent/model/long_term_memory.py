@@ -1,0 +1,298 @@
+"""M+'s long-term memory: where the tokens a pool drops go, and which of them a read gets back.
+
+Per layer it keeps the stored tokens with their retriever keys, ages (a larger age is older)
+and recall frequencies, and the tokens dropped since the last merge ("pending", M+'s cached
+dropped memories). The rules follow the released M+ code (`modeling_mplus.py`) exactly, quirks
+included; tests/fixtures/reference_mplus/README.md states them:
+
+- a write drops K pool tokens per layer; they become pending with a key computed then, and the
+  age they had in the pool. A pool token's age is fixed when it enters (K-1 .. 0 for a write's
+  K tokens) and grows only once it has left. Every stored and pending age grows by K per write.
+- every F-th write merges the pending tokens into the store with recall frequency r0, then
+  every frequency loses delta; if more than M tokens stay above 0.01 the rest are pruned,
+  otherwise delta is given back and nothing is pruned.
+- a read of layer l takes M tokens: the M best-scoring of stored then pending tokens, or, while
+  the store holds fewer than M, the last M of its indices cycled, unscored. They are placed
+  oldest first (ties: the later candidate first).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from memagent.model.config import LongTermConfig
+from memagent.model.memory_pool import Dropped, fill
+
+_MERGE_THRESHOLD = 0.01  # a stored token lives while its recall frequency stays above this
+
+
+@dataclass
+class Rows:
+    """Memory tokens with their retriever keys and ages."""
+
+    tokens: torch.Tensor  # [n, d]
+    keys: torch.Tensor  # [n, s]
+    ages: torch.Tensor  # [n] int64; a larger age is older
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def __getitem__(self, index) -> "Rows":
+        return Rows(self.tokens[index], self.keys[index], self.ages[index])
+
+    def cat(self, other: "Rows") -> "Rows":
+        return Rows(*(torch.cat([a, b]) for a, b in zip(self.tensors(), other.tensors())))
+
+    def older(self, by: int) -> "Rows":
+        return Rows(self.tokens, self.keys, self.ages + by)
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "Rows":
+        """Move to `device`; cast tokens and keys (never ages) to `dtype`."""
+        return Rows(self.tokens.to(device, dtype), self.keys.to(device, dtype), self.ages.to(device))
+
+    def clone(self) -> "Rows":
+        return Rows(*(t.clone() for t in self.tensors()))
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.tokens, self.keys, self.ages
+
+
+class LongTermMemory:
+    """The long-term memory of one pool: per layer, stored and pending rows; plus the pool's ages."""
+
+    def __init__(
+        self,
+        config: LongTermConfig,
+        tokens_per_write: int,
+        stored: list[Rows],
+        frequencies: list[torch.Tensor],
+        pending: list[Rows],
+        pool_ages: torch.Tensor,
+        update_step: int = 0,
+    ):
+        self.config = config
+        self.tokens_per_write = tokens_per_write  # K
+        self.stored = stored
+        self.frequencies = frequencies  # per layer [n] float64: recall frequencies
+        self.pending = pending
+        self.pool_ages = pool_ages  # [L, N] int64: the age of each pool token
+        self.update_step = update_step  # grows by K per write; a merge resets it
+
+    @classmethod
+    def empty(cls, config: LongTermConfig, tokens_per_write: int, memory: torch.Tensor) -> "LongTermMemory":
+        """An empty long-term memory for a pool `memory` [L, N, d]."""
+        L, N, d = memory.shape
+        none = Rows(
+            memory.new_zeros(0, d),
+            memory.new_zeros(0, config.selector_hidden_dim),
+            torch.zeros(0, dtype=torch.long, device=memory.device),
+        )
+        frequency = torch.zeros(0, dtype=torch.float64, device=memory.device)
+        ages = torch.zeros(L, N, dtype=torch.long, device=memory.device)
+        return cls(config, tokens_per_write, [none] * L, [frequency] * L, [none] * L, ages)
+
+    @property
+    def slots(self) -> int:
+        """M: tokens a read places in each layer's prefix."""
+        return self.config.num_ltm_blocks * self.tokens_per_write
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.stored)
+
+    def sizes(self) -> list[int]:
+        """Stored tokens per layer."""
+        return [len(rows) for rows in self.stored]
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def scored(self, layer: int) -> bool:
+        """Whether reads of `layer` score candidates (else they cycle through the store unscored)."""
+        return len(self.stored[layer]) >= self.slots
+
+    def candidates(self, layer: int) -> tuple[Rows, Rows]:
+        """What a scored read chooses from, in candidate order: stored, then pending rows."""
+        return self.stored[layer], self.pending[layer]
+
+    def choose(self, layer: int, scores: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """Candidate indices [batch, M] of the tokens a read places, in prefix order.
+
+        `scores` [batch, n + c] scores every candidate; None for a store smaller than M.
+        """
+        stored = self.stored[layer]
+        if scores is None:
+            n = len(stored)
+            chosen = ((torch.arange(self.slots, device=stored.ages.device) - self.slots) % n).expand(batch, -1)
+            ages = stored.ages
+        else:
+            chosen = scores.topk(self.slots, dim=-1).indices.to(stored.ages.device)
+            ages = torch.cat([stored.ages, self.pending[layer].ages])
+        # Oldest first; among equal ages the later candidate first (M+'s reversed stable argsort).
+        chosen = chosen.sort(dim=-1, descending=True).values
+        by_age = ages[chosen].sort(dim=-1, descending=True, stable=True).indices
+        return chosen.gather(-1, by_age)
+
+    def tokens(self, layer: int, chosen: torch.Tensor) -> torch.Tensor:
+        """The tokens [B, M, d] at candidate indices `chosen` [B, M]."""
+        stored, pending = self.stored[layer].tokens, self.pending[layer].tokens
+        n = len(stored)
+        if not len(pending):
+            return stored[chosen]
+        from_store = (chosen < n)[..., None]
+        return torch.where(from_store, stored[chosen.clamp(max=n - 1)], pending[(chosen - n).clamp(min=0)])
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write(self, dropped: Dropped | None, keys: torch.Tensor | None, written: int) -> None:
+        """Account for one pool write of `written` tokens that dropped `dropped` (keys [L, K, s])."""
+        L, N = self.pool_ages.shape
+        K = self.tokens_per_write
+        new_ages = torch.arange(written - 1, -1, -1, device=self.pool_ages.device).expand(L, written)
+        self.stored = [rows.older(K) for rows in self.stored]
+        self.pending = [rows.older(K) for rows in self.pending]
+        if dropped is None:  # a first write filled an empty pool
+            self.pool_ages = fill(new_ages, N)
+        else:
+            index = dropped.index.to(self.pool_ages.device)
+            kept = torch.ones_like(self.pool_ages, dtype=torch.bool).scatter(1, index, False)
+            dropped_ages = self.pool_ages.gather(1, index)
+            self.pool_ages = torch.cat([self.pool_ages[kept].view(L, -1), new_ages], dim=1)
+            for layer in range(L):
+                moved = Rows(dropped.tokens[layer], keys[layer], dropped_ages[layer]).to(self.pool_ages.device)
+                self.pending[layer] = self.pending[layer].cat(moved)
+        self.update_step += K
+        if self.update_step >= self.config.update_ltm_frequency * K:
+            self._merge()
+
+    def _merge(self) -> None:
+        c = self.config
+        for layer in range(self.num_layers):
+            arriving = self.pending[layer]
+            rows = self.stored[layer].cat(arriving)
+            start = torch.full((len(arriving),), float(c.initial_rf_when_moving_stm_to_ltm), dtype=torch.float64)
+            frequency = torch.cat([self.frequencies[layer], start.to(self.pool_ages.device)]) - c.decay_frequency
+            alive = frequency > _MERGE_THRESHOLD
+            if int(alive.sum()) > self.slots:
+                rows, frequency = rows[alive], frequency[alive]
+            else:  # M+ prunes only while more than M would stay; the decay is then undone
+                frequency = frequency + c.decay_frequency
+            self.stored[layer], self.frequencies[layer] = rows, frequency
+            self.pending[layer] = arriving[:0]
+        self.update_step = 0
+
+    # -- whole-store operations --------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget everything (the pool was reset)."""
+        self.stored = [rows[:0] for rows in self.stored]
+        self.pending = [rows[:0] for rows in self.pending]
+        self.frequencies = [f[:0] for f in self.frequencies]
+        self.pool_ages = torch.zeros_like(self.pool_ages)
+        self.update_step = 0
+
+    def clone(self) -> "LongTermMemory":
+        return LongTermMemory(
+            self.config,
+            self.tokens_per_write,
+            [rows.clone() for rows in self.stored],
+            [f.clone() for f in self.frequencies],
+            [rows.clone() for rows in self.pending],
+            self.pool_ages.clone(),
+            self.update_step,
+        )
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "LongTermMemory":
+        """Move every tensor to `device` and cast tokens and keys to `dtype`, in place."""
+        self.stored = [rows.to(device, dtype) for rows in self.stored]
+        self.pending = [rows.to(device, dtype) for rows in self.pending]
+        self.frequencies = [f.to(device) for f in self.frequencies]
+        self.pool_ages = self.pool_ages.to(device)
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [t for rows in self.stored + self.pending for t in rows.tensors()] + self.frequencies
+        return sum(t.nbytes for t in tensors) + self.pool_ages.nbytes
+
+    # -- files: the released checkpoint's names, plus the state a checkpoint does not carry ---
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {"pool_ages": self.pool_ages, "ltm_update_step": torch.tensor(self.update_step)}
+        for layer, (rows, pending) in enumerate(zip(self.stored, self.pending)):
+            state |= {
+                f"ltm.{layer}": rows.tokens,
+                f"ltm_keys.{layer}": rows.keys,
+                f"ltm_ages.{layer}": rows.ages,
+                f"ltm_recall_frequencies.{layer}": self.frequencies[layer],
+                f"ltm_pending.{layer}": pending.tokens,
+                f"ltm_pending_keys.{layer}": pending.keys,
+                f"ltm_pending_ages.{layer}": pending.ages,
+            }
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    def metadata(self) -> str:
+        """What `from_state` needs besides the tensors, as JSON."""
+        return json.dumps({"config": asdict(self.config), "tokens_per_write": self.tokens_per_write})
+
+    @classmethod
+    def from_metadata(cls, metadata: str, state: dict[str, torch.Tensor], memory: torch.Tensor) -> "LongTermMemory":
+        raw = json.loads(metadata)
+        return cls.from_state(LongTermConfig(**raw["config"]), raw["tokens_per_write"], state, memory)
+
+    @classmethod
+    def from_state(
+        cls, config: LongTermConfig, tokens_per_write: int, state: dict[str, torch.Tensor], memory: torch.Tensor
+    ) -> "LongTermMemory":
+        """Take a long-term memory's tensors out of `state`, for the pool `memory` [L, N, d].
+
+        A released checkpoint holds only the store (`ltm.{l}`, `ltm_keys.{l}`, `ltm_ages.{l}`,
+        `ltm_recall_frequencies.{l}`, all float32; ages truncated to whole numbers as M+ does):
+        nothing is pending, every pool age is 0. Raises ValueError on missing or misshapen tensors.
+        """
+        memory_ages = state.pop("pool_ages", None)
+        update_step = int(state.pop("ltm_update_step", torch.tensor(0)))
+        long_term = cls.empty(config, tokens_per_write, memory)
+        L, N, d = memory.shape
+        s = config.selector_hidden_dim
+        if memory_ages is not None:
+            if memory_ages.shape != (L, N):
+                raise ValueError(f"pool_ages {tuple(memory_ages.shape)} does not match the pool ({L}, {N})")
+            long_term.pool_ages = memory_ages.to(device=memory.device, dtype=torch.long)
+        long_term.update_step = update_step
+
+        def rows(prefix: str, layer: int) -> Rows:
+            names = [f"{prefix}.{layer}", f"{prefix}_keys.{layer}", f"{prefix}_ages.{layer}"]
+            missing = [name for name in names if name not in state]
+            if missing:
+                raise ValueError(f"long-term memory tensors missing: {missing}")
+            tokens, keys, ages = (state.pop(name) for name in names)
+            n = tokens.shape[0]
+            if tokens.shape != (n, d) or keys.shape != (n, s) or ages.shape != (n,):
+                raise ValueError(
+                    f"{prefix} layer {layer}: tokens {tuple(tokens.shape)}, keys {tuple(keys.shape)} and ages "
+                    f"{tuple(ages.shape)} do not fit hidden size {d} and key size {s}"
+                )
+            dtype, device = memory.dtype, memory.device
+            return Rows(tokens.to(device, dtype), keys.to(device, dtype), ages.to(device, torch.long))
+
+        for layer in range(L):
+            long_term.stored[layer] = rows("ltm", layer)
+            frequency = state.pop(f"ltm_recall_frequencies.{layer}", None)
+            if frequency is None or frequency.shape != (len(long_term.stored[layer]),):
+                raise ValueError(f"ltm_recall_frequencies.{layer} is missing or does not match ltm.{layer}")
+            long_term.frequencies[layer] = frequency.to(memory.device, torch.float64)
+            if f"ltm_pending.{layer}" in state:
+                long_term.pending[layer] = rows("ltm_pending", layer)
+        return long_term
+
+
+@dataclass
+class LongTermRead:
+    """One read's use of a long-term memory: where its prefix slots start, what each layer chose."""
+
+    store: LongTermMemory
+    first_slot: int
+    chosen: list[torch.Tensor] = field(default_factory=list)  # per layer [B, M] candidate indices
