@@ -58,7 +58,7 @@ def test_a_flipped_bit_mid_log_keeps_all_later_entries_and_refuses_until_repaire
     for call in (
         lambda: reopened.inject("t", "m", [NewText("a new fact")]),
         lambda: reopened.entries("t", "m"),
-        lambda: list(reopened.generate("t", "m", "Hello", max_new_tokens=2)),
+        lambda: list(reopened.generate("t", "m", "Hello")),
         lambda: reopened.export("t", "m"),
         lambda: reopened.reset("t", "m"),
     ):
