@@ -19,7 +19,9 @@ def register(subparsers) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--server", default=os.environ.get("MEMAGENT_SERVER", "127.0.0.1:50051"), help="host:port")
     common.add_argument(
-        "--token", default=os.environ.get("MEMAGENT_TOKEN"), help="bearer token (visible to `ps`: prefer $MEMAGENT_TOKEN)"
+        "--token",
+        default=os.environ.get("MEMAGENT_TOKEN"),
+        help="bearer token (visible to `ps`: prefer $MEMAGENT_TOKEN)",
     )
     common.add_argument(
         "--token-file", default=os.environ.get("MEMAGENT_TOKEN_FILE"), help="a file holding the bearer token"

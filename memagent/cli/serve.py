@@ -75,8 +75,6 @@ def run(args: argparse.Namespace) -> int:
     from memagent.store import MemoryStore
     from memagent.store.data_dir_lock import DataDirBusy, DataDirLock
 
-    logs.setup(args.log_level)
-    os.umask(0o077)  # every file and folder the server makes is its owner's only
     if bool(args.tls_cert) != bool(args.tls_key):
         print("memagent serve: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
@@ -87,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    logs.setup(args.log_level)
+    os.umask(0o077)  # every file and folder the server makes is its owner's only
     try:
         DataDirLock(args.data_dir).acquire()  # held until the process ends
     except DataDirBusy as err:

@@ -105,7 +105,8 @@ class AsyncClient:
         *,
         request_id: str | None = None,
     ) -> Receipt:
-        request = pb.InjectRequest(memory_id=memory_id, texts=[m.text(text, source, metadata)], request_id=request_id or "")
+        texts = [m.text(text, source, metadata)]
+        request = pb.InjectRequest(memory_id=memory_id, texts=texts, request_id=request_id or "")
         return Receipt.from_proto((await self._call(self._stub.Inject, request)).receipts[0])
 
     async def inject_many(self, memory_id: str, texts: Iterable[str | Text]) -> list[Receipt]:

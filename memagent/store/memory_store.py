@@ -324,7 +324,15 @@ class MemoryStore:
             step += len(plan.chunks)
             entries.append(
                 LogEntry(
-                    entry_id, text.text, text.source, plan.chunks, plan.tokens, step, now, dict(text.metadata), request_id
+                    entry_id,
+                    text.text,
+                    text.source,
+                    plan.chunks,
+                    plan.tokens,
+                    step,
+                    now,
+                    dict(text.metadata),
+                    request_id,
                 )
             )
             entry_id += 1
@@ -420,7 +428,9 @@ class MemoryStore:
         for entry in entries:
             for chunk in entry.chunks:
                 if len(chunk) > longest:
-                    raise CorruptState(f"log entry {entry.entry_id} has a write of {len(chunk)} tokens (at most {longest})")
+                    raise CorruptState(
+                        f"log entry {entry.entry_id} has a write of {len(chunk)} tokens (at most {longest})"
+                    )
                 if max(chunk) >= vocab:
                     raise CorruptState(
                         f"log entry {entry.entry_id} has token id {max(chunk)}; this model's vocabulary has {vocab}"
@@ -465,7 +475,10 @@ class MemoryStore:
         try:
             self._snapshot(memory)
         except OSError as err:
-            log.warning("snapshot failed; the log still holds every write", extra={"memory": memory.memory_id, "error": str(err)})
+            log.warning(
+                "snapshot failed; the log still holds every write",
+                extra={"memory": memory.memory_id, "error": str(err)},
+            )
 
     def _rewrite(self, memory: DurablePool, entries: list[LogEntry], pool: MemoryPool) -> None:
         """Replace the memory's log and pool (reset, forget). The new log gets a new id, so the

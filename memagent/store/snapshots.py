@@ -53,8 +53,9 @@ class Snapshots:
         """Snapshot `pool`, which holds the log up to entry `entry_id`; the check file goes last,
         so a crash between the two leaves a snapshot that is not used, never a wrong one."""
         data = pool_to_bytes(pool, self.fingerprint)
+        digest = hashlib.sha256(data).hexdigest()
         check = SnapshotCheck(
-            header.log_id, pool.step, entry_id, hashlib.sha256(data).hexdigest(), header.seed, header.fingerprint, header.model
+            header.log_id, pool.step, entry_id, digest, header.seed, header.fingerprint, header.model
         )
         write_atomically(self.path(header.log_id), data)
         write_atomically(self.check_path(header.log_id), json.dumps(asdict(check)).encode())

@@ -289,7 +289,10 @@ class WriteAheadLog:
         decoded = decode(data)
         if decoded.header is None or decoded.damaged:
             damage = Damage(decoded.header is None, decoded.damaged, len(decoded.entries))
-            log.error("memory log damaged; the memory refuses calls until repaired", extra={"path": str(path), "damage": str(damage)})
+            log.error(
+                "memory log damaged; the memory refuses calls until repaired",
+                extra={"path": str(path), "damage": str(damage)},
+            )
             return cls(path, decoded.header or placeholder, decoded.entries, damage)
         header = decoded.header
         if decoded.tail < len(data):
@@ -326,7 +329,9 @@ class WriteAheadLog:
                     f.truncate(end)
                 except OSError as err:
                     self.damage = Damage(False, [(end, end + len(data))], len(self.entries))
-                    log.error("a failed append could not be taken back", extra={"path": str(self.path), "error": str(err)})
+                    log.error(
+                        "a failed append could not be taken back", extra={"path": str(self.path), "error": str(err)}
+                    )
                 raise
         self.entries.extend(entries)
         for entry in entries:

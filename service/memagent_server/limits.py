@@ -45,7 +45,8 @@ class Limits:
             raise LimitExceeded(f"{where} is {size} bytes; the limit is max_text_bytes={self.max_text_bytes}")
         if len(text.metadata) > self.max_metadata_entries:
             raise LimitExceeded(
-                f"{where} has {len(text.metadata)} metadata entries; the limit is max_metadata_entries={self.max_metadata_entries}"
+                f"{where} has {len(text.metadata)} metadata entries; "
+                f"the limit is max_metadata_entries={self.max_metadata_entries}"
             )
         _size(text.source, self.max_source_bytes, "max_source_bytes", f"{where}.source")
         for key, value in text.metadata.items():

@@ -120,7 +120,8 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
     async def Inject(self, request: pb.InjectRequest, context) -> pb.InjectResponse:
         texts = self.limits.texts(request.texts)
         request_id = self.limits.request_id(request.request_id)
-        receipts = await self._call(self.store.inject, current_tenant(), request.memory_id, texts, request_id=request_id)
+        tenant = current_tenant()
+        receipts = await self._call(self.store.inject, tenant, request.memory_id, texts, request_id=request_id)
         self.metrics.tokens_written.inc(sum(r.tokens for r in receipts))
         return pb.InjectResponse(receipts=[convert.receipt(r) for r in receipts])
 
