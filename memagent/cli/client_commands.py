@@ -18,14 +18,11 @@ import grpc
 def register(subparsers) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--server", default=os.environ.get("MEMAGENT_SERVER", "127.0.0.1:50051"), help="host:port")
+    # Read at run time, not shown as a default: `--help` must not print a secret.
     common.add_argument(
-        "--token",
-        default=os.environ.get("MEMAGENT_TOKEN"),
-        help="bearer token (visible to `ps`: prefer $MEMAGENT_TOKEN)",
+        "--token", help="bearer token (visible to `ps`: prefer $MEMAGENT_TOKEN or --token-file)"
     )
-    common.add_argument(
-        "--token-file", default=os.environ.get("MEMAGENT_TOKEN_FILE"), help="a file holding the bearer token"
-    )
+    common.add_argument("--token-file", help="a file holding the bearer token; default: $MEMAGENT_TOKEN_FILE")
     common.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
 
     def add(name: str, run, help: str) -> argparse.ArgumentParser:
@@ -41,13 +38,13 @@ def register(subparsers) -> None:
     p = add("ask", ask, "ask a question of a memory")
     p.add_argument("memory")
     p.add_argument("question", nargs="+")
-    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: the server's, 32)")
 
     p = add("chat", chat, "chat with a memory (one line per turn; --message for a single turn)")
     p.add_argument("memory")
-    p.add_argument("--message")
+    p.add_argument("--message", help="one turn, then exit (default: one turn per line of stdin)")
     p.add_argument("--system", help="system message")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest reply in tokens")
 
     p = add("ls", ls, "list memories, or with MEMORY the entries of its log")
     p.add_argument("memory", nargs="?")
@@ -68,7 +65,8 @@ def register(subparsers) -> None:
 def _client(args):
     from memagent.client import Client
 
-    token = Path(args.token_file).read_text().strip() if args.token_file else args.token
+    token_file = args.token_file or os.environ.get("MEMAGENT_TOKEN_FILE")
+    token = Path(token_file).read_text().strip() if token_file else args.token or os.environ.get("MEMAGENT_TOKEN")
     return Client(args.server, token, tls=args.tls)
 
 

@@ -18,9 +18,9 @@ DEFAULT_DATA_DIR = Path(os.environ.get("MEMAGENT_DATA_DIR", Path.home() / ".loca
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="run the gRPC memory service", description=__doc__)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=50051, help="0 picks a free port (logged at start)")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"memories live here ({DEFAULT_DATA_DIR})")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="memories live here; $MEMAGENT_DATA_DIR sets the default")
     p.add_argument("--model", help="released checkpoint folder or hub id, or random:<shape> (default: embedded model)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     auth = p.add_mutually_exclusive_group()
@@ -36,7 +36,7 @@ def register(subparsers) -> None:
         help="allow --no-auth on a --host that is not loopback: anyone who can reach it reads every memory",
     )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain; with --tls-key serves TLS")
-    p.add_argument("--tls-key", type=Path)
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port; -1 turns it off")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address /metrics binds to (default: loopback)")
     p.add_argument("--grace-seconds", type=float, default=30.0, help="how long a shutdown lets calls finish")
@@ -44,7 +44,12 @@ def register(subparsers) -> None:
     p.add_argument("--device-budget-mb", type=float, help="pools kept on the device (default: no limit)")
     p.add_argument("--host-budget-mb", type=float, help="pools kept in host memory off the device (default: no limit)")
     p.add_argument("--max-pending", type=int, default=256, help="requests queued or running before RESOURCE_EXHAUSTED")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    ray = p.add_argument_group("Ray Serve (pip install 'memagent[ray]'; README \"Scaling out\")")
+    ray.add_argument("--ray", action="store_true", help="memories multiplexed over replicas sharing --data-dir")
+    ray.add_argument("--replicas", type=int, default=2, help="engine replicas")
+    ray.add_argument("--resident", type=int, default=8, help="memories one replica keeps loaded")
+    ray.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
     p.set_defaults(run=run)
 
 
@@ -67,7 +72,23 @@ def _tokens(args: argparse.Namespace, log: logging.Logger) -> tuple[dict[str, st
     return create_tokens(path), path
 
 
+def no_progress_bars() -> None:
+    """A server logs JSON lines on stderr; it does not draw bars between them.
+
+    tqdm and huggingface_hub read their switches from the environment when first imported (so
+    before the model is loaded), transformers keeps its own.
+    """
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+
+
 def run(args: argparse.Namespace) -> int:
+    no_progress_bars()
     from memagent_server import logs
     from memagent_server.server import Server, ServerConfig, is_loopback
 
@@ -93,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"memagent serve: {err}", file=sys.stderr)
         return 2
     tokens, tokens_file = _tokens(args, logging.getLogger("memagent_server"))
+    if args.ray:
+        return _run_on_ray(args, tokens)
     engine = memagent.load(args.model, device=args.device)
     store = MemoryStore(
         engine,
@@ -115,4 +138,25 @@ def run(args: argparse.Namespace) -> int:
         grace_s=args.grace_seconds,
     )
     asyncio.run(Server(store, config).run_until_signalled())
+    return 0
+
+
+def _run_on_ray(args: argparse.Namespace, tokens: dict[str, str] | None) -> int:
+    if args.tls_cert:
+        print("memagent serve: --ray serves through Ray Serve's gRPC proxy, without TLS", file=sys.stderr)
+        return 2
+    from memagent_server.ray_app import RayConfig, run_until_signalled
+
+    config = RayConfig(
+        data_dir=str(args.data_dir.resolve()),
+        model=args.model,
+        device=args.device,
+        replicas=args.replicas,
+        resident=args.resident,
+        tokens=tokens,
+        snapshot_every=args.snapshot_every,
+        max_pending=args.max_pending,
+        gpus_per_replica=1.0 if args.device.startswith("cuda") else 0.0,
+    )
+    run_until_signalled(config, args.port, args.ray_address)
     return 0

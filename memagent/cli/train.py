@@ -6,40 +6,70 @@ import argparse
 from pathlib import Path
 
 DEFAULT_RUN_DIR = "runs/default"
+AUTO = "auto"
 
 
 def register(subparsers) -> None:
-    train = subparsers.add_parser("train", help="train the embedded default's memory adapter")
+    # The defaults are the run that made the shipped adapter (README, "Train it").
+    train = subparsers.add_parser(
+        "train",
+        help="train the embedded default's memory adapter",
+        description="Train the memory adapter of the embedded default (SmolLM2-135M-Instruct): LoRA on its "
+        "projections plus the memory parts, on episodes that write facts, then unrelated text, then ask. "
+        "Resumes from --run-dir; exports the adapter to RUN_DIR/adapter. Uses CUDA when present.",
+    )
     train.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="checkpoints, log and exported adapter go here")
-    train.add_argument("--steps", type=int, default=1200)
-    train.add_argument("--max-minutes", type=float, default=None, help="stop and export after this much wall time")
+    train.add_argument("--steps", type=int, default=1250, help="optimizer steps in all")
+    train.add_argument("--max-minutes", type=float, default=88, help="stop and export after this much wall time")
     train.add_argument("--num-tokens", type=int, default=64, help="K: memory tokens per write")
     train.add_argument("--num-blocks", type=int, default=16, help="the pool holds N = K * num_blocks tokens")
     train.add_argument("--rank", type=int, default=8, help="LoRA rank")
-    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     train.add_argument("--max-facts", type=int, default=3, help="facts written per episode at the end of the schedule")
-    train.add_argument("--max-distractors", type=int, default=10, help="unrelated writes after the facts, at most")
-    train.add_argument("--ramp-steps", type=int, default=500, help="steps over which episodes grow to the maximum")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    train.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    train.add_argument("--max-distractors", type=int, default=8, help="unrelated writes after the facts, at most")
+    train.add_argument("--ramp-steps", type=int, default=400, help="steps over which episodes grow to the maximum")
+    train.add_argument("--seed", type=int, default=0, help="episodes and initialisation")
+    train.add_argument("--device", default=AUTO, help=f"cpu, cuda, or {AUTO} (cuda when present)")
+    train.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     train.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --run-dir instead of resuming")
     train.set_defaults(run=run_train)
 
-    evaluate = subparsers.add_parser("eval", help="measure recall, retention, controls and perplexity of a model")
+    evaluate = subparsers.add_parser(
+        "eval",
+        help="measure recall, retention, controls and perplexity of a model",
+        description="Evaluate a memory adapter on held-out facts: recall after k unrelated writes, the "
+        "never-written and base-model controls, and held-out prose perplexity. Writes "
+        "eval_results.md, eval_results.json and eval_retention.png to --out.",
+    )
     evaluate.add_argument("--adapter", default=None, help="adapter folder (default: the shipped one)")
     evaluate.add_argument("--facts", type=int, default=100, help="held-out facts per measurement")
-    evaluate.add_argument("--distractors", default="0,1,5,10,20", help="k values: unrelated writes after the fact")
+    evaluate.add_argument(
+        "--distractors", type=_counts, default="0,1,5,10,20",
+        help="comma-separated k values, e.g. 0,5,10: unrelated writes after the fact, one measurement each",
+    )  # fmt: skip
     evaluate.add_argument("--out", default="docs", help="where eval_results.md/json and eval_retention.png go")
-    evaluate.add_argument("--seed", type=int, default=1234)
-    evaluate.add_argument("--threads", type=int, default=None)
+    evaluate.add_argument("--seed", type=int, default=1234, help="which held-out facts and distractors")
+    evaluate.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     evaluate.set_defaults(run=run_eval)
 
 
-def _cuda() -> bool:
+def _counts(text: str) -> list[int]:
+    """'0,1,5' -> [0, 1, 5]; anything else is a usage error naming the format."""
+    try:
+        counts = [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated whole numbers, e.g. 0,5,10") from None
+    if any(k < 0 for k in counts):
+        raise argparse.ArgumentTypeError(f"{text!r}: counts of writes cannot be negative")
+    return counts
+
+
+def _device(name: str) -> str:
+    if name != AUTO:
+        return name
     import torch
 
-    return torch.cuda.is_available()
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _threads(count: int | None) -> None:
@@ -64,7 +94,7 @@ def run_train(args: argparse.Namespace) -> int:
         steps=args.steps, lr=args.lr, max_minutes=args.max_minutes, seed=args.seed,
         schedule=Schedule(args.max_facts, args.max_distractors, args.ramp_steps), adapter=AdapterShape(rank=args.rank, alpha=2.0 * args.rank),
     )
-    model = default_trainable(args.num_tokens, args.num_blocks, config.adapter, device=args.device)
+    model = default_trainable(args.num_tokens, args.num_blocks, config.adapter, device=_device(args.device))
     tokenizer = default_model.load_tokenizer()
     engine = Engine(model, tokenizer)
     episodes = EpisodeMaker(tokenizer, engine.question_prompt, seed=args.seed, schedule=config.schedule)
@@ -83,6 +113,5 @@ def run_eval(args: argparse.Namespace) -> int:
     from memagent.evaluation.report import evaluate_default
 
     _threads(args.threads)
-    ks = [int(k) for k in args.distractors.split(",")]
-    evaluate_default(args.adapter, facts=args.facts, distractors=ks, out=Path(args.out), seed=args.seed)
+    evaluate_default(args.adapter, facts=args.facts, distractors=args.distractors, out=Path(args.out), seed=args.seed)
     return 0

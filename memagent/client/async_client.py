@@ -53,9 +53,10 @@ class AsyncClient:
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    async def _call(self, method, request):
+    async def _call(self, method, request, memory_id: str = ""):
+        metadata = m.routed(self._metadata, memory_id or getattr(request, "memory_id", ""))
         with m.translated_errors():
-            return await method(request, metadata=self._metadata, timeout=self.timeout)
+            return await method(request, metadata=metadata, timeout=self.timeout)
 
     # -- memories --------------------------------------------------------------------------
 
@@ -86,7 +87,9 @@ class AsyncClient:
     async def export(self, memory_id: str, path: str | Path) -> None:
         with m.translated_errors():
             call = self._stub.Export(
-                pb.ExportRequest(memory_id=memory_id), metadata=self._metadata, timeout=self.timeout
+                pb.ExportRequest(memory_id=memory_id),
+                metadata=m.routed(self._metadata, memory_id),
+                timeout=self.timeout,
             )
             m.write_state_file(path, [chunk async for chunk in call])
 
@@ -110,7 +113,7 @@ class AsyncClient:
         return Receipt.from_proto((await self._call(self._stub.Inject, request)).receipts[0])
 
     async def inject_many(self, memory_id: str, texts: Iterable[str | Text]) -> list[Receipt]:
-        response = await self._call(self._stub.InjectStream, m.inject_stream(memory_id, texts))
+        response = await self._call(self._stub.InjectStream, m.inject_stream(memory_id, texts), memory_id)
         return [Receipt.from_proto(r) for r in response.receipts]
 
     async def entries(self, memory_id: str) -> list[Entry]:
@@ -168,4 +171,5 @@ class AsyncClient:
         return Completion(response.answer, m.usage(response.usage))
 
     def _stream(self, method, request) -> AsyncGenerationStream:
-        return AsyncGenerationStream(lambda: method(request, metadata=self._metadata, timeout=self.timeout))
+        metadata = m.routed(self._metadata, request.memory_id)
+        return AsyncGenerationStream(lambda: method(request, metadata=metadata, timeout=self.timeout))

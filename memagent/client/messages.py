@@ -23,6 +23,14 @@ def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
+def routed(metadata: tuple[tuple[str, str], ...], memory_id: str) -> tuple[tuple[str, str], ...]:
+    """`metadata` plus the memory id that Ray Serve routes a call by (a plain server ignores it).
+    An id that cannot be a metadata value is not a valid id either: the server refuses it."""
+    if memory_id and memory_id.isascii() and memory_id.isprintable():
+        return metadata + (("multiplexed_model_id", memory_id),)
+    return metadata
+
+
 def credentials(tls: bool, root_certificates: bytes | None) -> grpc.ChannelCredentials | None:
     return grpc.ssl_channel_credentials(root_certificates) if tls or root_certificates else None
 

@@ -56,9 +56,10 @@ class Client:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _call(self, method, request):
+    def _call(self, method, request, memory_id: str = ""):
+        metadata = m.routed(self._metadata, memory_id or getattr(request, "memory_id", ""))
         with m.translated_errors():
-            return method(request, metadata=self._metadata, timeout=self.timeout)
+            return method(request, metadata=metadata, timeout=self.timeout)
 
     # -- memories --------------------------------------------------------------------------
 
@@ -90,7 +91,9 @@ class Client:
         """Save a memory (log and pool) to a file that `import_memory` reads."""
         with m.translated_errors():
             chunks = self._stub.Export(
-                pb.ExportRequest(memory_id=memory_id), metadata=self._metadata, timeout=self.timeout
+                pb.ExportRequest(memory_id=memory_id),
+                metadata=m.routed(self._metadata, memory_id),
+                timeout=self.timeout,
             )
             m.write_state_file(path, chunks)
 
@@ -119,7 +122,7 @@ class Client:
 
     def inject_many(self, memory_id: str, texts: Iterable[str | Text]) -> list[Receipt]:
         """Write many texts in one stream (bulk loading), in order."""
-        response = self._call(self._stub.InjectStream, m.inject_stream(memory_id, texts))
+        response = self._call(self._stub.InjectStream, m.inject_stream(memory_id, texts), memory_id)
         return [Receipt.from_proto(r) for r in response.receipts]
 
     def entries(self, memory_id: str) -> list[Entry]:
@@ -175,4 +178,5 @@ class Client:
         return Completion(response.answer, m.usage(response.usage))
 
     def _stream(self, method, request) -> GenerationStream:
-        return GenerationStream(lambda: method(request, metadata=self._metadata, timeout=self.timeout))
+        metadata = m.routed(self._metadata, request.memory_id)
+        return GenerationStream(lambda: method(request, metadata=metadata, timeout=self.timeout))

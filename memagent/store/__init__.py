@@ -9,6 +9,7 @@ from memagent.store.errors import (
     ModelMismatch,
     StoreError,
 )
+from memagent.store.lease import LeaseLost
 from memagent.store.memory_store import ExportedState, Generation, MemoryInfo, MemoryStore, NewText, Receipt, check_name
 from memagent.store.write_ahead_log import LogEntry
 
@@ -18,6 +19,7 @@ __all__ = [
     "ExportedState",
     "Generation",
     "InvalidName",
+    "LeaseLost",
     "LogEntry",
     "MemoryExists",
     "MemoryInfo",

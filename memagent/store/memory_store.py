@@ -18,10 +18,17 @@ receipts it got the first time and not applied again.
 
 The store is not thread-safe. The service drives it from a single worker thread, which also
 applies each memory's writes in the order they arrived and lets no read see a half-done write.
+
+With `shared=True` several stores (one per server) share the data directory: each memory is
+found on storage when asked for, every call first makes sure this store holds the memory's
+lease (taking it over and reloading the memory from storage if not; `lease.py`), and every
+change to a memory's files is fenced by that lease.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import re
@@ -48,6 +55,7 @@ from memagent.store.errors import (
     RequestIdReused,
     quote,
 )
+from memagent.store.lease import Lease, LeaseLost, default_owner
 from memagent.store.residency import Residency
 from memagent.store.snapshots import Snapshots
 from memagent.store.write_ahead_log import LOG_FILE, LogEntry, LogHeader, WriteAheadLog, decode_complete
@@ -120,6 +128,7 @@ class DurablePool:
         self.snapshots = snapshots
         self.pool: MemoryPool | None = None
         self.unsnapshotted = 0  # entries applied to the pool since its last snapshot
+        self.lease: Lease | None = None  # held on shared storage only
 
     @property
     def memory_id(self) -> str:
@@ -173,7 +182,11 @@ class MemoryStore:
         device_bytes: int | None = None,
         host_bytes: int | None = None,
         seed: int = 0,
+        shared: bool = False,
+        owner: str | None = None,
     ):
+        """`shared`: other stores use `data_dir` too (memories are leased; see the module doc);
+        `owner` names this store in the lease files (default: host and process id)."""
         self.engine = engine
         self.root = Path(data_dir)
         self.root.mkdir(mode=PRIVATE, parents=True, exist_ok=True)
@@ -183,7 +196,10 @@ class MemoryStore:
         self.pool_bytes = engine.pool_nbytes
         self.residency = Residency(engine.device, self._evict, device_bytes=device_bytes, host_bytes=host_bytes)
         self.tenants: dict[str, dict[str, DurablePool]] = {}
-        self._recover()
+        self.shared = shared
+        self.owner = owner or default_owner()
+        if not shared:  # shared storage: memories are found when asked for; leftovers may be another store's work
+            self._recover()
 
     # -- opening the data directory --------------------------------------------------------
 
@@ -201,9 +217,8 @@ class MemoryStore:
                     continue
                 for leftover in folder.glob(".*.tmp"):  # an atomic write cut short
                     leftover.unlink()
-                placeholder = LogHeader("", self.seed, "", "unknown (log header unreadable)", 0.0, 0.0)
                 try:
-                    wal = WriteAheadLog.open(folder / LOG_FILE, placeholder)
+                    wal = WriteAheadLog.open(folder / LOG_FILE, self._placeholder())
                 except OSError as err:
                     log.error("memory unreadable; left as it is", extra={"path": str(folder), "error": str(err)})
                     continue
@@ -224,15 +239,17 @@ class MemoryStore:
 
     def list(self, tenant: str, *, after: str = "", limit: int | None = None) -> list[MemoryInfo]:
         """The tenant's memories in id order, starting after the id `after`."""
-        names = sorted(n for n in self.tenants.get(tenant, {}) if n > after)
-        return [self.info(self.tenants[tenant][n]) for n in names[:limit]]
+        memories = self._on_storage(tenant) if self.shared else self.tenants.get(tenant, {})
+        names = sorted(n for n in memories if n > after)
+        return [self.info(memories[n]) for n in names[:limit]]
 
     def delete(self, tenant: str, memory_id: str) -> None:
         memory = self._memory(tenant, memory_id, damaged_too=True)
         self.residency.discard(memory.key)
         del self.tenants[tenant][memory_id]
         trash = memory.folder.with_name(f".deleted-{memory_id}-{uuid.uuid4().hex}")
-        os.replace(memory.folder, trash)
+        with self._fenced(memory):
+            os.replace(memory.folder, trash)
         _fsync_folder(trash.parent)
         shutil.rmtree(trash)
 
@@ -336,7 +353,8 @@ class MemoryStore:
                 )
             )
             entry_id += 1
-        memory.wal.append(entries)
+        with self._fenced(memory):
+            memory.wal.append(entries)
         receipts = []
         try:
             for entry in entries:
@@ -399,15 +417,23 @@ class MemoryStore:
                 if memory.pool is not None and memory.unsnapshotted:
                     self._try_snapshot(memory)
 
+    def held(self) -> set[str]:
+        """Shared storage: the ids of the memories (of any tenant) whose lease this store holds."""
+        return {m.memory_id for ms in self.tenants.values() for m in ms.values() if m.lease and m.lease.held()}
+
     def resident(self) -> dict[str, int]:
         """How many pools are on the device and in host memory."""
         return self.residency.counts()
 
     # -- inside ----------------------------------------------------------------------------
 
+    def _placeholder(self) -> LogHeader:
+        """Stands in for a log header that cannot be read (the memory is then damaged)."""
+        return LogHeader("", self.seed, "", "unknown (log header unreadable)", 0.0, 0.0)
+
     def _memory(self, tenant: str, memory_id: str, *, damaged_too: bool = False) -> DurablePool:
         check_name("memory id", memory_id)
-        memory = self.tenants.get(tenant, {}).get(memory_id)
+        memory = self._hold(tenant, memory_id) if self.shared else self.tenants.get(tenant, {}).get(memory_id)
         if memory is None:
             raise MemoryNotFound(f"memory {memory_id!r} not found")
         if not damaged_too and (damage := memory.damaged()) is not None:
@@ -417,7 +443,11 @@ class MemoryStore:
     def _new_key(self, tenant: str, memory_id: str) -> tuple[str, str]:
         check_name("tenant", tenant)
         check_name("memory id", memory_id)
-        if memory_id in self.tenants.get(tenant, {}):
+        if self.shared:
+            taken = (self.root / tenant / memory_id).exists()
+        else:
+            taken = memory_id in self.tenants.get(tenant, {})
+        if taken:
             raise MemoryExists(f"memory {memory_id!r} already exists")
         return tenant, memory_id
 
@@ -466,7 +496,11 @@ class MemoryStore:
 
     def _snapshot(self, memory: DurablePool) -> None:
         wal = memory.wal
-        memory.snapshots.save(memory.pool, wal.header, wal.entries[-1].entry_id if wal.entries else 0)
+        try:
+            with self._fenced(memory):
+                memory.snapshots.save(memory.pool, wal.header, wal.entries[-1].entry_id if wal.entries else 0)
+        except LeaseLost:  # the pool is stale; the new holder snapshots its own
+            return
         memory.unsnapshotted = 0
 
     def _try_snapshot(self, memory: DurablePool) -> None:
@@ -485,7 +519,8 @@ class MemoryStore:
         old snapshot no longer counts even if a crash comes before the new one is written."""
         header = memory.wal.header.rewrite(memory.wal.next_entry_id)
         try:
-            memory.wal = WriteAheadLog.create(memory.wal.path, header, entries)
+            with self._fenced(memory):
+                memory.wal = WriteAheadLog.create(memory.wal.path, header, entries)
         except OSError:
             # The new log may be in place already (only the folder's fsync failed): believe the disk.
             self._close_pool(memory)
@@ -509,7 +544,9 @@ class MemoryStore:
             if pool is not None:
                 Snapshots(staging, self.fingerprint).save(pool, header, entries[-1].entry_id if entries else 0)
             os.rename(staging, folder)
-        except FileExistsError as err:
+        except OSError as err:
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
             raise MemoryExists(f"memory {key[1]!r} already exists on disk (unreadable; see the server log)") from err
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -517,6 +554,8 @@ class MemoryStore:
         memory = DurablePool(
             key, folder, WriteAheadLog(folder / LOG_FILE, header, entries), Snapshots(folder, self.fingerprint)
         )
+        if self.shared:  # its creator is its first writer
+            memory.lease = Lease.take(folder, self.owner)
         self.tenants.setdefault(key[0], {})[key[1]] = memory
         return memory
 
@@ -534,6 +573,60 @@ class MemoryStore:
         if tuple(pool.memory.shape) != expected:
             raise CorruptState(f"imported pool has shape {tuple(pool.memory.shape)}; this model's pools are {expected}")
         return pool
+
+    # -- shared storage (lease.py) ---------------------------------------------------------
+
+    def _hold(self, tenant: str, memory_id: str) -> DurablePool:
+        """The memory as storage has it, with this store holding its lease: kept if the lease
+        still holds, else taken over and read again from storage (dropping any stale pool)."""
+        memory = self.tenants.get(tenant, {}).get(memory_id)
+        if memory is not None and memory.lease is not None and memory.lease.held():
+            return memory
+        if memory is not None:
+            self._close_pool(memory)
+            del self.tenants[tenant][memory_id]
+        folder = self.root / tenant / memory_id
+        if not (folder / LOG_FILE).is_file():
+            raise MemoryNotFound(f"memory {memory_id!r} not found")
+        lease = Lease.take(folder, self.owner)
+        # Only the lease holder appends, so a torn tail here is a crashed writer's and may be cut.
+        wal = WriteAheadLog.open(folder / LOG_FILE, self._placeholder())
+        memory = DurablePool((tenant, memory_id), folder, wal, Snapshots(folder, self.fingerprint))
+        memory.lease = lease
+        self.tenants.setdefault(tenant, {})[memory_id] = memory
+        return memory
+
+    def _on_storage(self, tenant: str) -> dict[str, DurablePool]:
+        """Every memory of `tenant` on storage: ours as held, the others read without their lease."""
+        found = {}
+        tenant_dir = self.root / tenant
+        for folder in sorted(tenant_dir.iterdir()) if tenant_dir.is_dir() else ():
+            if not NAME.fullmatch(folder.name):  # a create or delete in progress
+                continue
+            held = self.tenants.get(tenant, {}).get(folder.name)
+            if held is not None and held.lease is not None and held.lease.held():
+                found[folder.name] = held
+                continue
+            try:
+                wal = WriteAheadLog.read(folder / LOG_FILE, self._placeholder())
+            except OSError:  # not a memory, or deleted meanwhile
+                continue
+            found[folder.name] = DurablePool((tenant, folder.name), folder, wal, Snapshots(folder, self.fingerprint))
+        return found
+
+    @contextlib.contextmanager
+    def _fenced(self, memory: DurablePool) -> Iterator[None]:
+        """Change the memory's files only while holding its lease (shared storage); a store that
+        lost it drops its pool and changes nothing."""
+        if memory.lease is None:
+            yield
+            return
+        try:
+            with memory.lease.fenced():
+                yield
+        except LeaseLost:
+            self._close_pool(memory)
+            raise
 
     def _close_pool(self, memory: DurablePool) -> None:
         self.residency.discard(memory.key)

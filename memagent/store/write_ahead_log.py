@@ -281,6 +281,16 @@ class WriteAheadLog:
         return cls(path, header, entries)
 
     @classmethod
+    def read(cls, path: Path, placeholder: LogHeader) -> WriteAheadLog:
+        """A log as it is, changing nothing (another process may be appending): every intact
+        entry, and its damage if any (a torn tail is the writer's to cut, not damage)."""
+        decoded = decode(Path(path).read_bytes())
+        damage = None
+        if decoded.header is None or decoded.damaged:
+            damage = Damage(decoded.header is None, decoded.damaged, len(decoded.entries))
+        return cls(path, decoded.header or placeholder, decoded.entries, damage)
+
+    @classmethod
     def open(cls, path: Path, placeholder: LogHeader) -> WriteAheadLog:
         """Read a log. A torn tail is cut off (kept beside it); other damage leaves the file as it
         is and the log marked damaged, with `placeholder` standing in for an unreadable header."""

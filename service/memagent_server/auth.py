@@ -62,6 +62,26 @@ def create_tokens(path: str | Path, tenant: str = DEFAULT_TENANT) -> dict[str, s
     return tokens
 
 
+def tenant_of(tokens: dict[str, str], metadata) -> str | None:
+    """The tenant that the call's bearer token names, or None (no, several or an unknown token)."""
+    values = [v for k, v in metadata or () if k == "authorization"]
+    if len(values) != 1 or not isinstance(values[0], str):
+        return None
+    scheme, _, token = values[0].partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    given, tenant = token.strip().encode(), None
+    for known, owner in tokens.items():  # no early exit: every call compares them all
+        if hmac.compare_digest(given, known.encode()):
+            tenant = owner
+    return tenant
+
+
+def act_as(tenant: str) -> None:
+    """Run the rest of this call as `tenant` (for hosts that authenticate calls themselves)."""
+    _tenant.set(tenant)
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: dict[str, str] | None):
         """`tokens` maps bearer tokens to tenants; None turns authentication off."""
@@ -75,17 +95,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return wrap(handler, lambda context: self._as(tenant, context))
 
     def _tenant(self, metadata) -> str | None:
-        values = [v for k, v in metadata or () if k == "authorization"]
-        if len(values) != 1 or not isinstance(values[0], str):
-            return None
-        scheme, _, token = values[0].partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        given, tenant = token.strip().encode(), None
-        for known, owner in self.tokens.items():  # no early exit: every call compares them all
-            if hmac.compare_digest(given, known.encode()):
-                tenant = owner
-        return tenant
+        return tenant_of(self.tokens, metadata)
 
     @contextlib.asynccontextmanager
     async def _as(self, tenant: str | None, context: grpc.aio.ServicerContext):
@@ -97,5 +107,5 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         # Every service RPC passes here and sets its tenant before its handler runs, so nothing
         # needs resetting; a reset would fail anyway when an abandoned response stream is
         # closed later from another context.
-        _tenant.set(tenant)
+        act_as(tenant)
         yield

@@ -40,7 +40,10 @@ class Metrics:
         self.http_address: tuple | None = None  # where /metrics listens, once serving
 
     def watch(
-        self, resident: Callable[[], dict[str, int]], queue_depth: Callable[[], int], in_progress: Callable[[], int]
+        self,
+        resident: Callable[[], dict[str, int]],
+        queue_depth: Callable[[], int],
+        in_progress: Callable[[], int] = lambda: 0,
     ) -> None:
         """Read gauges from live state at scrape time."""
         for tier in ("device", "host"):

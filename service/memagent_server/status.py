@@ -16,7 +16,15 @@ import uuid
 
 import grpc
 
-from memagent.store import CorruptState, EntryNotFound, InvalidName, MemoryExists, MemoryNotFound, ModelMismatch
+from memagent.store import (
+    CorruptState,
+    EntryNotFound,
+    InvalidName,
+    LeaseLost,
+    MemoryExists,
+    MemoryNotFound,
+    ModelMismatch,
+)
 from memagent.store.errors import MemoryDamaged
 from memagent_server.worker import QueueFull
 
@@ -32,6 +40,7 @@ CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (MemoryExists, grpc.StatusCode.ALREADY_EXISTS),
     (ModelMismatch, grpc.StatusCode.FAILED_PRECONDITION),
     (MemoryDamaged, grpc.StatusCode.FAILED_PRECONDITION),
+    (LeaseLost, grpc.StatusCode.ABORTED),  # another replica took the memory over: retry
     (InvalidName, grpc.StatusCode.INVALID_ARGUMENT),
     (CorruptState, grpc.StatusCode.INVALID_ARGUMENT),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),

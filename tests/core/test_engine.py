@@ -5,7 +5,7 @@ import torch
 
 from memagent.engine import Chunking, Engine
 from memagent.model import generation
-from memagent.sampling import SamplingParams, Usage
+from memagent.sampling import ASK_DEFAULTS, SamplingParams, Usage
 
 
 def test_write_returns_a_receipt(tiny_engine):
@@ -186,3 +186,14 @@ def test_a_write_plan_is_what_a_write_does(tiny_engine):
     assert torch.equal(planned.memory, written.memory) and planned.step == written.step
     with pytest.raises(ValueError, match="empty"):
         tiny_engine.plan_write(" \n")
+
+
+def test_ask_defaults_live_in_one_place(tiny_engine):
+    assert SamplingParams.for_ask() == ASK_DEFAULTS == SamplingParams(max_new_tokens=32, stop=("\n",))
+    assert SamplingParams.for_ask(max_new_tokens=5) == SamplingParams(max_new_tokens=5, stop=("\n",))
+    assert SamplingParams.for_ask(stop=["."]).stop == (".",)
+    assert SamplingParams.for_ask(SamplingParams(max_new_tokens=7)) == SamplingParams(max_new_tokens=7, stop=("\n",))
+    pool = tiny_engine.pool("ask-defaults")
+    question = "What is the dog called?"
+    expected = pool.generate(tiny_engine.question_prompt(question), ASK_DEFAULTS).strip()
+    assert pool.ask(question) == expected

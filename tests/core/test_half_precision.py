@@ -106,3 +106,23 @@ def test_memagent_load_in_bfloat16_through_the_engine(tmp_path):
     again.load(tmp_path / "a.safetensors")
     assert again.pool.memory.dtype == HALF and again.step == 1
     assert again.ask("What is Alice's favourite colour?", max_new_tokens=6) == answer
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_a_model_moved_to_cuda_takes_its_pool_along():
+    config = shape_config("tiny")
+    ids = ids_for(config.vocab_size)
+    model = MemoryLLM.from_random(config)
+    model.inject(ids)
+    memory = model.memory.clone()
+
+    model.to("cuda", HALF)
+    assert model.memory.device.type == "cuda" and model.memory.dtype == HALF
+    built = MemoryLLM.from_random(config, dtype=HALF).to("cuda")  # a CUDA generator would draw other weights
+    built.pool = MemoryPool(memory.to("cuda", HALF), initialized=True)
+    ids = ids.cuda()
+    assert torch.equal(model(ids).logits, built(ids).logits)
+    model.inject(ids)  # a write after the move, on the device
+    eager = model.generate(ids, max_new_tokens=8, eos_token_id=[], cuda_graph=False)
+    assert torch.equal(model.generate(ids, max_new_tokens=8, eos_token_id=[], cuda_graph=True), eager)

@@ -33,7 +33,8 @@ async def _reader(address: str) -> list[int]:
     async with AsyncClient(address, ALICE) as client:
         steps = []
         for _ in range(5):
-            assert isinstance("".join([p async for p in client.generate("c0", "client", max_new_tokens=4)]), str)
+            pieces = [p async for p in client.generate("c0", "client", max_new_tokens=4)]
+            assert pieces and all(pieces), "a read streams text while writes go on"
             steps.append((await client.get("c0")).step)
         return steps
 

@@ -50,7 +50,16 @@ def test_list_pages(server):
     channel.close()
 
 
-def test_inject_entries_and_reads(alice):
+def _in_process(engine, name, texts):
+    """A pool on the server's engine told the same texts: it answers as the server must."""
+    pool = engine.pool(name)
+    pool.reset()
+    for text in texts:
+        pool.inject(text, progress=False)
+    return pool
+
+
+def test_inject_entries_and_reads(alice, tiny_engine):
     alice.create("facts")
     receipt = alice.inject("facts", "Alice's cat is called Miso.", source="chat", metadata={"turn": "3"})
     assert (receipt.entry_id, receipt.step) == (1, 1) and receipt.tokens > 0 and receipt.chunks == 1
@@ -64,9 +73,16 @@ def test_inject_entries_and_reads(alice):
 
     pieces = list(alice.generate("facts", "The cat is called", max_new_tokens=8))
     assert "".join(pieces) == alice.complete("facts", "The cat is called", max_new_tokens=8).text
-    assert isinstance(alice.ask("facts", "What is the cat called?"), str)
-    reply = "".join(alice.chat("facts", [{"role": "user", "content": "Who plays the cello?"}], max_new_tokens=6))
-    assert isinstance(reply, str)
+    local = _in_process(tiny_engine, "rpc-facts", [e.text for e in entries])
+    assert alice.ask("facts", "What is the cat called?") == local.ask("What is the cat called?")
+    messages = [{"role": "user", "content": "Who plays the cello?"}]
+    reply = "".join(alice.chat("facts", messages, max_new_tokens=6))
+    assert reply and reply == local.chat(messages, max_new_tokens=6)
+    # Ask is a one-turn chat cut at the first newline (seeded sampling: greedy replies of the
+    # random model are blank lines).
+    question = [{"role": "user", "content": "What is the cat called?"}]
+    answer = "".join(alice.chat("facts", question, max_new_tokens=32, stop=["\n"], do_sample=True, seed=7)).strip()
+    assert answer and alice.ask("facts", "What is the cat called?", do_sample=True, seed=7) == answer
     sampled = [alice.complete("facts", "Hi", do_sample=True, seed=7, top_k=50, top_p=0.9).text for _ in range(2)]
     assert sampled[0] == sampled[1]
 
@@ -173,7 +189,7 @@ def test_forget_rebuilds_as_if_never_told(alice, tmp_path):
     assert err.value.code == grpc.StatusCode.NOT_FOUND
 
 
-async def test_async_client(server):
+async def test_async_client(server, tiny_engine):
     async with AsyncClient(server.address, ALICE) as client:
         await client.create("async")
         receipt = await client.inject("async", "Frank keeps bees.", source="s")
@@ -182,9 +198,11 @@ async def test_async_client(server):
         assert [e.entry_id for e in await client.entries("async")] == [1, 2, 3]
         pieces = [p async for p in client.generate("async", "Frank keeps", max_new_tokens=6)]
         assert "".join(pieces) == (await client.complete("async", "Frank keeps", max_new_tokens=6)).text
-        chat = [p async for p in client.chat("async", [{"role": "user", "content": "Hi"}], max_new_tokens=4)]
-        assert isinstance("".join(chat), str)
-        assert isinstance(await client.ask("async", "Who keeps bees?"), str)
+        local = _in_process(tiny_engine, "rpc-async", ["Frank keeps bees.", "Gina sails.", "Hal paints."])
+        messages = [{"role": "user", "content": "Hi"}]
+        chat = [p async for p in client.chat("async", messages, max_new_tokens=4)]
+        assert chat and "".join(chat) == local.chat(messages, max_new_tokens=4)
+        assert await client.ask("async", "Who keeps bees?") == local.ask("Who keeps bees?")
         assert (await client.get("async")).step == 3
         assert "async" in [m.memory_id for m in await client.list()]
         assert (await client.fork("async", "async-copy")).entries == 3
