@@ -122,7 +122,8 @@ def ls(client, args) -> None:
             print(f"{e.entry_id}\t{e.created:%Y-%m-%d %H:%M:%S}{source}\t{e.text[:80]!r}")
         return
     for m in client.list():
-        print(f"{m.memory_id}\tstep {m.step}\t{m.entries} entries\t{m.tokens_written} tokens\t{m.residency}")
+        damage = f"\tDAMAGED: {m.damage}" if m.damage else ""
+        print(f"{m.memory_id}\tstep {m.step}\t{m.entries} entries\t{m.tokens_written} tokens\t{m.residency}{damage}")
 
 
 def rm(client, args) -> None:

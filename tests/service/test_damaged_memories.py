@@ -68,6 +68,8 @@ def test_damage_is_visible_isolated_and_repaired(tmp_path, capsys):
                 client.create("headless")
             assert err.value.code == grpc.StatusCode.ALREADY_EXISTS
             assert client.inject("fine", "Other memories keep serving.").entry_id == 2
+        assert main(["ls", "--server", server.address]) == 0
+        assert "DAMAGED: its log header is unreadable" in capsys.readouterr().out
         assert main(["repair", "hurt", "--data-dir", str(data)]) == 1
         assert "in use by another process" in capsys.readouterr().err
     finally:
