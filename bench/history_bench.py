@@ -7,6 +7,7 @@ without our adapter, what a user would otherwise run) gets all h facts in its pr
 
     python bench/history_bench.py                 # CPU, writes docs/history_cost.{md,png}
     python bench/history_bench.py --device cuda
+    python bench/history_bench.py --replot        # redraw docs/history_cost.png from its .md table
 
 Memory: on CUDA the peak allocated during the request; on CPU the bytes of the request's
 state (memory pool and its keys/values, plus the key/value cache of prompt and answer).
@@ -95,7 +96,20 @@ def table(rows: list[dict], device: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rows_from_table(text: str) -> list[dict]:
+    """The rows of a table written by `table`."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0].isdigit():
+            h, system, prompt, ttft, decode, memory = cells
+            rows.append({"h": int(h), "system": system, "prompt_tokens": int(prompt), "ttft_s": float(ttft),
+                         "decode_tok_s": float(decode), "memory_mib": float(memory)})
+    return rows
+
+
 def plot(rows: list[dict], path: Path) -> None:
+    """Three panels against h; every y axis starts at 0, so a flat line reads as flat."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,6 +122,7 @@ def plot(rows: list[dict], path: Path) -> None:
             mine = [r for r in rows if r["system"] == system]
             ax.plot([r["h"] for r in mine], [r[key] for r in mine], "o-", label=system)
         ax.set(xscale="log", xlabel="writes in the history (h)", ylabel=label)
+        ax.set_ylim(0, 1.1 * max(r[key] for r in rows))
         ax.set_xticks(HISTORY_SIZES, [str(h) for h in HISTORY_SIZES])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -122,11 +137,16 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--out", default="docs")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--replot", action="store_true", help="redraw OUT/history_cost.png from OUT/history_cost.md")
     args = parser.parse_args()
+    out = Path(args.out)
+    if args.replot:
+        rows = rows_from_table((out / "history_cost.md").read_text())
+        plot(rows, out / "history_cost.png")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = run(args.device, args.new_tokens)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     label = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     (out / "history_cost.md").write_text(table(rows, label))

@@ -4,5 +4,6 @@ from langchain_memagent.callbacks import MemAgentCallbackHandler
 from langchain_memagent.chat_models import ChatMemAgent
 from langchain_memagent.llms import MemAgentLLM
 from langchain_memagent.middleware import MemAgentMiddleware
+from langchain_memagent.store import MemAgentStore
 
-__all__ = ["ChatMemAgent", "MemAgentCallbackHandler", "MemAgentLLM", "MemAgentMiddleware"]
+__all__ = ["ChatMemAgent", "MemAgentCallbackHandler", "MemAgentLLM", "MemAgentMiddleware", "MemAgentStore"]

@@ -8,20 +8,26 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage, convert_to_messages
 
+from langchain_memagent.memory_choice import chosen_memory
 from memagent.integration import records as memory_records
-from memagent.integration.backend import connect
+from memagent.integration.backend import ClosesBackend, MemoryBackend, connect
 
 if TYPE_CHECKING:
     from memagent.engine import Engine
 
 
-class MemAgentCallbackHandler(BaseCallbackHandler):
+class MemAgentCallbackHandler(ClosesBackend, BaseCallbackHandler):
     """Writes every tool output, with the tool's name and input, into a memory.
 
     Works for any Runnable or agent through `config={"callbacks": [handler]}`. With
     `record_inputs` / `record_answers` it also writes the input and the final output of the
     outermost run. Each record carries a source label (`source` plus ":tool:<name>", ":user",
-    ":answer"). A tool that failed writes nothing. Write errors are raised, not logged.
+    ":answer") and log metadata (tool, tool_call_id, run_id, user). A tool that failed writes
+    nothing. Write errors are raised, not logged.
+
+    Built without `memory`, one handler serves many users: each run names its memory (see
+    `langchain_memagent.memory_choice`; a top-level run that is not a graph or a chain names it
+    in `config={"metadata": {"memory_id": ...}}`, since LangChain shows callbacks no configurable).
 
     Example:
         ```python
@@ -45,7 +51,7 @@ class MemAgentCallbackHandler(BaseCallbackHandler):
 
     def __init__(
         self,
-        memory: str,
+        memory: str | None = None,
         *,
         server: str | None = None,
         token: str | None = None,
@@ -59,7 +65,17 @@ class MemAgentCallbackHandler(BaseCallbackHandler):
         self.source = source
         self.record_inputs = record_inputs
         self.record_answers = record_answers
-        self._running_tools: dict[UUID, tuple[str, Any]] = {}
+        self._running_tools: dict[UUID, tuple[str, Any, str | None]] = {}
+        self._run_memories: dict[UUID, str | None] = {}
+
+    def _name_memory(self, run_id: UUID, parent_run_id: UUID | None, metadata: dict[str, Any] | None) -> None:
+        """Note the memory a run names; a run that names none inherits its parent's."""
+        self._run_memories[run_id] = chosen_memory(metadata=metadata) or self._run_memories.get(parent_run_id)
+
+    def _write(self, run_id: UUID, text: str, source: str, **fields: Any) -> None:
+        memory = self._run_memories.get(run_id)
+        backend: MemoryBackend = self.backend.using(memory) if memory else self.backend
+        backend.write(text, source, memory_records.metadata(**fields, run_id=run_id, user=memory))
 
     def on_tool_start(
         self,
@@ -67,21 +83,26 @@ class MemAgentCallbackHandler(BaseCallbackHandler):
         input_str: str,
         *,
         run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
         inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
-        self._running_tools[run_id] = (name, inputs if inputs is not None else input_str)
+        self._running_tools[run_id] = (name, inputs if inputs is not None else input_str, kwargs.get("tool_call_id"))
+        self._name_memory(run_id, parent_run_id, metadata)
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        name, tool_input = self._running_tools.pop(run_id)
-        if isinstance(output, ToolMessage) and output.status == "error":  # a handled tool error
-            return
-        content = output.content if isinstance(output, BaseMessage) else output
-        self.backend.write(memory_records.tool_result(name, tool_input, content), f"{self.source}:tool:{name}")
+        name, tool_input, call_id = self._running_tools.pop(run_id)
+        if not (isinstance(output, ToolMessage) and output.status == "error"):  # not a handled tool error
+            content = output.content if isinstance(output, BaseMessage) else output
+            text = memory_records.tool_result(name, tool_input, content)
+            self._write(run_id, text, f"{self.source}:tool:{name}", tool=name, tool_call_id=call_id)
+        self._run_memories.pop(run_id, None)
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._running_tools.pop(run_id, None)
+        self._run_memories.pop(run_id, None)
 
     def on_chain_start(
         self,
@@ -90,14 +111,20 @@ class MemAgentCallbackHandler(BaseCallbackHandler):
         *,
         run_id: UUID,
         parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        self._name_memory(run_id, parent_run_id, metadata)
         if self.record_inputs and parent_run_id is None and (text := _last_text(inputs, HumanMessage)):
-            self.backend.write(memory_records.user_message(text), f"{self.source}:user")
+            self._write(run_id, memory_records.user_message(text), f"{self.source}:user")
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
         if self.record_answers and parent_run_id is None and (text := _last_text(outputs, AIMessage)):
-            self.backend.write(memory_records.assistant_message(text), f"{self.source}:answer")
+            self._write(run_id, memory_records.assistant_message(text), f"{self.source}:answer")
+        self._run_memories.pop(run_id, None)
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._run_memories.pop(run_id, None)
 
 
 _TEXT_KEYS = ("input", "question", "query", "output", "answer")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.chat_models import BaseChatModel, agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from langchain_memagent._model_fields import MemAgentModelFields
+from langchain_memagent.memory_choice import MEMORY_ID
 from memagent.integration import records as memory_records
-from memagent.integration.backend import chat_message
+from memagent.integration.backend import MemoryBackend, chat_message, usage_fields
 
 
 def message_dicts(messages: Sequence[BaseMessage]) -> list[dict]:
@@ -24,7 +26,19 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
     """Chat with a model that reads one memory, sync or async, whole or streamed.
 
     With `remember_turns=True` each finished turn (the latest human message and the answer) is
-    written into the memory, so a long conversation needs only its latest turns in the prompt.
+    written into the memory, so a long conversation needs only its latest turns in the prompt;
+    `remember_turns="user"` writes the human side only (an answer may be wrong, and what is
+    written is later taken as true). Each write carries the run id (and the memory the call
+    named, as `user`) as log metadata.
+
+    Built without `memory=`, one object serves many users: each call names its memory, e.g.
+    `chat.invoke(messages, config={"configurable": {"memory_id": "alice"}})` (see
+    `langchain_memagent.memory_choice`).
+
+    The last chunk carries `usage_metadata` (prompt and completion tokens) and, in
+    `response_metadata`, the `finish_reason` ("stop", "length", "cancelled"), the `memory` read
+    and its pool `step`.
+
     MemoryLLM has no native tool calling: `bind_tools` raises; to give tools to an agent, use a
     tool-calling model with `MemAgentMiddleware`.
 
@@ -41,8 +55,8 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
         ```
     """
 
-    remember_turns: bool = False
-    """Write each finished human/AI turn into the memory."""
+    remember_turns: bool | Literal["user"] = False
+    """Write each finished human/AI turn into the memory; "user": the human message only."""
     source: str = "langchain:chat"
     """Source label of the turns written into the memory."""
 
@@ -89,8 +103,9 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        answer = []
-        for piece in self.backend.chat(message_dicts(messages), **self._sampling(stop, **kwargs)):
+        answer, backend = [], self._backend_for(kwargs)
+        pieces = backend.chat(message_dicts(messages), self._sampling(stop, **kwargs))
+        for piece in pieces:
             if piece:
                 answer.append(piece)
                 chunk = self._chunk(piece)
@@ -98,8 +113,8 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
                     run_manager.on_llm_new_token(piece, chunk=chunk)
                 yield chunk
         if record := self._turn_record(messages, "".join(answer)):
-            self.backend.write(record, self.source)
-        yield self._last_chunk()
+            backend.write(record, self.source, self._write_metadata(backend, run_manager, kwargs))
+        yield self._last_chunk(usage_fields(pieces.usage, backend.memory))
 
     async def _astream(
         self,
@@ -108,8 +123,9 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        answer = []
-        async for piece in self.backend.achat(message_dicts(messages), **self._sampling(stop, **kwargs)):
+        answer, backend = [], self._backend_for(kwargs)
+        pieces = await backend.achat(message_dicts(messages), self._sampling(stop, **kwargs))
+        async for piece in pieces:
             if piece:
                 answer.append(piece)
                 chunk = self._chunk(piece)
@@ -117,17 +133,28 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
                     await run_manager.on_llm_new_token(piece, chunk=chunk)
                 yield chunk
         if record := self._turn_record(messages, "".join(answer)):
-            await self.backend.awrite(record, self.source)
-        yield self._last_chunk()
+            await backend.awrite(record, self.source, self._write_metadata(backend, run_manager, kwargs))
+        yield self._last_chunk(usage_fields(pieces.usage, backend.memory))
 
     @staticmethod
     def _chunk(piece: str) -> ChatGenerationChunk:
         return ChatGenerationChunk(message=AIMessageChunk(content=piece))
 
-    def _last_chunk(self) -> ChatGenerationChunk:
+    def _last_chunk(self, usage: dict) -> ChatGenerationChunk:
+        """The closing chunk: token usage, finish reason, and the memory and pool step read."""
         metadata = {"model_name": self.model_name, "model_provider": "memagent"}
+        metadata |= {k: usage[k] for k in ("finish_reason", "memory", "step") if k in usage}
+        tokens = (
+            UsageMetadata(
+                input_tokens=usage["prompt_tokens"],
+                output_tokens=usage["completion_tokens"],
+                total_tokens=usage["total_tokens"],
+            )
+            if usage
+            else None
+        )
         return ChatGenerationChunk(
-            message=AIMessageChunk(content="", chunk_position="last", response_metadata=metadata)
+            message=AIMessageChunk(content="", chunk_position="last", response_metadata=metadata, usage_metadata=tokens)
         )
 
     def _turn_record(self, messages: Sequence[BaseMessage], answer: str) -> str | None:
@@ -136,4 +163,11 @@ class ChatMemAgent(MemAgentModelFields, BaseChatModel):
         if not self.remember_turns or human is None:
             return None
         user = str(human.text)
-        return memory_records.turn(user, answer) if answer else memory_records.user_message(user)
+        if answer and self.remember_turns != "user":
+            return memory_records.turn(user, answer)
+        return memory_records.user_message(user)
+
+    @staticmethod
+    def _write_metadata(backend: MemoryBackend, run_manager: Any, kwargs: dict[str, Any]) -> dict[str, str]:
+        run_id = run_manager.run_id if run_manager else None
+        return memory_records.metadata(run_id=run_id, user=backend.memory if MEMORY_ID in kwargs else None)

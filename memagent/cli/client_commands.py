@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     common.add_argument("--server", default=os.environ.get("MEMAGENT_SERVER", "127.0.0.1:50051"), help="host:port")
     # Read at run time, not shown as a default: `--help` must not print a secret.
     common.add_argument(
-        "--token", help="bearer token (visible to `ps`: prefer $MEMAGENT_TOKEN or --token-file)"
+        "--token", help="bearer token; default: $MEMAGENT_TOKEN (given here, `ps` shows it: prefer the variable)"
     )
     common.add_argument("--token-file", help="a file holding the bearer token; default: $MEMAGENT_TOKEN_FILE")
     common.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")

@@ -59,7 +59,7 @@ def _megabytes(value: float | None) -> int | None:
 
 def _tokens(args: argparse.Namespace, log: logging.Logger) -> tuple[dict[str, str] | None, Path | None]:
     """The tokens and the file they came from (reloaded on SIGHUP)."""
-    from memagent_server.auth import create_tokens, load_tokens
+    from memagent_server.auth import HOW_TO_PASS_A_TOKEN, create_tokens, load_tokens
 
     if args.no_auth:
         return None, None
@@ -68,7 +68,9 @@ def _tokens(args: argparse.Namespace, log: logging.Logger) -> tuple[dict[str, st
     path = args.data_dir / "tokens.json"
     if path.exists():
         return load_tokens(path), path
-    log.warning("created a tokens file with one token for tenant 'default'", extra={"path": str(path)})
+    log.warning(
+        f"created a tokens file with one token for tenant 'default'; {HOW_TO_PASS_A_TOKEN}", extra={"path": str(path)}
+    )
     return create_tokens(path), path
 
 

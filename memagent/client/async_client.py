@@ -27,13 +27,14 @@ class AsyncClient:
 
     def __init__(
         self,
-        address: str = "127.0.0.1:50051",
+        address: str | None = None,
         token: str | None = None,
         *,
         timeout: float | None = None,
         tls: bool = False,
         root_certificates: bytes | None = None,
     ):
+        address, token = m.address_and_token(address, token)
         creds = m.credentials(tls, root_certificates)
         self._channel = (
             grpc.aio.secure_channel(address, creds, options=m.CHANNEL_OPTIONS)

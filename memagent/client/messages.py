@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import tarfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,16 @@ from memagent.v1 import memagent_pb2 as pb
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 STATE_CHUNK_BYTES = 1 << 20
 MAX_ID_CHARS = 128  # the longest memory id a server accepts
+
+
+SERVER_VARIABLE, TOKEN_VARIABLE = "MEMAGENT_SERVER", "MEMAGENT_TOKEN"
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def address_and_token(address: str | None, token: str | None) -> tuple[str, str | None]:
+    """What the caller gave, else $MEMAGENT_SERVER and $MEMAGENT_TOKEN, as for the `memagent` command."""
+    address = address or os.environ.get(SERVER_VARIABLE) or DEFAULT_ADDRESS
+    return address, token if token is not None else os.environ.get(TOKEN_VARIABLE) or None
 
 
 def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:

@@ -24,19 +24,21 @@ class Client:
     ...     client.inject("alice", "Alice's cat is called Miso.", source="chat")
     ...     client.ask("alice", "What is the cat called?")
 
+    `address` and `token` default to $MEMAGENT_SERVER (else 127.0.0.1:50051) and $MEMAGENT_TOKEN;
     `token` is the bearer token naming your tenant (None for a server run with --no-auth);
     `timeout` (seconds) bounds every call. Errors raise `ClientError` with the status code.
     """
 
     def __init__(
         self,
-        address: str = "127.0.0.1:50051",
+        address: str | None = None,
         token: str | None = None,
         *,
         timeout: float | None = None,
         tls: bool = False,
         root_certificates: bytes | None = None,
     ):
+        address, token = m.address_and_token(address, token)
         creds = m.credentials(tls, root_certificates)
         self._channel = (
             grpc.secure_channel(address, creds, options=m.CHANNEL_OPTIONS)

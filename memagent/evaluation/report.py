@@ -72,25 +72,58 @@ def table(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion measured on n trials (sound near 0 and 1,
+    where the normal approximation runs past the [0, 1] bounds)."""
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (rate * (1 - rate) / n + z * z / (4 * n * n)) ** 0.5
+    return centre - half, centre + half
+
+
 def plot(r: dict, path: Path) -> None:
+    """Recall against k with 95% intervals (n = facts per point); the legend sits below the axes,
+    so it covers no point."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ks = list(r["recall"])
-    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=120)
-    ax.plot(ks, [100 * v for v in r["recall"].values()], "o-", label="memagent default: fact in memory")
-    ax.plot(ks, [100 * v for v in r["never_written"].values()], "s--", label="memagent default: fact never written")
-    ax.axhline(100 * r["base_fact_in_prompt"], color="gray", ls=":", label="base model, fact in prompt")
-    ax.axhline(100 * r["base_no_fact"], color="black", ls="-.", lw=0.8, label="base model, no fact")
+    n, ks = r["facts"], [int(k) for k in r["recall"]]
+
+    def percent_with_errors(rates):
+        low, high = zip(*(wilson_interval(v, n) for v in rates))
+        values = [100 * v for v in rates]
+        return values, [[v - 100 * lo for v, lo in zip(values, low)], [100 * hi - v for v, hi in zip(values, high)]]
+
+    fig, ax = plt.subplots(figsize=(6, 4.6), dpi=120)
+    for series, style, label in [
+        ("recall", "o-", "memagent default: fact in memory"),
+        ("never_written", "s--", "memagent default: fact never written"),
+    ]:
+        values, errors = percent_with_errors(list(r[series].values()))
+        ax.errorbar(ks, values, yerr=errors, fmt=style, capsize=3, label=label)
+    for key, style, color, label in [
+        ("base_fact_in_prompt", ":", "gray", "base model, fact in prompt"),
+        ("base_no_fact", "-.", "black", "base model, no fact"),
+    ]:
+        low, high = wilson_interval(r[key], n)
+        ax.axhline(100 * r[key], color=color, ls=style, lw=0.9, label=label)
+        ax.axhspan(100 * low, 100 * high, color=color, alpha=0.12, lw=0)
     ax.set(xlabel="unrelated writes after the fact (k)", ylabel="recall of held-out facts (%)", ylim=(-3, 103))
     ax.set_xticks(ks)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center right")
+    ax.set_title(f"{n} held-out facts per point; bars and bands: 95% Wilson intervals", fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def replot(out: Path) -> Path:
+    """Redraw out/eval_retention.png from out/eval_results.json, without measuring again."""
+    path = out / "eval_retention.png"
+    plot(json.loads((out / "eval_results.json").read_text()), path)
+    return path
 
 
 def evaluate_default(adapter: str | None, *, facts: int, distractors: list[int], out: Path, seed: int) -> dict:
@@ -104,3 +137,9 @@ def evaluate_default(adapter: str | None, *, facts: int, distractors: list[int],
     print(table(results))
     print(f"wrote {out / 'eval_results.md'}, {out / 'eval_results.json'}, {out / 'eval_retention.png'}")
     return results
+
+
+if __name__ == "__main__":  # python -m memagent.evaluation.report docs: redraw the plot from the JSON
+    import sys
+
+    print(f"wrote {replot(Path(sys.argv[1] if len(sys.argv) > 1 else 'docs'))}")

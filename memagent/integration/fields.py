@@ -7,15 +7,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
-from memagent.integration.backend import MemoryBackend, connect
+from memagent.integration.backend import ClosesBackend, MemoryBackend, connect
 
 
-class MemoryConnection(BaseModel):
-    """One memory (`memory=`) on a server (`server=`, `token=`, `timeout=`) or in an in-process `engine=`."""
+class MemoryConnection(ClosesBackend, BaseModel):
+    """One memory (`memory=`, or none: each call names one) on a server (`server=`, `token=`,
+    `timeout=`; $MEMAGENT_SERVER and $MEMAGENT_TOKEN by default) or in an in-process `engine=`.
+    `close()` or `with` closes the connection it opened."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    memory: str = Field(description="The memory id.")
+    memory: str | None = Field(default=None, description="The memory id; None: each call names one.")
     server: str | None = Field(default=None, description='Address of a memagent service, e.g. "127.0.0.1:50051".')
     token: SecretStr | None = Field(default=None, description="Bearer token for the service.")
     timeout: float | None = Field(default=None, description="Seconds each server call may take.")

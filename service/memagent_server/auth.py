@@ -24,6 +24,12 @@ from memagent_server.handler_wrapping import wrap
 SERVICE_PREFIX = "/memagent.v1.MemoryService/"
 DEFAULT_TENANT = "default"
 
+# Where a token comes from and how a caller sends it: said on UNAUTHENTICATED and at first start.
+HOW_TO_PASS_A_TOKEN = (
+    "send metadata 'authorization: Bearer <token>' (memagent clients and adapters read $MEMAGENT_TOKEN; "
+    "`memagent token` on the server's host prints one from its tokens file, DATA_DIR/tokens.json by default)"
+)
+
 _tenant: contextvars.ContextVar[str] = contextvars.ContextVar("memagent_tenant")
 
 
@@ -102,7 +108,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if tenant is None:
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
-                "missing or invalid token: send metadata 'authorization: Bearer <token>'",
+                f"missing or invalid token: {HOW_TO_PASS_A_TOKEN}",
             )
         # Every service RPC passes here and sets its tenant before its handler runs, so nothing
         # needs resetting; a reset would fail anyway when an abandoned response stream is

@@ -6,14 +6,22 @@ import textwrap
 import pytest
 
 import memagent
-from langchain_memagent import ChatMemAgent, MemAgentCallbackHandler, MemAgentLLM
+from langchain_memagent import ChatMemAgent, MemAgentCallbackHandler, MemAgentLLM, MemAgentStore
 from llama_index.llms.memagent import MemAgentLLM as LlamaIndexMemAgentLLM
-from llama_index.memory.memagent import MemAgentMemory
+from llama_index.memory.memagent import MemAgentMemory, MemAgentMemoryBlock
 
 CODE_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 
-DOCUMENTED = [MemAgentLLM, ChatMemAgent, MemAgentCallbackHandler, LlamaIndexMemAgentLLM, MemAgentMemory]
+DOCUMENTED = [
+    MemAgentLLM,
+    ChatMemAgent,
+    MemAgentCallbackHandler,
+    MemAgentStore,
+    LlamaIndexMemAgentLLM,
+    MemAgentMemory,
+    MemAgentMemoryBlock,
+]
 
 
 @pytest.mark.parametrize("documented", DOCUMENTED)

@@ -95,3 +95,19 @@ def test_chat_declares_tool_calling_unsupported(target):
     chat = ChatMemAgent(**target.kwargs)
     with pytest.raises(NotImplementedError, match="does not support tool calling"):
         chat.bind_tools([add])
+
+
+async def test_chat_and_llm_report_usage_finish_reason_and_the_memory_read(target):
+    chat = ChatMemAgent(**target.kwargs, max_tokens=3)
+    message = chat.invoke("Hello")
+    assert message.usage_metadata["output_tokens"] == 3 and message.usage_metadata["input_tokens"] > 0
+    assert message.response_metadata["finish_reason"] == "length"
+    assert (message.response_metadata["memory"], message.response_metadata["step"]) == (target.memory, target.step())
+    streamed = [chunk async for chunk in chat.astream("Hello")]
+    assert streamed[-1].usage_metadata == message.usage_metadata
+    llm = MemAgentLLM(**target.kwargs, max_tokens=3)
+    [[generation]] = llm.generate(["Hello"]).generations
+    info = generation.generation_info
+    assert (info["completion_tokens"], info["finish_reason"], info["memory"]) == (3, "length", target.memory)
+    [[agenerated]] = (await llm.agenerate(["Hello"])).generations
+    assert agenerated.generation_info == info and agenerated.text == generation.text

@@ -37,7 +37,7 @@ class ChatMemAgentSuite:
 
     @property
     def returns_usage_metadata(self) -> bool:
-        return False
+        return True
 
 
 class OnEngine:

@@ -47,3 +47,23 @@ async def test_async_paths_leave_the_event_loop_free(target):
     assert len(pieces) > 1 and "".join(pieces) == completion.text
     chat_pieces = [r.delta async for r in await llm.astream_chat(MESSAGES)]
     assert len(chat_pieces) > 1 and "".join(chat_pieces) == answer.message.content
+
+
+def _usage_is_that_of(additional: dict, text_tokens_at_most: int, memory: str) -> None:
+    assert additional["finish_reason"] in ("stop", "length") and additional["memory"] == memory
+    assert 0 < additional["completion_tokens"] <= text_tokens_at_most and additional["prompt_tokens"] > 0
+    assert additional["total_tokens"] == additional["prompt_tokens"] + additional["completion_tokens"]
+
+
+async def test_responses_carry_usage_and_the_memory_step_read(target):
+    llm = MemAgentLLM(**target.kwargs, max_tokens=8)
+    llm.backend.write("Kim's bike is blue.")
+    completion = llm.complete("Hello")
+    _usage_is_that_of(completion.additional_kwargs, 8, target.memory)
+    assert completion.additional_kwargs["step"] == target.step() > 0
+    assert list(llm.stream_complete("Hello"))[-1].additional_kwargs == completion.additional_kwargs
+    chat = await llm.achat(MESSAGES)
+    _usage_is_that_of(chat.additional_kwargs, 8, target.memory)
+    streamed = [r async for r in await llm.astream_chat(MESSAGES)]
+    assert streamed[-1].delta == "" and streamed[-1].additional_kwargs == chat.additional_kwargs
+    assert llm.chat(MESSAGES).additional_kwargs == chat.additional_kwargs

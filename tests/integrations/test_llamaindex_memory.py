@@ -1,12 +1,14 @@
 """LlamaIndex MemAgentMemory: new messages (tool results included) are written once; get() returns
 the recent window after what the memory recalls for the latest user message."""
 
+import pytest
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.base.llms.types import ToolCallBlock
 from llama_index.core.llms import ChatMessage, MockFunctionCallingLLM
 
 from llama_index.memory.memagent import MemAgentMemory
 from llama_index.memory.memagent.base import RECALL_PREFIX
+from tests.integrations.conftest import new_memory_id
 
 WEATHER = '{"tool": "get_weather", "city": "Oslo", "output": "Light rain, 12 degrees in Oslo."}'
 
@@ -97,3 +99,30 @@ async def test_function_agent_run_writes_user_tool_result_and_answer(target):
     assert target.written() == ["User: Weather in Oslo?", WEATHER, "Assistant: It is raining in Oslo."]
     if target.kind == "server":
         assert target.sources() == ["llamaindex:user", "llamaindex:tool:get_weather", "llamaindex:assistant"]
+
+
+def _no_generation(*args, **kwargs):
+    raise AssertionError("recall ran a generation")
+
+
+def test_recall_questions_only_and_never_cost_no_generation(tiny_engine, monkeypatch):
+    memory = MemAgentMemory(memory=new_memory_id(), engine=tiny_engine, recall="questions")
+    memory.put(user("Thanks, that's all."))
+    with monkeypatch.context() as patch:
+        patch.setattr(tiny_engine, "stream", _no_generation)
+        assert memory.get() == memory.get_all()
+        never = MemAgentMemory(memory=memory.memory, engine=tiny_engine, recall="never")
+        assert never.get("Where does Mia live?") == []
+    *recall, _ = memory.get("Where does Mia live?")
+    assert_recall(recall, memory)
+
+
+def test_assistant_messages_can_be_left_out(target):
+    memory = MemAgentMemory(**target.kwargs, remember_assistant=False)
+    memory.put_messages([user("Is Mia a pilot?"), ChatMessage(role="assistant", content="Yes, Mia is a doctor.")])
+    assert target.written() == ["User: Is Mia a pilot?"]
+
+
+def test_an_unknown_recall_mode_is_refused_at_construction(tiny_engine):
+    with pytest.raises(ValueError, match="'always', 'questions' or 'never'"):
+        MemAgentMemory(memory=new_memory_id(), engine=tiny_engine, recall="sometimes")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import (
@@ -21,8 +21,9 @@ from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from memagent.integration.backend import chat_message, sampling_options
+from memagent.integration.backend import AsyncPieces, MemoryBackend, Pieces, chat_message, usage_fields
 from memagent.integration.fields import MemoryConnection
+from memagent.sampling import SamplingParams
 
 
 def message_dicts(messages: Sequence[ChatMessage]) -> list[dict]:
@@ -35,7 +36,11 @@ class MemAgentLLM(MemoryConnection, CustomLLM):
 
     `complete` continues the prompt as written; `chat` puts the messages through the model's chat
     template. Either way the model attends to the memory: what was written into it is known
-    without being in the prompt.
+    without being in the prompt. Responses carry the usage in `additional_kwargs` (prompt_tokens,
+    completion_tokens, total_tokens, finish_reason, and the memory and pool step read); a stream
+    ends with one more response, its delta empty, that carries it. Built without `memory=`, one
+    LLM serves many users: each call names its memory with the `memory_id=` keyword
+    (e.g. `llm.chat(messages, memory_id="alice")`).
 
     Example:
         ```python
@@ -69,76 +74,98 @@ class MemAgentLLM(MemoryConnection, CustomLLM):
             model_name=self.backend.model_name,
         )
 
-    def _options(self, kwargs: dict[str, Any]) -> dict:
-        return sampling_options(
+    def _options(self, kwargs: dict[str, Any]) -> SamplingParams:
+        return SamplingParams.from_framework(
             max_tokens=kwargs.get("max_tokens", self.max_tokens),
             temperature=kwargs.get("temperature", self.temperature),
             stop=kwargs.get("stop"),
         )
+
+    def _backend_for(self, kwargs: dict[str, Any]) -> MemoryBackend:
+        """The backend of the memory this call names (`memory_id=`), else of `memory=`."""
+        memory = kwargs.get("memory_id")
+        return self.backend.using(memory) if memory else self.backend
 
     def _prompt(self, prompt: str, formatted: bool) -> str:
         return prompt if formatted else self.completion_to_prompt(prompt)
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        pieces = self.backend.generate(self._prompt(prompt, formatted), **self._options(kwargs))
-        return CompletionResponse(text="".join(pieces))
+        backend = self._backend_for(kwargs)
+        pieces = backend.generate(self._prompt(prompt, formatted), self._options(kwargs))
+        text = "".join(pieces)
+        return CompletionResponse(text=text, additional_kwargs=usage_fields(pieces.usage, backend.memory))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        pieces = self.backend.generate(self._prompt(prompt, formatted), **self._options(kwargs))
-        return _completions(pieces)
+        backend = self._backend_for(kwargs)
+        return _completions(backend.generate(self._prompt(prompt, formatted), self._options(kwargs)), backend.memory)
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        text = "".join(self.backend.chat(message_dicts(messages), **self._options(kwargs)))
-        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text))
+        backend = self._backend_for(kwargs)
+        pieces = backend.chat(message_dicts(messages), self._options(kwargs))
+        text = "".join(pieces)
+        return _as_chat(CompletionResponse(text=text, additional_kwargs=usage_fields(pieces.usage, backend.memory)))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        return _chat_responses(self.backend.chat(message_dicts(messages), **self._options(kwargs)))
+        backend = self._backend_for(kwargs)
+        pieces = backend.chat(message_dicts(messages), self._options(kwargs))
+        return (_as_chat(response) for response in _completions(pieces, backend.memory))
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        pieces = self.backend.agenerate(self._prompt(prompt, formatted), **self._options(kwargs))
-        return CompletionResponse(text="".join([piece async for piece in pieces]))
+        backend = self._backend_for(kwargs)
+        pieces = await backend.agenerate(self._prompt(prompt, formatted), self._options(kwargs))
+        text = "".join([piece async for piece in pieces])
+        return CompletionResponse(text=text, additional_kwargs=usage_fields(pieces.usage, backend.memory))
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
-        pieces = self.backend.agenerate(self._prompt(prompt, formatted), **self._options(kwargs))
-        return _acompletions(pieces)
+        backend = self._backend_for(kwargs)
+        pieces = await backend.agenerate(self._prompt(prompt, formatted), self._options(kwargs))
+        return _acompletions(pieces, backend.memory)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        pieces = self.backend.achat(message_dicts(messages), **self._options(kwargs))
+        backend = self._backend_for(kwargs)
+        pieces = await backend.achat(message_dicts(messages), self._options(kwargs))
         text = "".join([piece async for piece in pieces])
-        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text))
+        return _as_chat(CompletionResponse(text=text, additional_kwargs=usage_fields(pieces.usage, backend.memory)))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        return _achat_responses(self.backend.achat(message_dicts(messages), **self._options(kwargs)))
+        backend = self._backend_for(kwargs)
+        pieces = await backend.achat(message_dicts(messages), self._options(kwargs))
+        return _achat_responses(_acompletions(pieces, backend.memory))
 
 
-def _completions(pieces: Iterator[str]) -> CompletionResponseGen:
+# Streams end with one more response, its delta empty, whose additional_kwargs hold the usage.
+
+
+def _completions(pieces: Pieces, memory: str | None) -> CompletionResponseGen:
     text = ""
     for piece in filter(None, pieces):
         text += piece
         yield CompletionResponse(text=text, delta=piece)
+    yield CompletionResponse(text=text, delta="", additional_kwargs=usage_fields(pieces.usage, memory))
 
 
-async def _acompletions(pieces: AsyncIterator[str]) -> CompletionResponseAsyncGen:
+async def _acompletions(pieces: AsyncPieces, memory: str | None) -> CompletionResponseAsyncGen:
     text = ""
     async for piece in pieces:
         if piece:
             text += piece
             yield CompletionResponse(text=text, delta=piece)
+    yield CompletionResponse(text=text, delta="", additional_kwargs=usage_fields(pieces.usage, memory))
 
 
-def _chat_responses(pieces: Iterator[str]) -> ChatResponseGen:
-    for response in _completions(pieces):
-        yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text), delta=response.delta)
+def _as_chat(response: CompletionResponse) -> ChatResponse:
+    message = ChatMessage(role=MessageRole.ASSISTANT, content=response.text)
+    return ChatResponse(message=message, delta=response.delta, additional_kwargs=response.additional_kwargs)
 
 
-async def _achat_responses(pieces: AsyncIterator[str]) -> ChatResponseAsyncGen:
-    async for response in _acompletions(pieces):
-        yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text), delta=response.delta)
+async def _achat_responses(responses: CompletionResponseAsyncGen) -> ChatResponseAsyncGen:
+    async for response in responses:
+        yield _as_chat(response)
