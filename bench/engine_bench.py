@@ -47,13 +47,13 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 def needed_gib(config, dtype: torch.dtype, batches: list[int], cached_tokens: int) -> float:
-    """Weights, the pool, its K/V prefix, and one decode cache per batch row (each row holds a
-    copy of the prefix)."""
+    """Weights, the pool, its K/V prefix (shared by every row), and on CUDA one static decode
+    step per batch size (its own prefix copy and token slots)."""
     with torch.device("meta"):
         parameters = sum(p.numel() for p in MemoryLLM(config).parameters())
     L, N, d = config.num_hidden_layers, config.num_memory_tokens, config.hidden_size
     kv_per_token = 2 * L * config.num_key_value_heads * config.head_dim
-    elements = parameters + L * N * d + kv_per_token * (N + 1) * (1 + max(batches)) + kv_per_token * cached_tokens
+    elements = parameters + L * N * d + kv_per_token * (N + 1) * (1 + len(batches)) + kv_per_token * cached_tokens
     return elements * dtype.itemsize / 2**30
 
 

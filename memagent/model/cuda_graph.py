@@ -1,45 +1,143 @@
-"""The decode step captured once in a CUDA graph and replayed for every token.
+"""Decode steps captured in CUDA graphs, kept per (batch, length bucket) and reused across requests.
 
-Eager decoding of a large model is bound by kernel launches on a slow host CPU; a replayed
-graph launches the whole step at once. Everything the step touches is static: the K/V cache
-buffers, the key-validity mask, and the three small input tensors copied in before each replay.
+Eager decoding of a large model is bound by kernel launches on a slow host CPU; a replayed graph
+launches the whole step at once. A graph is bound to the buffers it was captured with, so each
+one owns a static cache (its own copy of a memory prefix, token slots, cursor) and a token
+input. Capturing costs warm-up steps and an instantiation, so it happens once per bucket, not
+per request: a request borrows a free step of its bucket, loads its memory's prefix into it
+(a device copy, skipped when the step last served the same memory version), prefills, replays,
+and gives the step back. Nothing here frees cached device memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
 
 if TYPE_CHECKING:
     from memagent.model.kv_cache import KVCache
+    from memagent.model.memory_pool import MemoryPool
     from memagent.model.memoryllm import MemoryLLM
 
 WARMUP_STEPS = 2
+MIN_BUCKET = 64
+MAX_STEPS = 8  # static steps kept (all buckets together); beyond it, the least recently used idle one goes
 
 
-class GraphedDecodeStep:
-    def __init__(self, model: MemoryLLM, cache: KVCache, batch_size: int, first_slot: int):
-        device = model.device
-        self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
-        self.positions = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
-        # Warm-up and capture write into `first_slot`, which the first real step overwrites.
-        self.slot = torch.tensor([first_slot], device=device)
-        step = lambda: model.decode_step(self.tokens, self.positions, self.slot, cache)  # noqa: E731
+def length_bucket(tokens: int) -> int:
+    """Token slots of the bucket holding `tokens` (prompt + answer): the next power of two."""
+    return max(MIN_BUCKET, 1 << (tokens - 1).bit_length())
+
+
+class StaticDecodeStep:
+    """A decode step over a cache that outlives requests; captured in a CUDA graph if `capture`."""
+
+    def __init__(self, model: MemoryLLM, cache: KVCache, capture: bool):
+        self.model = model
+        self.cache = cache
+        self.tokens = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=model.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None
+        if capture:
+            self._capture()
+
+    def _capture(self) -> None:
+        device = self.model.device
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(WARMUP_STEPS):
-                step()
+            for _ in range(WARMUP_STEPS):  # on an empty cache: the next request resets it
+                self.model.decode_step(self.tokens, self.cache)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.inference_mode():
-            self.logits = step()
+        # thread_local: allocations by other threads during capture are theirs, not errors.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), torch.inference_mode():
+            self.logits = self.model.decode_step(self.tokens, self.cache)
 
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Same signature as MemoryLLM.decode_step; `cache` must be the one captured."""
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits [B, V] after `tokens` [B, 1]; the logits tensor is overwritten by the next call."""
         self.tokens.copy_(tokens)
-        self.positions.copy_(positions)
-        self.slot.copy_(slot)
+        if self.graph is None:
+            return self.model.decode_step(self.tokens, self.cache)
         self.graph.replay()
         return self.logits
+
+
+class DecodeGraphs:
+    """The static decode steps of one model, by (batch, length bucket, prefix length, long-term slots)."""
+
+    def __init__(self, model: MemoryLLM, *, capture: bool | None = None, max_steps: int = MAX_STEPS):
+        self.model = model
+        self.where = (model.device, model.dtype)  # the steps' buffers stay where they were made
+        self.capture = model.device.type == "cuda" if capture is None else capture
+        self.max_steps = max_steps
+        self.idle: dict[tuple, list[StaticDecodeStep]] = {}
+        self.busy = 0
+        self.captures = 0
+        self.order: list[StaticDecodeStep] = []  # idle steps, least recently used first
+        self.lock = threading.Lock()  # guards the lists and serializes captures
+
+    @classmethod
+    def of(cls, model: MemoryLLM) -> "DecodeGraphs":
+        """The model's shared steps (rebuilt if the model moved to another device or dtype)."""
+        graphs = getattr(model, "_decode_graphs", None)
+        if graphs is None or graphs.where != (model.device, model.dtype):
+            graphs = model._decode_graphs = cls(model)
+        return graphs
+
+    def _key(self, pool: MemoryPool | None, batch: int, tokens: int) -> tuple:
+        prefix = self.model.memory_prefix(pool) if pool is not None else None
+        length = length_bucket(tokens)
+        if self.model.rotary.kind == "dynamic":
+            length = tokens  # dynamic RoPE scales with the cache length, which a bucket would change
+        return batch, length, prefix.keys[0].shape[2] if prefix else 0, self.model.long_term_slots(pool)
+
+    @contextlib.contextmanager
+    def borrow(self, pool: MemoryPool | None, batch: int, tokens: int) -> Iterator[StaticDecodeStep | None]:
+        """A step whose cache reads `pool` with room for `tokens`, reset; None if all are busy."""
+        key = self._key(pool, batch, tokens)
+        step = self._take(key, pool)
+        if step is None:
+            yield None
+            return
+        try:
+            prefix = self.model.memory_prefix(pool) if pool is not None else None
+            if prefix is not None:
+                step.cache.load_prefix(prefix)
+            step.cache.reset(self.model.long_term_read(pool))
+            yield step
+        finally:
+            with self.lock:
+                self.busy -= 1
+                self.idle.setdefault(key, []).append(step)
+                self.order.append(step)
+
+    def _take(self, key: tuple, pool: MemoryPool | None) -> StaticDecodeStep | None:
+        with self.lock:
+            if self.idle.get(key):
+                step = self.idle[key].pop()
+                self.order.remove(step)
+                self.busy += 1
+                return step
+            while self.order and len(self.order) + self.busy >= self.max_steps:
+                old = self.order.pop(0)
+                for steps in self.idle.values():
+                    if old in steps:
+                        steps.remove(old)
+            if self.busy >= self.max_steps:
+                return None
+            batch, length = key[:2]
+            cache = self.model.new_cache(pool, batch, length, own_prefix=True)
+            step = StaticDecodeStep(self.model, cache, self.capture)
+            self.captures += self.capture
+            self.busy += 1
+            return step
+
+    @property
+    def steps(self) -> int:
+        with self.lock:
+            return len(self.order) + self.busy

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
-from memagent.model.cuda_graph import GraphedDecodeStep
+from memagent.model.cuda_graph import DecodeGraphs
 from memagent.sampling import SamplingParams
+
+GRAPH_MIN_NEW_TOKENS = 8  # shorter answers decode eagerly: a capture or prefix copy would not pay off
+EOS_CHECK_EVERY = 8
 
 if TYPE_CHECKING:
     from memagent.model.memory_pool import MemoryPool
@@ -31,7 +35,7 @@ def left_align(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pad
 
 
 def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    """One token id per row from logits [B, V]."""
+    """One token id per row from logits [B, V], on the logits' device (no host sync)."""
     if not params.do_sample:
         return logits.argmax(-1)
     logits = logits.float() / params.temperature
@@ -44,8 +48,12 @@ def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
         # Drop a token once the ones before it already cover top_p; the first always stays.
         drop_sorted = cumulative - sorted_logits.softmax(-1) >= params.top_p
         logits = logits.masked_fill(drop_sorted.scatter(1, order, drop_sorted), float("-inf"))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(logits.device)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+
+
+def eos_check_interval(device: torch.device) -> int:
+    """Steps between checks that every row has ended: each check waits for the device."""
+    return 1 if device.type == "cpu" else EOS_CHECK_EVERY
 
 
 def stream(
@@ -57,41 +65,61 @@ def stream(
     pool: MemoryPool | None = None,
     lock: contextlib.AbstractContextManager = contextlib.nullcontext(),
     cuda_graph: bool = True,
+    graphs: DecodeGraphs | None = None,
+    eos_check_every: int | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Yield the next token of every row [B] per step; rows that have finished repeat pad.
+    """Yield the next token of every row [B] per step, on the model's device; rows that have
+    finished repeat pad.
 
-    Stops after max_new_tokens or when every row has produced one of `eos_token_ids`; stop
-    strings are text, left to the caller. Closing the
-    iterator early stops generation between two decode steps. `lock` is held around each
-    model call (not while the caller consumes a token), so other work can interleave. On CUDA
-    the decode step replays a captured graph unless `cuda_graph` is False.
+    Stops after max_new_tokens or once every row has produced one of `eos_token_ids`, which is
+    checked every `eos_check_every` steps (each check waits for the device; default: every step
+    on the CPU, every EOS_CHECK_EVERY on an accelerator), so up to that many all-pad steps may
+    follow the last EOS. Stop strings are text, left to the caller. Closing the iterator early
+    stops generation between two decode steps. `lock` is held around each model call (not
+    while the caller consumes a token), so other work can interleave.
+
+    Decode steps are queued before the token is yielded, so the device computes the next step
+    while the caller reads this one. On CUDA (or with `graphs` given) answers of at least
+    GRAPH_MIN_NEW_TOKENS tokens borrow a static step from `graphs` (default: the model's
+    shared CUDA graphs) unless `cuda_graph` is False.
     """
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     ids, mask = left_align(input_ids.to(model.device), attention_mask, pad_id)
     mask = mask.to(model.device)
     B, T = ids.shape
+    pool = pool or model.pool
     generator = None
     if params.do_sample:
-        generator = torch.Generator()
+        generator = torch.Generator(device=model.device)
         generator.manual_seed(params.seed if params.seed is not None else torch.seed())
     eos = torch.tensor(list(eos_token_ids), dtype=torch.long, device=model.device)
-    with lock, torch.inference_mode():
-        cache = model.new_cache(pool or model.pool, B, T + params.max_new_tokens)
-        logits = model.lm_head(model.prefill(ids, mask, cache)[:, -1])
-        decode = model.decode_step
-        if cuda_graph and model.device.type == "cuda" and params.max_new_tokens > 1:
-            decode = GraphedDecodeStep(model, cache, B, first_slot=T)
-    positions = cache.prefix_length + mask.sum(1, keepdim=True)
-    finished = torch.zeros(B, dtype=torch.bool, device=model.device)
-    for step in range(params.max_new_tokens):
-        token = next_token(logits, params, generator).masked_fill(finished, pad_id)
-        yield token
-        finished |= torch.isin(token, eos)
-        if step + 1 == params.max_new_tokens or bool(finished.all()):
-            return
-        slot = torch.tensor([T + step], device=model.device)
+    check_every = eos_check_every or eos_check_interval(model.device)
+    if graphs is None and cuda_graph and model.device.type == "cuda":
+        graphs = DecodeGraphs.of(model)
+    with contextlib.ExitStack() as borrowed:
         with lock, torch.inference_mode():
-            logits = decode(token[:, None], positions + step, slot, cache)
+            step = None
+            if graphs is not None and cuda_graph and params.max_new_tokens >= GRAPH_MIN_NEW_TOKENS:
+                # Under the caller's lock: a capture must not interleave with other model calls.
+                memory = pool if pool.initialized else None
+                step = borrowed.enter_context(graphs.borrow(memory, B, T + params.max_new_tokens))
+            if step is None:
+                cache = model.new_cache(pool, B, T + params.max_new_tokens)
+                step = functools.partial(model.decode_step, cache=cache)
+            else:
+                cache = step.cache
+            logits = model.lm_head(model.prefill(ids, mask, cache)[:, -1])
+        finished = torch.zeros(B, dtype=torch.bool, device=model.device)
+        for index in range(params.max_new_tokens):
+            last = index + 1 == params.max_new_tokens
+            with lock, torch.inference_mode():
+                token = next_token(logits, params, generator).masked_fill(finished, pad_id)
+                finished |= torch.isin(token, eos)
+                if not last:
+                    logits = step(token[:, None])
+            yield token
+            if last or ((index + 1) % check_every == 0 and bool(finished.all())):
+                return
 
 
 def generate(
@@ -114,5 +142,7 @@ def generate(
         eos_token_id = model.config.eos_token_ids()
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     params = SamplingParams(max_new_tokens, do_sample, temperature, top_k, top_p, seed)
-    tokens = stream(model, input_ids, params, eos, attention_mask, pool, cuda_graph=cuda_graph)
-    return torch.stack(list(tokens), dim=1)
+    tokens = torch.stack(list(stream(model, input_ids, params, eos, attention_mask, pool, cuda_graph=cuda_graph)), dim=1)
+    # Drop the all-pad steps a sparse end-of-sequence check may add after every row ended.
+    ended = torch.isin(tokens, torch.tensor(eos, dtype=torch.long, device=tokens.device)).cummax(1).values.all(0)
+    return tokens[:, : int(ended.int().argmax()) + 1] if bool(ended.any()) else tokens

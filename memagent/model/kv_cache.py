@@ -1,10 +1,17 @@
-"""Pre-allocated key/value cache whose first P slots hold the memory prefix.
+"""Pre-allocated key/value cache: the memory prefix, shared by every row, plus per-row token slots.
 
-Shapes never change during a generation, so the decode step can be CUDA-graphed or compiled.
+With M+ the token slots start with a per-row long-term region: the M long-term tokens each row
+retrieves for its prompt (so they differ between rows and cannot join the shared prefix). They
+sit between bos and memory in RoPE positions, so the shared prefix's positions skip them.
+
+Shapes never change during a generation, and the decode cursor (next slot, next RoPE position)
+lives on the device and advances inside the step, so the step can be CUDA-graphed or compiled
+without a host sync.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,21 +23,30 @@ if TYPE_CHECKING:
 
 
 class LayerCache:
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, prefix_length: int):
-        self.keys = keys  # [B, kv_heads, P + S, head_dim]
+    def __init__(self, prefix_keys, prefix_values, keys: torch.Tensor, values: torch.Tensor):
+        self.prefix_keys = prefix_keys  # [1, kv_heads, P, head_dim], one copy for all rows; or None
+        self.prefix_values = prefix_values
+        self.keys = keys  # [B, kv_heads, M + S, head_dim]: the rows' long-term region, then own tokens
         self.values = values
-        self.prefix_length = prefix_length
 
-    def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k/v [B, kv_heads, T, D] at token slots [T] (counted after the prefix)."""
-        index = slots + self.prefix_length
-        self.keys.index_copy_(2, index, k)
-        self.values.index_copy_(2, index, v)
-        return self.keys, self.values
+    def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k/v [B, kv_heads, T, D] at token slots [T]."""
+        self.keys.index_copy_(2, slots, k)
+        self.values.index_copy_(2, slots, v)
 
 
 class KVCache:
-    """One LayerCache per layer, plus which slots hold real (non-padding) tokens."""
+    """One LayerCache per layer, which token slots hold real (non-padding) tokens, and the cursor.
+
+    Token slots are counted from the start of the per-row buffers: the long-term region is
+    slots 0..M-1 (M = `long_term_slots`, 0 without M+), the prompt starts at slot M.
+    `prefix_length` is the RoPE position of the prompt's first token: the shared prefix plus
+    the long-term region, so it no longer equals the number of shared keys.
+
+    With `own_prefix` the cache holds its own prefix buffers, filled by `load_prefix` (a cache
+    reused across requests, e.g. by a captured graph); otherwise it refers to the pool's
+    prefix keys/values without copying them.
+    """
 
     def __init__(
         self,
@@ -43,39 +59,84 @@ class KVCache:
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device,
+        own_prefix: bool = False,
+        long_term_slots: int = 0,
+        long_term: LongTermRead | None = None,
     ):
-        P = prefix.keys[0].shape[2] if prefix else 0
-        self.prefix_length = P
+        self.long_term_slots = M = long_term_slots if prefix else 0
+        self.prefix_length = prefix.keys[0].shape[2] + M if prefix else 0
         self.max_tokens = max_tokens
         self.layers: list[LayerCache] = []
         for layer in range(num_layers):
-            shape = (batch_size, kv_heads, P + max_tokens, head_dim)
+            shape = (batch_size, kv_heads, M + max_tokens, head_dim)
+            prefix_kv = (None, None)
+            if prefix:
+                prefix_kv = (prefix.keys[layer], prefix.values[layer])
+                if own_prefix:
+                    prefix_kv = tuple(torch.empty_like(t) for t in prefix_kv)
             # Zeros, not empty: masked-out slots still enter the attention product, and stray
             # NaNs in them would poison it (0 * NaN).
             keys = torch.zeros(shape, dtype=dtype, device=device)
             values = torch.zeros(shape, dtype=dtype, device=device)
-            if prefix:
-                keys[:, :, :P] = prefix.keys[layer]
-                values[:, :, :P] = prefix.values[layer]
-            self.layers.append(LayerCache(keys, values, P))
-        # Memory prefix slots are always visible; token slots become visible once filled.
-        self.key_valid = torch.zeros(batch_size, P + max_tokens, dtype=torch.bool, device=device)
-        self.key_valid[:, :P] = True
-        # M+: the prefix's long-term slots, which the prefill fills per layer from the prompt.
-        self.long_term: LongTermRead | None = None
+            self.layers.append(LayerCache(*prefix_kv, keys, values))
+        self.key_valid = torch.zeros(batch_size, M + max_tokens, dtype=torch.bool, device=device)
+        self.next_slot = torch.zeros(1, dtype=torch.long, device=device)
+        self.next_position = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.own_prefix = bool(prefix) and own_prefix
+        self.loaded: weakref.ref | None = None  # the PrefixKV held in the own buffers
+        if self.own_prefix:
+            self.load_prefix(prefix)
+        self.reset(long_term)
+
+    @property
+    def batch_size(self) -> int:
+        return self.key_valid.shape[0]
+
+    def load_prefix(self, prefix: PrefixKV) -> None:
+        """Copy `prefix` into this cache's own prefix buffers (skipped if they hold it already)."""
+        if self.loaded is not None and self.loaded() is prefix:
+            return
+        for layer, k, v in zip(self.layers, prefix.keys, prefix.values):
+            layer.prefix_keys.copy_(k)
+            layer.prefix_values.copy_(v)
+        self.loaded = weakref.ref(prefix)  # a write replaces the pool's PrefixKV, and this dies
+
+    def reset(self, long_term: LongTermRead | None = None) -> None:
+        """Forget the tokens of the previous request (their keys/values become unreachable).
+
+        `long_term` is the next prefill's recall, which fills the long-term region layer by
+        layer before that layer attends; without one (nothing stored yet) the region stays hidden.
+        """
+        self.key_valid.zero_()
+        self.key_valid[:, : self.long_term_slots] = long_term is not None
+        self.long_term = long_term
 
     def mark(self, slots: torch.Tensor, valid: torch.Tensor) -> None:
         """Record which of the token slots [T] now hold real tokens (valid: [B, T] bool)."""
-        self.key_valid.index_copy_(1, slots + self.prefix_length, valid)
+        self.key_valid.index_copy_(1, slots, valid)
 
     def attention_mask(self, slots: torch.Tensor) -> torch.Tensor:
-        """Boolean mask [B, 1, T, P+S] for queries at token slots [T]: causal, padding hidden.
+        """Boolean mask [B, 1, T, M + S] over token slots for queries at slots [T]: causal, padding
+        hidden. The memory prefix needs none: every query sees all of it; nor does the long-term
+        region beyond its validity bits, since it comes before every token slot.
 
         A query always sees itself, so rows of left padding never attend to nothing.
         """
         key_index = torch.arange(self.key_valid.shape[1], device=slots.device)
-        query_index = (slots + self.prefix_length)[:, None]
+        query_index = slots[:, None]
         causal = key_index[None, :] <= query_index
         mask = self.key_valid[:, None, :] & causal[None]
         mask = mask | (key_index[None, :] == query_index)[None]
         return mask[:, None]
+
+    def advance(self) -> None:
+        """Move the decode cursor one token on (in place, on the device)."""
+        self.next_slot += 1
+        self.next_position += 1
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [t for layer in self.layers for t in (layer.keys, layer.values)]
+        if self.own_prefix:
+            tensors += [t for layer in self.layers for t in (layer.prefix_keys, layer.prefix_values)]
+        return sum(t.nbytes for t in tensors)

@@ -99,8 +99,16 @@ def split_retriever(state: dict[str, torch.Tensor]) -> None:
             state[f"retriever.layers.{m['layer']}.{m['name']}.{key[m.end():]}"] = tensor
 
 
-def attach_lora(model: MemoryLLM, lora: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> None:
-    """Replace each adapted linear layer by a LoRALinear (read adapter merged, write adapter as delta)."""
+def attach_lora(
+    model: MemoryLLM,
+    lora: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]],
+    stored: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Replace each adapted linear layer by a LoRALinear (read adapter merged, write adapter as delta).
+
+    `stored` holds the checkpoint's weights before the cast to the model's dtype: the read
+    adapter is merged into those in float32 and the sum rounded once.
+    """
     c = model.config
     if lora and c.lora_config is None:
         raise CheckpointError("checkpoint holds LoRA weights but config.json has no lora_config")
@@ -110,11 +118,15 @@ def attach_lora(model: MemoryLLM, lora: dict[str, dict[str, tuple[torch.Tensor, 
         if missing:
             raise CheckpointError(f"{module_path}: LoRA adapter(s) {sorted(missing)} missing")
         linear: nn.Linear = model.get_submodule(module_path)
-        dtype = linear.weight.dtype
-        cast = {name: (A.to(dtype), B.to(dtype)) for name, (A, B) in adapters.items()}
+        weight = linear.weight.data
+        if stored is not None and f"{module_path}.weight" in stored:
+            weight = stored[f"{module_path}.weight"]
         model.set_submodule(
             module_path,
-            build_lora_linear(linear.weight.data, linear.bias, cast, c.lora_config.scale, read, WRITE_ADAPTER),
+            build_lora_linear(
+                weight, linear.bias, adapters, c.lora_config.scale, read, WRITE_ADAPTER,
+                dtype=linear.weight.dtype, device=linear.weight.device,
+            ),
         )
 
 
@@ -148,7 +160,7 @@ def build(
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.rotary = RotaryEmbedding(config).to(device)
-    attach_lora(model, lora)
+    attach_lora(model, lora, state)
     model.pool = model.new_pool()
     if memory is not None:
         if memory.shape != model.pool.memory.shape:

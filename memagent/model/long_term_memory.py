@@ -291,8 +291,7 @@ class LongTermMemory:
 
 @dataclass
 class LongTermRead:
-    """One read's use of a long-term memory: where its prefix slots start, what each layer chose."""
+    """One read's use of a long-term memory: what each layer chose."""
 
     store: LongTermMemory
-    first_slot: int
     chosen: list[torch.Tensor] = field(default_factory=list)  # per layer [B, M] candidate indices

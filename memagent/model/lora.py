@@ -45,26 +45,36 @@ def build_lora_linear(
     scale: float,
     read_adapter: str | None,
     write_adapter: str | None,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
 ) -> LoRALinear:
-    """`adapters` maps a name to (A [r, in], B [out, r]); None means no adapter on that path."""
+    """`adapters` maps a name to (A [r, in], B [out, r]); None means no adapter on that path.
+
+    The read adapter is merged in float32 and the sum rounded once to `dtype` (default: the
+    base's); the write factors are stored in that dtype, everything on `device`.
+    """
+    dtype = dtype or base.dtype
+    device = device or base.device
 
     def factors(name: str | None, sign: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if name is None:
             return []
         A, B = adapters[name]
-        return [(A, B * (scale * sign))]
+        return [(A.to(device, torch.float32), B.to(device, torch.float32) * (scale * sign))]
 
-    weight = base.clone()
+    weight = base.to(device, torch.float32)
     for A, B in factors(read_adapter, 1.0):
-        weight += (B.double() @ A.double()).to(weight.dtype)
+        weight = weight + B @ A
+    weight = weight.to(dtype)
     parts = [] if read_adapter == write_adapter else factors(write_adapter, 1.0) + factors(read_adapter, -1.0)
     if parts:
         write_A = torch.cat([A for A, _ in parts], dim=0)
         write_B = torch.cat([B for _, B in parts], dim=1)
     else:
-        write_A = base.new_zeros(0, base.shape[1])
-        write_B = base.new_zeros(base.shape[0], 0)
-    return LoRALinear(weight, bias, write_A.contiguous(), write_B.contiguous())
+        write_A = weight.new_zeros(0, base.shape[1])
+        write_B = weight.new_zeros(base.shape[0], 0)
+    return LoRALinear(weight, bias, write_A.to(dtype).contiguous(), write_B.to(dtype).contiguous())
 
 
 @contextlib.contextmanager

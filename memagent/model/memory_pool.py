@@ -124,10 +124,20 @@ class MemoryPool:
         twin.step = self.step
         return twin
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MemoryPool":
-        """Move the pool and its long-term memory to `device` and/or cast them to `dtype`, in place;
-        their derived caches are dropped."""
-        self.memory = self.memory.to(device=device, dtype=dtype)
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None, *, pin: bool = False
+    ) -> "MemoryPool":
+        """Move the pool and its long-term memory to `device` and/or cast them to `dtype`, in
+        place; their derived caches are dropped. With `pin`, a move of the pool to the host lands
+        in page-locked memory (when a GPU makes it available), which copies to and from the GPU
+        about twice as fast."""
+        if pin and device is not None and torch.device(device).type == "cpu" and torch.cuda.is_available():
+            host = torch.empty(self.memory.shape, dtype=dtype or self.memory.dtype, pin_memory=True)
+            host.copy_(self.memory)
+            self.memory = host
+        else:
+            # From pinned memory the copy can overlap; the stream orders it before any use.
+            self.memory = self.memory.to(device=device, dtype=dtype, non_blocking=self.memory.is_pinned())
         if self.long_term is not None:
             self.long_term.to(device=device, dtype=dtype)
         self.prefix_kv = None

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memagent.model import generation, loading
+from memagent.model.attention import attend
 from memagent.model.config import MemoryLLMConfig
 from memagent.model.kv_cache import KVCache, LayerCache
 from memagent.model.long_term_memory import LongTermMemory, LongTermRead
@@ -25,6 +26,11 @@ from memagent.model.lora import writing
 from memagent.model.memory_pool import Dropped, MemoryPool, PrefixKV
 from memagent.model.retriever import Retriever
 from memagent.model.rope import RotaryEmbedding, apply_rope
+
+
+# Queries (rows x tokens) per prefill chunk: the memory prefix's scores for one chunk are
+# [kv_heads, rows * query heads per kv head, P] floats (about 0.4 GiB per layer at 8B).
+PREFILL_QUERY_ROWS = 256
 
 
 class RMSNorm(nn.Module):
@@ -69,20 +75,25 @@ class Attention(nn.Module):
         slots: torch.Tensor | None = None,
         n_queries: int | None = None,
     ) -> torch.Tensor:
+        """With a cache: a read (keys from the memory prefix and the cache's token slots).
+        Without: a write's self-attention over x under `mask` [1, 1, T, S]."""
         k, v = self.project_kv(x, cos, sin)
-        if cache is not None:
-            k, v = cache.update(slots, k, v)
         if n_queries is not None:
             x, cos, sin = x[:, -n_queries:], cos[:, -n_queries:], sin[:, -n_queries:]
         q = apply_rope(self._heads(self.q_proj(x), self.num_heads), cos, sin)
         B, H, T, D = q.shape
-        # Grouped-query attention without copying keys: fold each group's query heads into
-        # the time axis so every kv head serves [rep * T] queries.
-        rep = H // self.kv_heads
-        q = q.reshape(B, self.kv_heads, rep * T, D)
-        mask = mask.repeat(1, 1, rep, 1) if rep > 1 else mask
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.view(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
+        if cache is not None:
+            cache.update(slots, k, v)
+            y = attend(q, cache.prefix_keys, cache.prefix_values, cache.keys, cache.values, mask)
+        else:
+            # Grouped-query attention without copying keys: fold each group's query heads into
+            # the time axis so every kv head serves [rep * T] queries.
+            rep = H // self.kv_heads
+            q = q.reshape(B, self.kv_heads, rep * T, D)
+            mask = mask.repeat(1, 1, rep, 1) if rep > 1 else mask
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # reshape, not view: fused CUDA kernels return a transposed, non-contiguous buffer.
+        y = y.reshape(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
         return self.o_proj(y)
 
 
@@ -225,31 +236,49 @@ class MemoryLLM(nn.Module):
 
     # -- reading ---------------------------------------------------------------------------
 
+    @staticmethod
+    def long_term_slots(pool: MemoryPool | None) -> int:
+        """M: the long-term tokens a read of `pool` places between bos and memory (0 without M+)."""
+        if pool is None or not pool.initialized or pool.long_term is None:
+            return 0
+        return pool.long_term.slots
+
     def memory_prefix(self, pool: MemoryPool) -> PrefixKV | None:
-        """Keys/values of [bos_embedding, memory] for every layer, computed once per pool version."""
+        """Keys/values of [bos_embedding, memory] for every layer, computed once per pool version.
+
+        Built layer by layer: only one layer's [1 + N, d] tokens exist at a time, never a copy of
+        the whole pool. With M+ the memory's RoPE positions start after the M long-term tokens,
+        which each row has in its own slots (see `_recall`).
+        """
         if not pool.initialized:
             return None
         if pool.prefix_kv is not None and pool.prefix_kv.version == pool.version:
             return pool.prefix_kv
-        parts = [self.bos_embedding.to(pool.memory.dtype)] if self.config.add_bos_embedding else []
-        if pool.long_term is not None:  # M+: slots for the long-term tokens each read retrieves
-            parts.append(pool.memory.new_zeros(pool.num_layers, pool.long_term.slots, pool.memory.shape[2]))
-        prefix = torch.cat(parts + [pool.memory], dim=1)  # [L, P, d]
-        positions = torch.arange(prefix.shape[1], device=prefix.device)[None]
-        cos, sin = self.rotary(positions, prefix.dtype)
+        memory = pool.memory
+        bos = self.config.add_bos_embedding
+        positions = torch.arange(memory.shape[1] + bos, device=self.device)[None]
+        positions[:, bos:] += self.long_term_slots(pool)
+        cos, sin = self.rotary(positions, self.dtype)
         keys, values = [], []
-        for layer, tokens in zip(self.model.layers, prefix):
-            k, v = layer.self_attn.project_kv(layer.input_layernorm(tokens[None]), cos, sin)
-            keys.append(k)
-            values.append(v)
+        for index, layer in enumerate(self.model.layers):
+            # In the model's dtype and on its device, whatever the pool's: caches and queries are.
+            tokens = memory[index][None].to(self.device, self.dtype)
+            if bos:
+                tokens = torch.cat([self.bos_embedding[index][None], tokens], dim=1)
+            k, v = layer.self_attn.project_kv(layer.input_layernorm(tokens), cos, sin)
+            # Contiguous [1, kv_heads, P, D]: every decode step streams them through a matmul.
+            keys.append(k.contiguous())
+            values.append(v.contiguous())
         pool.prefix_kv = PrefixKV(pool.version, keys, values)
         return pool.prefix_kv
 
-    def new_cache(self, pool: MemoryPool, batch_size: int, max_tokens: int) -> KVCache:
+    def new_cache(self, pool: MemoryPool | None, batch_size: int, max_tokens: int, *, own_prefix: bool = False) -> KVCache:
+        """A cache reading `pool`'s memory (None: no memory) for `batch_size` rows of up to
+        `max_tokens` prompt and generated tokens; its prefix is the pool's own, not a copy,
+        unless `own_prefix`."""
         c = self.config
-        prefix = self.memory_prefix(pool)
-        cache = KVCache(
-            prefix,
+        return KVCache(
+            self.memory_prefix(pool) if pool is not None else None,
             batch_size=batch_size,
             max_tokens=max_tokens,
             num_layers=c.num_hidden_layers,
@@ -257,14 +286,17 @@ class MemoryLLM(nn.Module):
             head_dim=c.head_dim,
             dtype=self.dtype,
             device=self.device,
+            own_prefix=own_prefix,
+            long_term_slots=self.long_term_slots(pool),
+            long_term=self.long_term_read(pool),
         )
-        if prefix is not None and pool.long_term is not None:
-            first = int(c.add_bos_embedding)
-            if min(pool.long_term.sizes()) == 0:  # nothing stored yet (a fresh or reset pool)
-                cache.key_valid[:, first : first + pool.long_term.slots] = False
-            else:
-                cache.long_term = LongTermRead(pool.long_term, first)
-        return cache
+
+    @staticmethod
+    def long_term_read(pool: MemoryPool | None) -> LongTermRead | None:
+        """M+: the recall a read of `pool` makes; None without M+ or while nothing is stored."""
+        if not MemoryLLM.long_term_slots(pool) or min(pool.long_term.sizes()) == 0:
+            return None
+        return LongTermRead(pool.long_term)
 
     def read(
         self,
@@ -276,21 +308,29 @@ class MemoryLLM(nn.Module):
     ) -> torch.Tensor:
         """Final hidden states [B, T, d] for tokens at RoPE `positions` [B, T], cache `slots` [T].
 
-        `recall(i, x)`, when given, runs before layer i with the layer's input x.
+        Long inputs go through each layer in chunks of about PREFILL_QUERY_ROWS queries (rows x
+        tokens), which bounds the attention scores and activations of one step. Chunks run
+        layer by layer, not model by model, so `recall(i, x)` (M+), run before layer i, sees that
+        layer's input x for the whole prompt, as M+'s retrieval needs.
         """
+        B, T = input_ids.shape
         x = self.model.embed_tokens(input_ids)
-        cos, sin = self.rotary(positions, x.dtype, seq_len=cache.key_valid.shape[1])
-        mask = cache.attention_mask(slots)
+        cos, sin = self.rotary(positions, x.dtype, seq_len=cache.prefix_length + cache.max_tokens)
+        size = max(1, PREFILL_QUERY_ROWS // B)
+        parts = [slice(start, min(start + size, T)) for start in range(0, T, size)]
+        masks = [cache.attention_mask(slots[part]) for part in parts]  # one per chunk, shared by every layer
         for i, (layer, layer_cache) in enumerate(zip(self.model.layers, cache.layers)):
             if recall is not None:
                 recall(i, x)
-            x = layer(x, cos, sin, mask, layer_cache, slots)
+            out = [layer(x[:, p], cos[:, p], sin[:, p], m, layer_cache, slots[p]) for p, m in zip(parts, masks)]
+            x = torch.cat(out, dim=1) if len(out) > 1 else out[0]
         return self.model.norm(x)
 
     def _recall(self, cache: KVCache, valid: torch.Tensor, i: int, x: torch.Tensor) -> None:
-        """M+: put the long-term tokens layer i retrieves for the prompt (layer input `x`) in the prefix."""
+        """M+: put the long-term tokens layer i retrieves for the prompt (layer input `x`, `valid`
+        [B, T]) in each row's long-term region, at RoPE positions right after bos."""
         read, layer = cache.long_term, self.model.layers[i]
-        store, start = read.store, read.first_slot
+        store = read.store
         scores = None
         if store.scored(i):
             normed = layer.input_layernorm(x)
@@ -298,23 +338,40 @@ class MemoryLLM(nn.Module):
         chosen = store.choose(i, scores, x.shape[0])
         read.chosen.append(chosen)
         tokens = store.tokens(i, chosen).to(device=x.device, dtype=x.dtype)
-        cos, sin = self._rope(start + store.slots, x.dtype)
-        k, v = layer.self_attn.project_kv(layer.input_layernorm(tokens), cos[:, start:], sin[:, start:])
-        cache.layers[i].keys[:, :, start : start + store.slots] = k
-        cache.layers[i].values[:, :, start : start + store.slots] = v
+        first = int(self.config.add_bos_embedding)
+        cos, sin = self._rope(first + store.slots, x.dtype)
+        k, v = layer.self_attn.project_kv(layer.input_layernorm(tokens), cos[:, first:], sin[:, first:])
+        cache.layers[i].keys[:, :, : store.slots] = k
+        cache.layers[i].values[:, :, : store.slots] = v
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Run a left-padded prompt through the cache; returns its hidden states."""
-        slots = torch.arange(input_ids.shape[1], device=input_ids.device)
-        cache.mark(slots, attention_mask.bool())
-        positions = cache.prefix_length + (attention_mask.long().cumsum(1) - 1).clamp(min=0)
-        recall = None if cache.long_term is None else functools.partial(self._recall, cache, attention_mask.bool())
-        return self.read(input_ids, positions, slots, cache, recall)
+        """Run a left-padded prompt through the cache; returns its hidden states [B, T, d].
 
-    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor, cache: KVCache):
-        """Logits [B, V] for one new token per row, at `slot` [1] and `positions` [B, 1]."""
+        With M+ each layer first recalls its long-term tokens. Leaves the cache's decode cursor
+        just after the prompt.
+        """
+        T = input_ids.shape[1]
+        valid = attention_mask.bool()
+        first = cache.long_term_slots  # the prompt's first token slot
+        slots = torch.arange(first, first + T, device=input_ids.device)
+        cache.mark(slots, valid)
+        positions = cache.prefix_length + (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+        recall = None if cache.long_term is None else functools.partial(self._recall, cache, valid)
+        hidden = self.read(input_ids, positions, slots, cache, recall)
+        cache.next_slot.fill_(first + T)
+        cache.next_position.copy_(positions[:, -1:] + 1)
+        return hidden
+
+    def decode_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits [B, V] for one new token per row [B, 1], at the cache's cursor, which advances.
+
+        Nothing here reads a tensor back to the host: the step can be captured or compiled.
+        """
+        slot = cache.next_slot
         cache.mark(slot, torch.ones_like(tokens, dtype=torch.bool))
-        return self.lm_head(self.read(tokens, positions, slot, cache))[:, -1]
+        logits = self.lm_head(self.read(tokens, cache.next_position, slot, cache))[:, -1]
+        cache.advance()
+        return logits
 
     def forward(
         self,

@@ -51,8 +51,8 @@ class RotaryEmbedding(nn.Module):
         self.inv_freq = inv_freq.to(self.inv_freq.device)
         return self
 
-    def _inv_freq(self, base: float) -> torch.Tensor:
-        return 1.0 / (base ** (torch.arange(0, self.dim, 2, dtype=torch.float32) / self.dim))
+    def _inv_freq(self, base: float, device: torch.device | None = None) -> torch.Tensor:
+        return 1.0 / (base ** (torch.arange(0, self.dim, 2, dtype=torch.float32, device=device) / self.dim))
 
     def _dynamic_inv_freq(self, seq_len: int) -> torch.Tensor:
         # NTK-aware: grow the base once the sequence outgrows the trained context.
@@ -61,7 +61,8 @@ class RotaryEmbedding(nn.Module):
         base = self.base * (
             (self.factor * seq_len / self.max_positions) - (self.factor - 1)
         ) ** (self.dim / (self.dim - 2))
-        return self._inv_freq(base).to(self.inv_freq.device)
+        # Built on the buffer's device: a CUDA-graphed step must not create host tensors.
+        return self._inv_freq(base, self.inv_freq.device)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype, seq_len: int | None = None):
         inv_freq = self.inv_freq

@@ -1,11 +1,15 @@
-"""CUDA: the reference still holds in fp32, the graphed decode step equals the eager one, bf16 runs."""
+"""CUDA: the reference still holds in fp32, the graphed decode step equals the eager one, bf16 runs,
+graphs are captured once per bucket and reused, and a decode step never waits for the host."""
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from memagent import MemoryLLM
+from memagent.model.cuda_graph import DecodeGraphs
+from memagent.model.generation import next_token
 from memagent.model.shapes import shape_config
+from memagent.sampling import SamplingParams
 from tests.conftest import FIXTURES, REFERENCE_CASES
 
 pytestmark = pytest.mark.gpu
@@ -40,3 +44,65 @@ def test_graphed_decode_matches_eager_in_half_precision(dtype):
     eager = model.generate(prompts, max_new_tokens=24, eos_token_id=[], cuda_graph=False)
     graphed = model.generate(prompts, max_new_tokens=24, eos_token_id=[], cuda_graph=True)
     assert torch.equal(eager, graphed)
+
+
+def test_graphs_are_captured_once_per_bucket_and_reused_across_memories():
+    model = MemoryLLM.from_random(shape_config("smollm2-135m"), device="cuda", dtype=torch.bfloat16)
+    model.inject(torch.randint(0, 49152, (1, 128), device="cuda"))
+    other = model.new_pool(seed=1)
+    model.inject(torch.randint(0, 49152, (1, 128), device="cuda"), pool=other)
+    prompts = torch.randint(0, 49152, (2, 16), device="cuda")
+    options = dict(max_new_tokens=16, eos_token_id=[])
+    for pool in (model.pool, other, model.pool):
+        graphed = model.generate(prompts, pool=pool, **options)
+        assert torch.equal(graphed, model.generate(prompts, pool=pool, cuda_graph=False, **options))
+    graphs = DecodeGraphs.of(model)
+    assert graphs.captures == 1 and graphs.steps == 1
+    model.generate(prompts, max_new_tokens=4, eos_token_id=[])
+    assert graphs.captures == 1, "short answers are not captured"
+
+
+def test_graph_replay_and_sampling_never_sync():
+    model = MemoryLLM.from_random(shape_config("smollm2-135m"), device="cuda", dtype=torch.bfloat16)
+    model.inject(torch.randint(0, 49152, (1, 128), device="cuda"))
+    prompts = torch.randint(0, 49152, (4, 16), device="cuda")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    params = SamplingParams(do_sample=True, top_k=50, top_p=0.9)
+    with DecodeGraphs.of(model).borrow(model.pool, 4, 64) as step, torch.inference_mode():
+        logits = model.lm_head(model.prefill(prompts, torch.ones_like(prompts), step.cache)[:, -1])
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(4):
+                logits = step(next_token(logits, params, generator)[:, None])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(logits.float()).all()
+
+
+def test_residency_budgets_from_free_memory_and_pins_host_pools():
+    from memagent.store.residency import HOST, Residency
+
+    model = MemoryLLM.from_random(shape_config("tiny"), device="cuda")
+    free = torch.cuda.mem_get_info()[0]
+    pools = [model.new_pool(seed=i) for i in range(2)]
+    residency = Residency("cuda", evict=lambda key: None, host_bytes=None)
+    assert 0 < residency.device_bytes <= free
+    residency.device_bytes = pools[0].nbytes  # room for one: the older pool moves to the host
+    residency.use("a", pools[0])
+    residency.use("b", pools[1])
+    assert residency.tier("a") == HOST and pools[0].memory.is_pinned()
+    residency.use("a", pools[0])
+    assert pools[0].memory.is_cuda
+
+
+def test_prefix_attention_in_half_precision_matches_float32():
+    from memagent.model.attention import _prefix_attention
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 8, n, 128, device="cuda", generator=generator) for n in (12, 3000, 3000))
+    out, lse = _prefix_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), 128**-0.5)  # flash attention
+    expected_out, expected_lse = _prefix_attention(q, k, v, 128**-0.5)  # float32 products
+    assert out.shape == expected_out.shape and lse.shape == expected_lse.shape
+    assert (out.float() - expected_out).abs().max() < 3e-2
+    assert (lse - expected_lse).abs().max() < 3e-2

@@ -14,10 +14,11 @@ class FakePool:
 
     def __init__(self, nbytes: int = 100):
         self.nbytes = nbytes
-        self.memory = types.SimpleNamespace(device=torch.device("cpu"))
+        self.memory = types.SimpleNamespace(device=torch.device("cpu"), pinned=False)
 
-    def to(self, device):
+    def to(self, device, *, pin=False):
         self.memory.device = torch.device(device)
+        self.memory.pinned = pin and self.memory.device.type == "cpu"
         return self
 
 
@@ -30,6 +31,7 @@ def test_device_then_host_then_disk():
     assert [residency.tier(k) for k in "abc"] == ["host", "device", "device"]
     residency.use("d", pools["d"])  # b moves to the host, a (oldest there) goes to disk
     assert [residency.tier(k) for k in "abcd"] == ["disk", "host", "device", "device"] and evicted == ["a"]
+    assert pools["b"].memory.pinned, "host copies go to page-locked memory"
     residency.use("b", pools["b"])  # back on the device on use
     assert residency.tier("b") == "device" and residency.counts() == {"device": 2, "host": 1}
 
