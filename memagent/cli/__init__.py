@@ -13,7 +13,13 @@ import sys
 
 DESCRIPTION = "Agent memory in a model's latent space: serve it, use a server's memories, train and evaluate the default."
 # Each module has `register(subparsers)`, adding its subcommands with a `run(args)` default.
-SUBCOMMAND_MODULES = ["memagent.cli.serve", "memagent.cli.client_commands", "memagent.cli.train", "memagent.cli.token"]
+SUBCOMMAND_MODULES = [
+    "memagent.cli.serve",
+    "memagent.cli.client_commands",
+    "memagent.cli.train",
+    "memagent.cli.token",
+    "memagent.cli.repair",
+]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -1,6 +1,8 @@
 """Client subcommands against a running server: inject, ask, chat, ls, rm, export, import.
 
-The server address and token come from --server/--token or $MEMAGENT_SERVER/$MEMAGENT_TOKEN.
+The server address comes from --server or $MEMAGENT_SERVER; the token from $MEMAGENT_TOKEN,
+--token-file (or $MEMAGENT_TOKEN_FILE), or --token (which other local users can see in the
+process list: prefer the other two).
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import grpc
 
@@ -16,7 +19,10 @@ def register(subparsers) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--server", default=os.environ.get("MEMAGENT_SERVER", "127.0.0.1:50051"), help="host:port")
     # Read at run time, not shown as a default: `--help` must not print a secret.
-    common.add_argument("--token", help="bearer token (your tenant); default: $MEMAGENT_TOKEN")
+    common.add_argument(
+        "--token", help="bearer token; default: $MEMAGENT_TOKEN (given here, `ps` shows it: prefer the variable)"
+    )
+    common.add_argument("--token-file", help="a file holding the bearer token; default: $MEMAGENT_TOKEN_FILE")
     common.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
 
     def add(name: str, run, help: str) -> argparse.ArgumentParser:
@@ -59,7 +65,9 @@ def register(subparsers) -> None:
 def _client(args):
     from memagent.client import Client
 
-    return Client(args.server, args.token or os.environ.get("MEMAGENT_TOKEN"), tls=args.tls)
+    token_file = args.token_file or os.environ.get("MEMAGENT_TOKEN_FILE")
+    token = Path(token_file).read_text().strip() if token_file else args.token or os.environ.get("MEMAGENT_TOKEN")
+    return Client(args.server, token, tls=args.tls)
 
 
 def _guarded(run, args) -> int:
@@ -114,7 +122,8 @@ def ls(client, args) -> None:
             print(f"{e.entry_id}\t{e.created:%Y-%m-%d %H:%M:%S}{source}\t{e.text[:80]!r}")
         return
     for m in client.list():
-        print(f"{m.memory_id}\tstep {m.step}\t{m.entries} entries\t{m.tokens_written} tokens\t{m.residency}")
+        damage = f"\tDAMAGED: {m.damage}" if m.damage else ""
+        print(f"{m.memory_id}\tstep {m.step}\t{m.entries} entries\t{m.tokens_written} tokens\t{m.residency}{damage}")
 
 
 def rm(client, args) -> None:

@@ -1,4 +1,8 @@
-"""`memagent serve`: the gRPC memory service on one engine."""
+"""`memagent serve`: the gRPC memory service on one engine.
+
+Data files are owner-only (the process umask is 077); the data directory is locked while the
+server runs, so `memagent repair` cannot change it underneath.
+"""
 
 from __future__ import annotations
 
@@ -26,9 +30,16 @@ def register(subparsers) -> None:
         help='JSON {"tokens": {"<token>": "<tenant>"}}; default DATA_DIR/tokens.json, made with one token on first start',
     )
     auth.add_argument("--no-auth", action="store_true", help="no tokens: every caller is tenant 'default' (local use)")
+    p.add_argument(
+        "--insecure-no-auth-on-public-address",
+        action="store_true",
+        help="allow --no-auth on a --host that is not loopback: anyone who can reach it reads every memory",
+    )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain; with --tls-key serves TLS")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port; -1 turns it off")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address /metrics binds to (default: loopback)")
+    p.add_argument("--grace-seconds", type=float, default=30.0, help="how long a shutdown lets calls finish")
     p.add_argument("--snapshot-every", type=int, default=64, help="snapshot a pool after this many writes")
     p.add_argument("--device-budget-mb", type=float, help="pools kept on the device (default: half the GPU memory free after loading; no limit on the CPU)")
     p.add_argument("--host-budget-mb", type=float, help="pools kept in host memory off the device (default: no limit)")
@@ -46,20 +57,21 @@ def _megabytes(value: float | None) -> int | None:
     return None if value is None else int(value * 1024 * 1024)
 
 
-def _tokens(args: argparse.Namespace, log: logging.Logger) -> dict[str, str] | None:
+def _tokens(args: argparse.Namespace, log: logging.Logger) -> tuple[dict[str, str] | None, Path | None]:
+    """The tokens and the file they came from (reloaded on SIGHUP)."""
     from memagent_server.auth import HOW_TO_PASS_A_TOKEN, create_tokens, load_tokens
 
     if args.no_auth:
-        return None
+        return None, None
     if args.tokens:
-        return load_tokens(args.tokens)
+        return load_tokens(args.tokens), args.tokens
     path = args.data_dir / "tokens.json"
     if path.exists():
-        return load_tokens(path)
+        return load_tokens(path), path
     log.warning(
         f"created a tokens file with one token for tenant 'default'; {HOW_TO_PASS_A_TOKEN}", extra={"path": str(path)}
     )
-    return create_tokens(path)
+    return create_tokens(path), path
 
 
 def no_progress_bars() -> None:
@@ -80,16 +92,30 @@ def no_progress_bars() -> None:
 def run(args: argparse.Namespace) -> int:
     no_progress_bars()
     from memagent_server import logs
-    from memagent_server.server import Server, ServerConfig
+    from memagent_server.server import Server, ServerConfig, is_loopback
 
     import memagent
     from memagent.store import MemoryStore
+    from memagent.store.data_dir_lock import DataDirBusy, DataDirLock
 
-    logs.setup(args.log_level)
     if bool(args.tls_cert) != bool(args.tls_key):
         print("memagent serve: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
-    tokens = _tokens(args, logging.getLogger("memagent_server"))
+    if args.no_auth and not is_loopback(args.host) and not args.insecure_no_auth_on_public_address:
+        print(
+            f"memagent serve: refusing --no-auth on {args.host}, which is not a loopback address: anyone who "
+            "reaches it reads and writes every memory. Use tokens, or add --insecure-no-auth-on-public-address.",
+            file=sys.stderr,
+        )
+        return 2
+    logs.setup(args.log_level)
+    os.umask(0o077)  # every file and folder the server makes is its owner's only
+    try:
+        DataDirLock(args.data_dir).acquire()  # held until the process ends
+    except DataDirBusy as err:
+        print(f"memagent serve: {err}", file=sys.stderr)
+        return 2
+    tokens, tokens_file = _tokens(args, logging.getLogger("memagent_server"))
     if args.ray:
         return _run_on_ray(args, tokens)
     engine = memagent.load(args.model, device=args.device)
@@ -104,10 +130,14 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         tokens=tokens,
+        tokens_file=tokens_file,
+        insecure_no_auth_on_public_address=args.insecure_no_auth_on_public_address,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        metrics_host=args.metrics_host,
         max_pending=args.max_pending,
+        grace_s=args.grace_seconds,
     )
     asyncio.run(Server(store, config).run_until_signalled())
     return 0

@@ -2,7 +2,7 @@
 
 Prints only the token on stdout, so `export MEMAGENT_TOKEN=$(memagent token)` works; what it
 did goes to stderr. Run it where the server runs: it reads DATA_DIR/tokens.json (or --tokens).
-A running server reads the tokens file when it starts.
+A running server reads the tokens file when it starts and again on SIGHUP.
 """
 
 from __future__ import annotations

@@ -101,9 +101,16 @@ class AsyncClient:
     # -- writes ----------------------------------------------------------------------------
 
     async def inject(
-        self, memory_id: str, text: str, source: str | None = None, metadata: Mapping[str, str] | None = None
+        self,
+        memory_id: str,
+        text: str,
+        source: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        request_id: str | None = None,
     ) -> Receipt:
-        request = pb.InjectRequest(memory_id=memory_id, texts=[m.text(text, source, metadata)])
+        texts = [m.text(text, source, metadata)]
+        request = pb.InjectRequest(memory_id=memory_id, texts=texts, request_id=request_id or "")
         return Receipt.from_proto((await self._call(self._stub.Inject, request)).receipts[0])
 
     async def inject_many(self, memory_id: str, texts: Iterable[str | Text]) -> list[Receipt]:

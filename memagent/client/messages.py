@@ -18,6 +18,7 @@ from memagent.v1 import memagent_pb2 as pb
 
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 STATE_CHUNK_BYTES = 1 << 20
+MAX_ID_CHARS = 128  # the longest memory id a server accepts
 
 
 SERVER_VARIABLE, TOKEN_VARIABLE = "MEMAGENT_SERVER", "MEMAGENT_TOKEN"
@@ -36,8 +37,9 @@ def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
 
 def routed(metadata: tuple[tuple[str, str], ...], memory_id: str) -> tuple[tuple[str, str], ...]:
     """`metadata` plus the memory id that Ray Serve routes a call by (a plain server ignores it).
-    An id that cannot be a metadata value is not a valid id either: the server refuses it."""
-    if memory_id and memory_id.isascii() and memory_id.isprintable():
+    An id that cannot be a metadata value, or is too long to be an id (a huge header would fail
+    the call before the server could say why), is not a valid id either: the server refuses it."""
+    if memory_id and len(memory_id) <= MAX_ID_CHARS and memory_id.isascii() and memory_id.isprintable():
         return metadata + (("multiplexed_model_id", memory_id),)
     return metadata
 

@@ -106,10 +106,20 @@ class Client:
     # -- writes ----------------------------------------------------------------------------
 
     def inject(
-        self, memory_id: str, text: str, source: str | None = None, metadata: Mapping[str, str] | None = None
+        self,
+        memory_id: str,
+        text: str,
+        source: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        request_id: str | None = None,
     ) -> Receipt:
-        """Write `text` into the memory; returns once it is durable and applied."""
-        request = pb.InjectRequest(memory_id=memory_id, texts=[m.text(text, source, metadata)])
+        """Write `text` into the memory; returns once it is durable and applied.
+
+        `request_id` (yours, unique per write, at most 128 bytes) makes a retry safe: if the
+        server already applied a write with this id, it answers with that write's receipt."""
+        texts = [m.text(text, source, metadata)]
+        request = pb.InjectRequest(memory_id=memory_id, texts=texts, request_id=request_id or "")
         return Receipt.from_proto(self._call(self._stub.Inject, request).receipts[0])
 
     def inject_many(self, memory_id: str, texts: Iterable[str | Text]) -> list[Receipt]:

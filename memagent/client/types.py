@@ -47,6 +47,7 @@ class MemoryInfo:
     updated: datetime
     model: str
     residency: str  # "device", "host" or "disk"
+    damage: str = ""  # why the memory refuses calls until an operator repairs it; empty when sound
 
     @classmethod
     def from_proto(cls, m: pb.Memory) -> MemoryInfo:
@@ -61,6 +62,7 @@ class MemoryInfo:
             m.update_time.ToDatetime(UTC),
             m.model,
             RESIDENCY.get(m.residency, "unknown"),
+            m.damage,
         )
 
 

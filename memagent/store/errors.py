@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+QUOTE_CHARS = 64
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """`value` for an error message: repr'd, and cut to a short prefix (inputs can be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
 
 class StoreError(Exception):
     """Base of the store's errors; the message is written for the caller."""
@@ -30,4 +38,12 @@ class ModelMismatch(StoreError):
 
 
 class CorruptState(StoreError, ValueError):
-    """Bytes that are not a readable log or pool (an import, or a damaged log header)."""
+    """Bytes that are not a readable log or pool (an import)."""
+
+
+class MemoryDamaged(StoreError):
+    """A memory whose files are damaged: it refuses reads and writes until `memagent repair`."""
+
+
+class RequestIdReused(StoreError, ValueError):
+    """A client request id sent again with different texts."""

@@ -7,6 +7,14 @@ opening a memory loads its snapshot and replays the log's tail, deterministicall
 
 Memories are created, forked and imported in a hidden folder that is renamed into place once
 complete, and deleted by renaming them out of sight first, so a crash never leaves half of one.
+Folders are created owner-only (0700); files are written 0600.
+
+A memory whose log is damaged (see write_ahead_log.py) stays listed, says so in its info, and
+refuses every call but `get`, `list` and `delete` with MemoryDamaged until `memagent repair`.
+Writes are all-or-nothing: the log records of one `inject` go to disk in one append, and once
+they are there the write is applied and acknowledged even if the snapshot after it fails (the
+log replays it). A write with a request id that the log already holds is answered with the
+receipts it got the first time and not applied again.
 
 The store is not thread-safe. The service drives it from a single worker thread, which also
 applies each memory's writes in the order they arrived and lets no read see a half-done write.
@@ -36,16 +44,26 @@ from memagent.engine import Engine
 from memagent.model.memory_pool import MemoryPool
 from memagent.model.pool_file import PoolFileError, pool_to_bytes
 from memagent.sampling import SamplingParams, Usage
-from memagent.store.errors import CorruptState, EntryNotFound, InvalidName, MemoryExists, MemoryNotFound, ModelMismatch
+from memagent.store.errors import (
+    CorruptState,
+    EntryNotFound,
+    InvalidName,
+    MemoryDamaged,
+    MemoryExists,
+    MemoryNotFound,
+    ModelMismatch,
+    RequestIdReused,
+    quote,
+)
 from memagent.store.lease import Lease, LeaseLost, default_owner
 from memagent.store.residency import Residency
 from memagent.store.snapshots import Snapshots
-from memagent.store.write_ahead_log import LogEntry, LogHeader, WriteAheadLog, decode
+from memagent.store.write_ahead_log import LOG_FILE, LogEntry, LogHeader, WriteAheadLog, decode_complete
 
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-LOG_FILE = "log.wal"
+PRIVATE = 0o700  # memory folders: their texts are the tenant's
 STATE_FORMAT = "memagent.state/1"
 
 
@@ -53,7 +71,7 @@ def check_name(kind: str, name: str) -> str:
     """`name` if it is a safe memory id or tenant name (it becomes a folder name), else InvalidName."""
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise InvalidName(
-            f"invalid {kind} {name!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"invalid {kind} {quote(name)}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
 
@@ -86,6 +104,7 @@ class MemoryInfo:
     updated: float
     model: str
     residency: str  # "device", "host" or "disk"
+    damage: str = ""  # why the memory refuses calls until repaired; empty when it is sound
 
 
 @dataclass(frozen=True)
@@ -114,6 +133,14 @@ class DurablePool:
     @property
     def memory_id(self) -> str:
         return self.key[1]
+
+    def damaged(self) -> MemoryDamaged | None:
+        if self.wal.damage is None:
+            return None
+        return MemoryDamaged(
+            f"memory {self.memory_id!r} is damaged: {self.wal.damage}; an operator must run "
+            f"`memagent repair {self.memory_id} --tenant {self.key[0]}` with the server stopped"
+        )
 
 
 class Generation:
@@ -162,7 +189,7 @@ class MemoryStore:
         `owner` names this store in the lease files (default: host and process id)."""
         self.engine = engine
         self.root = Path(data_dir)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=PRIVATE, parents=True, exist_ok=True)
         self.snapshot_every = snapshot_every
         self.seed = seed
         self.fingerprint = engine.fingerprint()
@@ -177,7 +204,8 @@ class MemoryStore:
     # -- opening the data directory --------------------------------------------------------
 
     def _recover(self) -> None:
-        """Find every memory; finish or undo what a crash interrupted; cut torn log tails."""
+        """Find every memory; finish or undo what a crash interrupted; cut torn log tails; mark
+        damaged logs (kept, listed, refusing calls until repaired)."""
         for tenant_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
             if not NAME.fullmatch(tenant_dir.name):
                 continue
@@ -187,9 +215,11 @@ class MemoryStore:
                     continue
                 if not folder.is_dir() or not NAME.fullmatch(folder.name):
                     continue
+                for leftover in folder.glob(".*.tmp"):  # an atomic write cut short
+                    leftover.unlink()
                 try:
-                    wal = WriteAheadLog.open(folder / LOG_FILE)
-                except (OSError, CorruptState) as err:
+                    wal = WriteAheadLog.open(folder / LOG_FILE, self._placeholder())
+                except OSError as err:
                     log.error("memory unreadable; left as it is", extra={"path": str(folder), "error": str(err)})
                     continue
                 key = (tenant_dir.name, folder.name)
@@ -205,7 +235,7 @@ class MemoryStore:
         return self.info(self._materialize(key, header, [], pool=None))
 
     def get(self, tenant: str, memory_id: str) -> MemoryInfo:
-        return self.info(self._memory(tenant, memory_id))
+        return self.info(self._memory(tenant, memory_id, damaged_too=True))
 
     def list(self, tenant: str, *, after: str = "", limit: int | None = None) -> list[MemoryInfo]:
         """The tenant's memories in id order, starting after the id `after`."""
@@ -214,7 +244,7 @@ class MemoryStore:
         return [self.info(memories[n]) for n in names[:limit]]
 
     def delete(self, tenant: str, memory_id: str) -> None:
-        memory = self._memory(tenant, memory_id)
+        memory = self._memory(tenant, memory_id, damaged_too=True)
         self.residency.discard(memory.key)
         del self.tenants[tenant][memory_id]
         trash = memory.folder.with_name(f".deleted-{memory_id}-{uuid.uuid4().hex}")
@@ -253,17 +283,16 @@ class MemoryStore:
         """A new memory from an export: its log, and its pool (replayed from the log when absent)."""
         key = self._new_key(tenant, memory_id)
         try:
-            header, entries, end = decode(log_bytes)
+            header, entries = decode_complete(log_bytes)
         except CorruptState as err:
             raise CorruptState(f"imported log: {err}") from err
-        if end != len(log_bytes):
-            raise CorruptState(f"imported log: damaged or cut short at byte {end} of {len(log_bytes)}")
         if header.fingerprint != self.fingerprint:
             raise ModelMismatch(
-                f"the imported memory was written by model {header.fingerprint} ({header.model}); "
+                f"the imported memory was written by model {quote(header.fingerprint)} ({quote(header.model)}); "
                 f"this server runs {self.fingerprint} ({self.engine.name})"
             )
         _check_steps(entries)
+        self._check_tokens(entries)
         header = header.rewrite(max(header.next_entry_id, entries[-1].entry_id + 1 if entries else 1))
         if pool_bytes:
             pool = self._pool_from_bytes(pool_bytes, key)
@@ -290,44 +319,59 @@ class MemoryStore:
             updated,
             wal.header.model,
             self.residency.tier(memory.key),
+            str(wal.damage or ""),
         )
 
     # -- writing and forgetting ------------------------------------------------------------
 
-    def inject(self, tenant: str, memory_id: str, texts: Sequence[NewText]) -> list[Receipt]:
-        """Write `texts` in order, each logged (fsynced) before it is applied. All are checked first."""
+    def inject(
+        self, tenant: str, memory_id: str, texts: Sequence[NewText], *, request_id: str = ""
+    ) -> list[Receipt]:
+        """Write `texts` in order: all are checked, then logged in one fsynced append, then applied.
+
+        `request_id` (optional, the client's) makes the call idempotent: sent again, it gets the
+        receipts of the first time and writes nothing."""
         memory = self._memory(tenant, memory_id)
+        if request_id and request_id in memory.wal.by_request:
+            return _receipts_again(memory.wal.by_request[request_id], texts, request_id)
         plans = [self.engine.plan_write(t.text) for t in texts]
         pool = self._ready(memory)
-        receipts = []
+        entries, step, entry_id, now = [], pool.step, memory.wal.next_entry_id, time.time()
         for text, plan in zip(texts, plans):
-            start = time.perf_counter()
-            entry = LogEntry(
-                memory.wal.next_entry_id,
-                text.text,
-                text.source,
-                plan.chunks,
-                plan.tokens,
-                pool.step + len(plan.chunks),
-                time.time(),
-                dict(text.metadata),
+            step += len(plan.chunks)
+            entries.append(
+                LogEntry(
+                    entry_id,
+                    text.text,
+                    text.source,
+                    plan.chunks,
+                    plan.tokens,
+                    step,
+                    now,
+                    dict(text.metadata),
+                    request_id,
+                )
             )
-            with self._fenced(memory):
-                memory.wal.append(entry)
-            try:
-                self.engine.apply(pool, plan.chunks)
-            except BaseException:
-                self._close_pool(memory)  # the entry is logged: the next use replays it
-                raise
-            memory.unsnapshotted += 1
-            receipts.append(
-                Receipt(entry.entry_id, plan.tokens, len(plan.chunks), pool.step, (time.perf_counter() - start) * 1000)
-            )
+            entry_id += 1
+        with self._fenced(memory):
+            memory.wal.append(entries)
+        receipts = []
+        try:
+            for entry in entries:
+                start = time.perf_counter()
+                self.engine.apply(pool, entry.chunks)
+                ms = (time.perf_counter() - start) * 1000
+                receipts.append(Receipt(entry.entry_id, entry.tokens, len(entry.chunks), pool.step, ms))
+        except BaseException:
+            self._close_pool(memory)  # the entries are logged: the next use replays them
+            raise
+        memory.unsnapshotted += len(entries)
         if memory.unsnapshotted >= self.snapshot_every:
-            self._snapshot(memory)
+            self._try_snapshot(memory)
         return receipts
 
     def entries(self, tenant: str, memory_id: str) -> list[LogEntry]:
+        """The memory's entries (refused while it is damaged: the list would be incomplete)."""
         return list(self._memory(tenant, memory_id).wal.entries)
 
     def forget(self, tenant: str, memory_id: str, entry_ids: Sequence[int]) -> MemoryInfo:
@@ -342,7 +386,7 @@ class MemoryStore:
             raise ValueError("no entry ids given")
         missing = doomed - {e.entry_id for e in memory.wal.entries}
         if missing:
-            raise EntryNotFound(f"memory {memory_id!r} has no entries {sorted(missing)}")
+            raise EntryNotFound(f"memory {memory_id!r} has no entries {quote(sorted(missing))}")
         pool = self.engine.new_pool(seed=memory.wal.header.seed)
         kept = self._replay(pool, [e for e in memory.wal.entries if e.entry_id not in doomed])
         self._rewrite(memory, kept, pool)
@@ -371,7 +415,7 @@ class MemoryStore:
         for memories in self.tenants.values():
             for memory in memories.values():
                 if memory.pool is not None and memory.unsnapshotted:
-                    self._snapshot(memory)
+                    self._try_snapshot(memory)
 
     def held(self) -> set[str]:
         """Shared storage: the ids of the memories (of any tenant) whose lease this store holds."""
@@ -383,13 +427,17 @@ class MemoryStore:
 
     # -- inside ----------------------------------------------------------------------------
 
-    def _memory(self, tenant: str, memory_id: str) -> DurablePool:
+    def _placeholder(self) -> LogHeader:
+        """Stands in for a log header that cannot be read (the memory is then damaged)."""
+        return LogHeader("", self.seed, "", "unknown (log header unreadable)", 0.0, 0.0)
+
+    def _memory(self, tenant: str, memory_id: str, *, damaged_too: bool = False) -> DurablePool:
         check_name("memory id", memory_id)
-        if self.shared:
-            return self._hold(tenant, memory_id)
-        memory = self.tenants.get(tenant, {}).get(memory_id)
+        memory = self._hold(tenant, memory_id) if self.shared else self.tenants.get(tenant, {}).get(memory_id)
         if memory is None:
             raise MemoryNotFound(f"memory {memory_id!r} not found")
+        if not damaged_too and (damage := memory.damaged()) is not None:
+            raise damage
         return memory
 
     def _new_key(self, tenant: str, memory_id: str) -> tuple[str, str]:
@@ -402,6 +450,21 @@ class MemoryStore:
         if taken:
             raise MemoryExists(f"memory {memory_id!r} already exists")
         return tenant, memory_id
+
+    def _check_tokens(self, entries: Sequence[LogEntry]) -> None:
+        """Imported entries must be writes this engine could have made."""
+        vocab = self.engine.model.config.vocab_size
+        longest = self.engine.chunking.max_chunk_tokens + self.engine.chunking.min_write_tokens
+        for entry in entries:
+            for chunk in entry.chunks:
+                if len(chunk) > longest:
+                    raise CorruptState(
+                        f"log entry {entry.entry_id} has a write of {len(chunk)} tokens (at most {longest})"
+                    )
+                if max(chunk) >= vocab:
+                    raise CorruptState(
+                        f"log entry {entry.entry_id} has token id {max(chunk)}; this model's vocabulary has {vocab}"
+                    )
 
     def _ready(self, memory: DurablePool) -> MemoryPool:
         """The memory's pool, on the device: loaded (snapshot + log tail) if it was on disk."""
@@ -416,10 +479,7 @@ class MemoryStore:
                 f"memory {memory.memory_id!r} was written by model {header.fingerprint} ({header.model}); "
                 f"this server runs {self.fingerprint} ({self.engine.name})"
             )
-        pool = memory.snapshots.load(header.log_id, device=self.engine.device, dtype=self.engine.dtype)
-        if pool is not None and pool.step not in {0, *(e.step for e in entries)}:
-            log.warning("snapshot does not match the log; replaying it all", extra={"memory": memory.memory_id})
-            pool = None
+        pool = memory.snapshots.load(header.log_id, entries, device=self.engine.device, dtype=self.engine.dtype)
         pool = pool or self.engine.new_pool(seed=header.seed)
         tail = [e for e in entries if e.step > pool.step]
         self._replay(pool, tail)
@@ -435,36 +495,54 @@ class MemoryStore:
         return replayed
 
     def _snapshot(self, memory: DurablePool) -> None:
+        wal = memory.wal
         try:
             with self._fenced(memory):
-                memory.snapshots.save(memory.pool, memory.wal.header.log_id)
+                memory.snapshots.save(memory.pool, wal.header, wal.entries[-1].entry_id if wal.entries else 0)
         except LeaseLost:  # the pool is stale; the new holder snapshots its own
             return
         memory.unsnapshotted = 0
+
+    def _try_snapshot(self, memory: DurablePool) -> None:
+        """Snapshot after the log already holds everything: a failure (disk full) costs only a
+        longer replay later, so it is logged, never reported as a failed write."""
+        try:
+            self._snapshot(memory)
+        except OSError as err:
+            log.warning(
+                "snapshot failed; the log still holds every write",
+                extra={"memory": memory.memory_id, "error": str(err)},
+            )
 
     def _rewrite(self, memory: DurablePool, entries: list[LogEntry], pool: MemoryPool) -> None:
         """Replace the memory's log and pool (reset, forget). The new log gets a new id, so the
         old snapshot no longer counts even if a crash comes before the new one is written."""
         header = memory.wal.header.rewrite(memory.wal.next_entry_id)
-        with self._fenced(memory):
-            memory.wal = WriteAheadLog.create(memory.wal.path, header, entries)
+        try:
+            with self._fenced(memory):
+                memory.wal = WriteAheadLog.create(memory.wal.path, header, entries)
+        except OSError:
+            # The new log may be in place already (only the folder's fsync failed): believe the disk.
+            self._close_pool(memory)
+            memory.wal = WriteAheadLog.open(memory.wal.path, memory.wal.header)
+            raise
         memory.pool = pool
         self.residency.use(memory.key, pool)
-        self._snapshot(memory)
+        self._try_snapshot(memory)
 
     def _materialize(
         self, key: tuple[str, str], header: LogHeader, entries: list[LogEntry], pool: MemoryPool | None
     ) -> DurablePool:
         """Write a complete memory folder out of sight, then rename it into place."""
         tenant_dir = self.root / key[0]
-        tenant_dir.mkdir(exist_ok=True)
+        tenant_dir.mkdir(mode=PRIVATE, exist_ok=True)
         folder = tenant_dir / key[1]
         staging = tenant_dir / f".new-{key[1]}-{uuid.uuid4().hex}"
-        staging.mkdir()
+        staging.mkdir(mode=PRIVATE)
         try:
             WriteAheadLog.create(staging / LOG_FILE, header, entries)
             if pool is not None:
-                Snapshots(staging, self.fingerprint).save(pool, header.log_id)
+                Snapshots(staging, self.fingerprint).save(pool, header, entries[-1].entry_id if entries else 0)
             os.rename(staging, folder)
         except OSError as err:
             if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
@@ -483,14 +561,18 @@ class MemoryStore:
 
     def _pool_from_bytes(self, data: bytes, key: tuple[str, str]) -> MemoryPool:
         scratch = self.root / key[0] / f".import-{uuid.uuid4().hex}.safetensors"
-        scratch.parent.mkdir(exist_ok=True)
+        scratch.parent.mkdir(mode=PRIVATE, exist_ok=True)
         try:
             scratch.write_bytes(data)
-            return self.engine.load_pool(scratch)
+            pool = self.engine.load_pool(scratch)
         except PoolFileError as err:
             raise CorruptState(f"imported pool: {err}".replace(str(scratch), "pool")) from err
         finally:
             scratch.unlink(missing_ok=True)
+        expected = tuple(self.engine.model.pool.memory.shape)
+        if tuple(pool.memory.shape) != expected:
+            raise CorruptState(f"imported pool has shape {tuple(pool.memory.shape)}; this model's pools are {expected}")
+        return pool
 
     # -- shared storage (lease.py) ---------------------------------------------------------
 
@@ -508,7 +590,7 @@ class MemoryStore:
             raise MemoryNotFound(f"memory {memory_id!r} not found")
         lease = Lease.take(folder, self.owner)
         # Only the lease holder appends, so a torn tail here is a crashed writer's and may be cut.
-        wal = WriteAheadLog.open(folder / LOG_FILE)
+        wal = WriteAheadLog.open(folder / LOG_FILE, self._placeholder())
         memory = DurablePool((tenant, memory_id), folder, wal, Snapshots(folder, self.fingerprint))
         memory.lease = lease
         self.tenants.setdefault(tenant, {})[memory_id] = memory
@@ -526,10 +608,9 @@ class MemoryStore:
                 found[folder.name] = held
                 continue
             try:
-                header, entries, _ = decode((folder / LOG_FILE).read_bytes())
-            except (OSError, CorruptState):  # not a memory, deleted meanwhile, or unreadable
+                wal = WriteAheadLog.read(folder / LOG_FILE, self._placeholder())
+            except OSError:  # not a memory, or deleted meanwhile
                 continue
-            wal = WriteAheadLog(folder / LOG_FILE, header, entries)
             found[folder.name] = DurablePool((tenant, folder.name), folder, wal, Snapshots(folder, self.fingerprint))
         return found
 
@@ -555,7 +636,7 @@ class MemoryStore:
         memory = self.tenants.get(key[0], {}).get(key[1])
         if memory is not None and memory.pool is not None:
             if memory.unsnapshotted:
-                self._snapshot(memory)
+                self._try_snapshot(memory)
             memory.pool = None
 
 
@@ -565,6 +646,13 @@ def _check_steps(entries: Sequence[LogEntry]) -> None:
         step += len(entry.chunks)
         if not entry.chunks or entry.step != step:
             raise CorruptState(f"log entry {entry.entry_id} ends at step {entry.step}, expected {step}")
+
+
+def _receipts_again(entries: list[LogEntry], texts: Sequence[NewText], request_id: str) -> list[Receipt]:
+    sent = [(t.text, t.source, dict(t.metadata)) for t in texts]
+    if sent != [(e.text, e.source, e.metadata) for e in entries]:
+        raise RequestIdReused(f"request id {quote(request_id)} was already used for other texts")
+    return [Receipt(e.entry_id, e.tokens, len(e.chunks), e.step, 0.0) for e in entries]
 
 
 def _remove(path: Path) -> None:

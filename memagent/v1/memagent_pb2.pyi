@@ -22,7 +22,7 @@ RESIDENCY_HOST: Residency
 RESIDENCY_DISK: Residency
 
 class Memory(_message.Message):
-    __slots__ = ("memory_id", "step", "entries", "tokens_written", "pool_bytes", "disk_bytes", "create_time", "update_time", "model", "residency")
+    __slots__ = ("memory_id", "step", "entries", "tokens_written", "pool_bytes", "disk_bytes", "create_time", "update_time", "model", "residency", "damage")
     MEMORY_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,7 @@ class Memory(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RESIDENCY_FIELD_NUMBER: _ClassVar[int]
+    DAMAGE_FIELD_NUMBER: _ClassVar[int]
     memory_id: str
     step: int
     entries: int
@@ -43,7 +44,8 @@ class Memory(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     model: str
     residency: Residency
-    def __init__(self, memory_id: _Optional[str] = ..., step: _Optional[int] = ..., entries: _Optional[int] = ..., tokens_written: _Optional[int] = ..., pool_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., residency: _Optional[_Union[Residency, str]] = ...) -> None: ...
+    damage: str
+    def __init__(self, memory_id: _Optional[str] = ..., step: _Optional[int] = ..., entries: _Optional[int] = ..., tokens_written: _Optional[int] = ..., pool_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., residency: _Optional[_Union[Residency, str]] = ..., damage: _Optional[str] = ...) -> None: ...
 
 class CreateRequest(_message.Message):
     __slots__ = ("memory_id",)
@@ -159,12 +161,14 @@ class Receipt(_message.Message):
     def __init__(self, entry_id: _Optional[int] = ..., tokens: _Optional[int] = ..., chunks: _Optional[int] = ..., step: _Optional[int] = ..., ms: _Optional[float] = ...) -> None: ...
 
 class InjectRequest(_message.Message):
-    __slots__ = ("memory_id", "texts")
+    __slots__ = ("memory_id", "texts", "request_id")
     MEMORY_ID_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     memory_id: str
     texts: _containers.RepeatedCompositeFieldContainer[Text]
-    def __init__(self, memory_id: _Optional[str] = ..., texts: _Optional[_Iterable[_Union[Text, _Mapping]]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, memory_id: _Optional[str] = ..., texts: _Optional[_Iterable[_Union[Text, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class InjectResponse(_message.Message):
     __slots__ = ("receipts",)

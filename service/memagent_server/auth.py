@@ -1,13 +1,16 @@
 """Bearer tokens to tenants: every MemoryService call runs as the tenant its token names.
 
-The tokens file is JSON: {"tokens": {"<token>": "<tenant>", ...}}. Health checks and
-reflection need no token. With auth off every caller is the tenant "default".
+The tokens file is JSON: {"tokens": {"<token>": "<tenant>", ...}}; the server reloads it on
+SIGHUP (`AuthInterceptor.tokens` is replaced whole). Health checks and reflection need no token.
+With auth off every caller is the tenant "default". A token is compared with every known token
+in constant time, so neither timing nor the order of the file tells a caller how close it was.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import hmac
 import json
 import os
 import secrets
@@ -33,6 +36,11 @@ _tenant: contextvars.ContextVar[str] = contextvars.ContextVar("memagent_tenant")
 def current_tenant() -> str:
     """The calling tenant; read it at the start of a handler (set by AuthInterceptor)."""
     return _tenant.get()
+
+
+def tenant_for_logs() -> str | None:
+    """The calling tenant, or None before (or without) authentication."""
+    return _tenant.get(None)
 
 
 def load_tokens(path: str | Path) -> dict[str, str]:
@@ -66,7 +74,13 @@ def tenant_of(tokens: dict[str, str], metadata) -> str | None:
     if len(values) != 1 or not isinstance(values[0], str):
         return None
     scheme, _, token = values[0].partition(" ")
-    return tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+    if scheme.lower() != "bearer":
+        return None
+    given, tenant = token.strip().encode(), None
+    for known, owner in tokens.items():  # no early exit: every call compares them all
+        if hmac.compare_digest(given, known.encode()):
+            tenant = owner
+    return tenant
 
 
 def act_as(tenant: str) -> None:

@@ -29,6 +29,7 @@ def memory(info: MemoryInfo) -> pb.Memory:
         update_time=timestamp(info.updated),
         model=info.model,
         residency=RESIDENCY[info.residency],
+        damage=info.damage,
     )
 
 

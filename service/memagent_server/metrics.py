@@ -1,4 +1,5 @@
-"""Prometheus metrics, served over HTTP on their own port, and one structured log line per call."""
+"""Prometheus metrics, served over HTTP on their own port (loopback unless told otherwise), and
+one structured log line per call, naming the tenant (never the token)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from memagent_server.auth import tenant_for_logs
 from memagent_server.handler_wrapping import wrap
 
 log = logging.getLogger("memagent_server.rpc")
@@ -34,16 +36,25 @@ class Metrics:
             "memagent_memories_resident", "Open memories by where their pool is", ["tier"], registry=r
         )
         self.queue = Gauge("memagent_queue_depth", "Requests admitted and not finished", registry=r)
+        self.in_progress = Gauge("memagent_calls_in_progress", "MemoryService calls not finished", registry=r)
+        self.http_address: tuple | None = None  # where /metrics listens, once serving
 
-    def watch(self, resident: Callable[[], dict[str, int]], queue_depth: Callable[[], int]) -> None:
+    def watch(
+        self,
+        resident: Callable[[], dict[str, int]],
+        queue_depth: Callable[[], int],
+        in_progress: Callable[[], int] = lambda: 0,
+    ) -> None:
         """Read gauges from live state at scrape time."""
         for tier in ("device", "host"):
             self.resident.labels(tier=tier).set_function(lambda tier=tier: resident().get(tier, 0))
         self.queue.set_function(queue_depth)
+        self.in_progress.set_function(in_progress)
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint (/metrics); returns its port."""
         server, _ = start_http_server(port, addr=host, registry=self.registry)
+        self.http_address = server.server_address
         return server.server_port
 
 
@@ -82,5 +93,12 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             self.metrics.requests.labels(method=method, code=name).inc()
             self.metrics.latency.labels(method=method).observe(seconds)
             log.info(
-                "rpc", extra={"method": method, "code": name, "ms": round(seconds * 1000, 2), "peer": peer}
+                "rpc",
+                extra={
+                    "method": method,
+                    "code": name,
+                    "ms": round(seconds * 1000, 2),
+                    "peer": peer,
+                    "tenant": tenant_for_logs(),
+                },
             )

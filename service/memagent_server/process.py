@@ -12,14 +12,23 @@ from pathlib import Path
 
 
 class ServerProcess:
-    """Starts the server with `--no-auth --port 0 --metrics-port -1` plus `options`; its JSON logs
-    go to `log`, where the "serving" line gives the address it bound."""
+    """Starts the server with `--port 0 --metrics-port -1` plus `options`, and `--tokens tokens`
+    or else `--no-auth`; its JSON logs go to `log`, where the "serving" line gives the address."""
 
-    def __init__(self, data_dir: Path, log: Path, *options: str, model: str = "random:tiny", timeout: float = 180):
+    def __init__(
+        self,
+        data_dir: Path,
+        log: Path,
+        *options: str,
+        model: str = "random:tiny",
+        tokens: Path | None = None,
+        timeout: float = 180,
+    ):
         self.log = Path(log)
+        auth = ["--tokens", str(tokens)] if tokens else ["--no-auth"]
         command = [
             sys.executable, "-c", "from memagent.cli import main; main()", "serve",
-            "--model", model, "--no-auth", "--port", "0", "--metrics-port", "-1",
+            "--model", model, *auth, "--port", "0", "--metrics-port", "-1",
             "--data-dir", str(data_dir), *options,
         ]  # fmt: skip
         with open(self.log, "w") as stderr:  # the child keeps its own copy of the descriptor
@@ -41,6 +50,12 @@ class ServerProcess:
     def kill(self) -> None:
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait()
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def log_lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
 
     def stop(self) -> int:
         """Graceful shutdown (SIGTERM: drain and snapshot); returns the exit code."""

@@ -1,10 +1,19 @@
-"""The server: gRPC (MemoryService, health, reflection) on one port, metrics on another,
-graceful shutdown on SIGTERM/SIGINT (stop accepting, drain, snapshot)."""
+"""The server: gRPC (MemoryService, health, reflection) on one port, metrics on another
+(loopback unless told otherwise), tokens reloaded on SIGHUP.
+
+Shutdown on SIGTERM/SIGINT: health turns NOT_SERVING at once and stays visible, because the
+listener stays open while calls in progress finish (new MemoryService calls get UNAVAILABLE),
+for at most the grace period; then every pool is snapshotted. A second signal exits at once:
+every acknowledged write is already in its log, so nothing acknowledged is lost.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +25,8 @@ from grpc_reflection.v1alpha import reflection
 
 from memagent.store import MemoryStore
 from memagent.v1 import memagent_pb2, memagent_pb2_grpc
-from memagent_server.auth import AuthInterceptor
+from memagent_server.auth import SERVICE_PREFIX, AuthInterceptor, load_tokens
+from memagent_server.handler_wrapping import wrap
 from memagent_server.limits import Limits
 from memagent_server.metrics import Metrics, MetricsInterceptor
 from memagent_server.servicer import MemoryServicer
@@ -33,7 +43,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     tokens: dict[str, str] | None = None  # bearer token -> tenant; None: no authentication
+    tokens_file: Path | None = None  # where `tokens` came from: reloaded on SIGHUP
+    insecure_no_auth_on_public_address: bool = False  # else no auth is refused off loopback
     metrics_port: int | None = None  # None: no metrics endpoint
+    metrics_host: str = "127.0.0.1"
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_pending: int = 256
@@ -41,13 +54,56 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+class ShutdownGate(grpc.aio.ServerInterceptor):
+    """Counts MemoryService calls in progress and, once draining, refuses new ones."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.active = 0
+        self.idle = asyncio.Event()
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(SERVICE_PREFIX):
+            return handler
+        return wrap(handler, self._tracked)
+
+    @contextlib.asynccontextmanager
+    async def _tracked(self, context: grpc.aio.ServicerContext):
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry later")
+        self.active += 1
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self.idle.set()
+
+
 class Server:
     def __init__(self, store: MemoryStore, config: ServerConfig):
+        if config.tokens is None and not is_loopback(config.host) and not config.insecure_no_auth_on_public_address:
+            raise ValueError(
+                f"refusing to serve without authentication on {config.host}, which is not a loopback address: "
+                "use tokens, or say --insecure-no-auth-on-public-address"
+            )
         self.store = store
         self.config = config
         self.metrics = Metrics()
         self.worker = EngineWorker(config.max_pending)
-        self.metrics.watch(store.resident, lambda: self.worker.pending)
+        self.gate = ShutdownGate()
+        self.metrics.watch(store.resident, lambda: self.worker.pending, lambda: self.gate.active)
         self.servicer = MemoryServicer(store, self.worker, config.limits, self.metrics)
         self.port = 0
         self.metrics_port: int | None = None
@@ -55,8 +111,9 @@ class Server:
     def _build(self) -> None:
         """The gRPC server and health servicer belong to the running event loop: made in start()."""
         self.health = health_aio.HealthServicer()
+        self.auth = AuthInterceptor(self.config.tokens)
         self.grpc = grpc.aio.server(
-            interceptors=[MetricsInterceptor(self.metrics), AuthInterceptor(self.config.tokens)],
+            interceptors=[MetricsInterceptor(self.metrics), self.auth, self.gate],
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
         )
         memagent_pb2_grpc.add_MemoryServiceServicer_to_server(self.servicer, self.grpc)
@@ -75,7 +132,7 @@ class Server:
         else:
             self.port = self.grpc.add_insecure_port(address)
         if self.config.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(self.config.host, self.config.metrics_port)
+            self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
         await self.grpc.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -83,7 +140,7 @@ class Server:
             "serving",
             extra={
                 "address": f"{self.config.host}:{self.port}",
-                "metrics_port": self.metrics_port,
+                "metrics": f"{self.config.metrics_host}:{self.metrics_port}" if self.metrics_port else None,
                 "model": self.store.engine.name,
                 "data_dir": str(self.store.root),
                 "auth": self.config.tokens is not None,
@@ -92,19 +149,45 @@ class Server:
         )
 
     async def stop(self) -> None:
-        """Stop taking calls, let those in progress finish, snapshot every pool."""
+        """NOT_SERVING first; let calls in progress finish (grace period) with the listener still
+        open; then close it and snapshot every pool."""
         await self.health.enter_graceful_shutdown()
-        await self.grpc.stop(self.config.grace_s)
+        self.gate.draining = True
+        if self.gate.active:
+            log.info("draining", extra={"calls": self.gate.active, "grace_s": self.config.grace_s})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.gate.idle.wait(), self.config.grace_s)
+        await self.grpc.stop(0)
         await self.worker.run(self.store.close)
         self.worker.shutdown()
         log.info("stopped")
+
+    def reload_tokens(self) -> None:
+        """Read the tokens file again (SIGHUP); a bad file keeps the tokens in use."""
+        if self.config.tokens_file is None:
+            log.warning("SIGHUP ignored: no tokens file to reload")
+            return
+        try:
+            self.auth.tokens = load_tokens(self.config.tokens_file)
+        except ValueError as err:
+            log.error("tokens not reloaded; the old ones stay in use", extra={"error": str(err)})
+            return
+        log.info("tokens reloaded", extra={"tenants": len(set(self.auth.tokens.values()))})
 
     async def run_until_signalled(self) -> None:
         await self.start()
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def signalled() -> None:
+            if stopping.is_set():
+                log.warning("second signal: exiting now")
+                os._exit(1)  # every acknowledged write is in its log already
+            stopping.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
+            loop.add_signal_handler(sig, signalled)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_tokens)
         await stopping.wait()
         log.info("shutting down")
         await self.stop()

@@ -10,6 +10,7 @@ import grpc
 
 from memagent.sampling import ASK_DEFAULTS, SamplingParams
 from memagent.store import Generation, MemoryStore
+from memagent.store.errors import quote
 from memagent.store.memory_store import STATE_FORMAT
 from memagent.v1 import memagent_pb2 as pb
 from memagent.v1 import memagent_pb2_grpc
@@ -51,7 +52,7 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
     @answers_with_status
     async def List(self, request: pb.ListRequest, context) -> pb.ListResponse:
         size = self.limits.page_size(request.page_size)
-        after = _decode_token(request.page_token)
+        after = _decode_token(self.limits.page_token(request.page_token))
         infos = await self._call(self.store.list, current_tenant(), after=after, limit=size + 1)
         more = len(infos) > size
         infos = infos[:size]
@@ -102,7 +103,7 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
                     raise ValueError("an import has one header")
                 header = chunk.header
                 if header.format != STATE_FORMAT:
-                    raise ValueError(f"unknown state format {header.format!r}; expected {STATE_FORMAT!r}")
+                    raise ValueError(f"unknown state format {quote(header.format)}; expected {STATE_FORMAT!r}")
                 continue
             size += len(chunk.log) + len(chunk.pool)
             if size > self.limits.max_state_bytes:
@@ -118,7 +119,9 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
     @answers_with_status
     async def Inject(self, request: pb.InjectRequest, context) -> pb.InjectResponse:
         texts = self.limits.texts(request.texts)
-        receipts = await self._call(self.store.inject, current_tenant(), request.memory_id, texts)
+        request_id = self.limits.request_id(request.request_id)
+        tenant = current_tenant()
+        receipts = await self._call(self.store.inject, tenant, request.memory_id, texts, request_id=request_id)
         self.metrics.tokens_written.inc(sum(r.tokens for r in receipts))
         return pb.InjectResponse(receipts=[convert.receipt(r) for r in receipts])
 
@@ -143,7 +146,7 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
     @answers_with_status
     async def ListEntries(self, request: pb.ListEntriesRequest, context) -> pb.ListEntriesResponse:
         size = self.limits.page_size(request.page_size)
-        after = int(_decode_token(request.page_token) or 0)
+        after = _decode_entry_token(self.limits.page_token(request.page_token))
         entries = await self._call(self.store.entries, current_tenant(), request.memory_id)
         page = [e for e in entries if e.entry_id > after][: size + 1]
         token = _encode_token(str(page[size - 1].entry_id)) if len(page) > size else ""
@@ -152,7 +155,8 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
     @answers_with_status
     async def Forget(self, request: pb.ForgetRequest, context) -> pb.ForgetResponse:
         start = time.perf_counter()
-        info = await self._call(self.store.forget, current_tenant(), request.memory_id, list(request.entry_ids))
+        entry_ids = self.limits.entry_ids(request.entry_ids)
+        info = await self._call(self.store.forget, current_tenant(), request.memory_id, entry_ids)
         ms = (time.perf_counter() - start) * 1000
         return pb.ForgetResponse(forgotten=len(set(request.entry_ids)), memory=convert.memory(info), ms=ms)
 
@@ -227,4 +231,11 @@ def _decode_token(token: str) -> str:
     try:
         return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
     except ValueError as err:
-        raise ValueError(f"page_token {token!r} is not one this server issued") from err
+        raise ValueError(f"page_token {quote(token)} is not one this server issued") from err
+
+
+def _decode_entry_token(token: str) -> int:
+    after = _decode_token(token)
+    if after and not after.isdigit():
+        raise ValueError(f"page_token {quote(token)} is not one this server issued")
+    return int(after or 0)

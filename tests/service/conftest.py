@@ -21,7 +21,8 @@ ALICE, BOB = list(TOKENS)
 class RunningServer:
     def __init__(self, engine, data_dir: Path, **config):
         self.store = MemoryStore(engine, data_dir, snapshot_every=config.pop("snapshot_every", 4))
-        self.server = Server(self.store, ServerConfig(host="127.0.0.1", port=0, **config))
+        host = config.pop("host", "127.0.0.1")
+        self.server = Server(self.store, ServerConfig(host=host, port=0, **config))
         self.loop = asyncio.new_event_loop()
         self.loop_errors: list[dict] = []  # what the loop would only log: failed callbacks, lost task errors
         self.loop.set_exception_handler(lambda loop, error: self.loop_errors.append(error))
