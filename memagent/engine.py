@@ -7,6 +7,7 @@ The write path (text -> `WritePlan` -> `MemoryLLM.inject`) and the read path (pr
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -72,15 +73,68 @@ class Chunking:
         return chunk * copies
 
 
+# Share of the device memory free after loading that decode caches may take by default; the
+# residency tiers keep pools in half of it (memagent.store.residency).
+CACHE_SHARE = 0.4
+
+
+class CacheBudgetExceeded(RuntimeError):
+    """Starting a generation would take the decode caches past the engine's budget."""
+
+
+class CacheBudget:
+    """Bytes of decode caches that running generations may hold at once (None: no limit).
+
+    A generation reserves its cache's size before the cache exists and returns it when it
+    ends, so a burst of long requests is refused with a clear error instead of running the
+    device out of memory halfway through a decode.
+    """
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self.live = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> CacheBudget:
+        if device.type != "cuda":
+            return cls(None)  # host memory: the operating system's limits apply
+        return cls(int(torch.cuda.mem_get_info(device)[0] * CACHE_SHARE))
+
+    @contextlib.contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        with self._lock:
+            if self.limit is not None and self.live + nbytes > self.limit:
+                raise CacheBudgetExceeded(
+                    f"a decode cache of {nbytes / 2**20:.1f} MiB does not fit: running generations hold "
+                    f"{self.live / 2**20:.1f} of {self.limit / 2**20:.1f} MiB; retry later or ask for fewer tokens"
+                )
+            self.live += nbytes
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.live -= nbytes
+
+
 class Engine:
     """Owns the model; pools are named memories. Model calls from many threads are serialized
     one step at a time, so a long generation does not hold off writes to other pools."""
 
-    def __init__(self, model: MemoryLLM, tokenizer, *, name: str = "memoryllm", chunking: Chunking | None = None):
+    def __init__(
+        self,
+        model: MemoryLLM,
+        tokenizer,
+        *,
+        name: str = "memoryllm",
+        chunking: Chunking | None = None,
+        cache_budget: CacheBudget | None = None,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.chunking = chunking or Chunking()
+        self.cache_budget = cache_budget or CacheBudget.for_device(model.device)
         self.pools: dict[str, NamedPool] = {}
         self.lock = threading.RLock()
         self.eos_token_ids = sorted(set(model.config.eos_token_ids()) | self._tokenizer_eos())
@@ -213,20 +267,22 @@ class BatchGeneration:
         step = pool.step
         try:
             ids, mask = encoded["input_ids"], encoded["attention_mask"]
-            tokens = generation.stream(engine.model, ids, params, engine.eos_token_ids, mask, pool, lock=engine.lock)
-            for row_tokens in tokens:
-                pieces = []
-                for i, token in enumerate(row_tokens.tolist()):
-                    if ended[i]:  # finished rows get padding; a stop string ends a row before its EOS
-                        pieces.append("")
-                        continue
-                    completion[i] += 1
-                    pieces.append(texts[i].finish() if token in eos else texts[i].push(token))
-                    if texts[i].stopped:
-                        ended[i] = "stop"
-                yield pieces
-                if all(ended):
-                    return
+            cache_bytes = engine.model.cache_nbytes(pool, ids.shape[0], ids.shape[1] + params.max_new_tokens)
+            with engine.cache_budget.reserve(cache_bytes):
+                tokens = generation.stream(engine.model, ids, params, engine.eos_token_ids, mask, pool, lock=engine.lock)
+                for row_tokens in tokens:
+                    pieces = []
+                    for i, token in enumerate(row_tokens.tolist()):
+                        if ended[i]:  # finished rows get padding; a stop string ends a row before its EOS
+                            pieces.append("")
+                            continue
+                        completion[i] += 1
+                        pieces.append(texts[i].finish() if token in eos else texts[i].push(token))
+                        if texts[i].stopped:
+                            ended[i] = "stop"
+                    yield pieces
+                    if all(ended):
+                        return
             ended = [reason or "length" for reason in ended]
             yield [text.finish() for text in texts]  # the text held back for a stop string that never came
         finally:

@@ -43,6 +43,11 @@ def register(subparsers) -> None:
     p.add_argument("--snapshot-every", type=int, default=64, help="snapshot a pool after this many writes")
     p.add_argument("--device-budget-mb", type=float, help="pools kept on the device (default: half the GPU memory free after loading; no limit on the CPU)")
     p.add_argument("--host-budget-mb", type=float, help="pools kept in host memory off the device (default: no limit)")
+    p.add_argument(
+        "--cache-budget-mb",
+        type=float,
+        help="decode caches of running generations (default: 40%% of the GPU memory free after loading; none on a CPU)",
+    )
     p.add_argument("--max-pending", type=int, default=256, help="requests queued or running before RESOURCE_EXHAUSTED")
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
     ray = p.add_argument_group("Ray Serve (pip install 'memagent[ray]'; README \"Scaling out\")")
@@ -119,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     if args.ray:
         return _run_on_ray(args, tokens)
     engine = memagent.load(args.model, device=args.device)
+    if args.cache_budget_mb is not None:
+        engine.cache_budget.limit = _megabytes(args.cache_budget_mb)
     store = MemoryStore(
         engine,
         args.data_dir,

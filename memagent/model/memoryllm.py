@@ -272,6 +272,12 @@ class MemoryLLM(nn.Module):
         pool.prefix_kv = PrefixKV(pool.version, keys, values)
         return pool.prefix_kv
 
+    def cache_nbytes(self, pool: MemoryPool | None, batch_size: int, max_tokens: int) -> int:
+        """Bytes of the token buffers `new_cache` allocates (the shared prefix is the pool's)."""
+        c = self.config
+        slots = (self.long_term_slots(pool) if pool is not None else 0) + max_tokens
+        return 2 * c.num_hidden_layers * batch_size * c.num_key_value_heads * slots * c.head_dim * self.dtype.itemsize
+
     def new_cache(self, pool: MemoryPool | None, batch_size: int, max_tokens: int, *, own_prefix: bool = False) -> KVCache:
         """A cache reading `pool`'s memory (None: no memory) for `batch_size` rows of up to
         `max_tokens` prompt and generated tokens; its prefix is the pool's own, not a copy,

@@ -25,6 +25,7 @@ from memagent.store import (
     MemoryNotFound,
     ModelMismatch,
 )
+from memagent.engine import CacheBudgetExceeded
 from memagent.store.errors import MemoryDamaged
 from memagent_server.worker import QueueFull
 
@@ -44,6 +45,7 @@ CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidName, grpc.StatusCode.INVALID_ARGUMENT),
     (CorruptState, grpc.StatusCode.INVALID_ARGUMENT),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (CacheBudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
 ]
 

@@ -197,3 +197,25 @@ def test_ask_defaults_live_in_one_place(tiny_engine):
     question = "What is the dog called?"
     expected = pool.generate(tiny_engine.question_prompt(question), ASK_DEFAULTS).strip()
     assert pool.ask(question) == expected
+
+
+def test_a_generation_reserves_its_cache_and_a_full_budget_refuses_the_next(tiny_engine):
+    from memagent.engine import CacheBudget, CacheBudgetExceeded
+
+    pool = tiny_engine.pool("budget").pool
+    one = tiny_engine.model.cache_nbytes(pool, 1, len(tiny_engine.encode("Hello")) + 4)
+    assert one == tiny_engine.model.new_cache(pool, 1, len(tiny_engine.encode("Hello")) + 4).nbytes
+    saved, tiny_engine.cache_budget = tiny_engine.cache_budget, CacheBudget(one)
+    try:
+        first = tiny_engine.generate(pool, "Hello", max_new_tokens=4)
+        next(first)  # running: its cache is reserved
+        assert tiny_engine.cache_budget.live == one
+        with pytest.raises(CacheBudgetExceeded, match="does not fit"):
+            next(iter(tiny_engine.generate(pool, "Hello", max_new_tokens=4)))
+        first.close()
+        assert tiny_engine.cache_budget.live == 0
+        again = tiny_engine.generate(pool, "Hello", max_new_tokens=4)
+        "".join(again)  # fits again
+        assert again.usage.finish_reason in ("stop", "length") and tiny_engine.cache_budget.live == 0
+    finally:
+        tiny_engine.cache_budget = saved

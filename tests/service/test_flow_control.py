@@ -81,3 +81,18 @@ def test_streams_abandoned_mid_decode_leave_the_server_healthy(small_server):
         assert _idle_soon(small_server)
     with small_server.client(None) as client:
         assert client.get("m").entries == 1
+
+
+def test_a_full_cache_budget_answers_resource_exhausted(small_server, tiny_engine):
+    from memagent.engine import CacheBudget
+
+    saved, tiny_engine.cache_budget = tiny_engine.cache_budget, CacheBudget(1)
+    try:
+        with small_server.client(None) as client, pytest.raises(ClientError) as refused:
+            client.ask("m", "Is there room?")
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "does not fit" in refused.value.details
+    finally:
+        tiny_engine.cache_budget = saved
+    with small_server.client(None) as client:
+        client.ask("m", "Is there room?")  # answered again once the budget has room
