@@ -49,6 +49,9 @@ def register(subparsers) -> None:
         help="decode caches of running generations (default: 40%% of the GPU memory free after loading; none on a CPU)",
     )
     p.add_argument("--max-pending", type=int, default=256, help="requests queued or running before RESOURCE_EXHAUSTED")
+    p.add_argument(
+        "--max-pending-per-tenant", type=int, help="requests one tenant may have queued or running (default: half of --max-pending)"
+    )
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
     ray = p.add_argument_group("Ray Serve (pip install 'memagent[ray]'; README \"Scaling out\")")
     ray.add_argument("--ray", action="store_true", help="memories multiplexed over replicas sharing --data-dir")
@@ -144,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         metrics_host=args.metrics_host,
         max_pending=args.max_pending,
+        max_pending_per_tenant=args.max_pending_per_tenant,
         grace_s=args.grace_seconds,
     )
     asyncio.run(Server(store, config).run_until_signalled())
@@ -165,6 +169,7 @@ def _run_on_ray(args: argparse.Namespace, tokens: dict[str, str] | None) -> int:
         tokens=tokens,
         snapshot_every=args.snapshot_every,
         max_pending=args.max_pending,
+        max_pending_per_tenant=args.max_pending_per_tenant,
         gpus_per_replica=1.0 if args.device.startswith("cuda") else 0.0,
     )
     run_until_signalled(config, args.port, args.ray_address)

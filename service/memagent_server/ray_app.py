@@ -35,7 +35,7 @@ from memagent_server.auth import DEFAULT_TENANT, act_as, load_tokens, tenant_of
 from memagent_server.limits import Limits
 from memagent_server.metrics import Metrics
 from memagent_server.servicer import MemoryServicer
-from memagent_server.worker import EngineWorker
+from memagent_server.worker import SERVER, EngineWorker
 
 log = logging.getLogger("memagent_server")
 
@@ -63,6 +63,7 @@ class RayConfig:
     tokens: dict[str, str] | None = None  # bearer token -> tenant; None: no authentication
     snapshot_every: int = 64
     max_pending: int = 256
+    max_pending_per_tenant: int | None = None  # None: half of max_pending
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0
     limits: Limits = field(default_factory=Limits)
@@ -97,7 +98,7 @@ class MemoryReplica:
             snapshot_every=config.snapshot_every,
             device_bytes=config.resident * engine.model.pool.memory.nbytes,
         )
-        self.worker = EngineWorker(config.max_pending)
+        self.worker = EngineWorker(config.max_pending, config.max_pending_per_tenant)
         self.metrics = Metrics()
         self.metrics.watch(self.store.resident, lambda: self.worker.pending)
         self.servicer = MemoryServicer(self.store, self.worker, config.limits, self.metrics)
@@ -137,7 +138,7 @@ class MemoryReplica:
             table = getattr(self._routing, "__serve_multiplex_wrapper", None)  # Serve's own (private)
             if table is None:
                 continue
-            held = await self.worker.run(self.store.held)
+            held = await self.worker.run(SERVER, self.store.held)
             moved = [memory_id for memory_id in table.models if memory_id not in held]
             for memory_id in moved:  # no await in between: no other call sees a half-done table
                 del table.models[memory_id]

@@ -30,7 +30,7 @@ from memagent_server.handler_wrapping import wrap
 from memagent_server.limits import Limits
 from memagent_server.metrics import Metrics, MetricsInterceptor
 from memagent_server.servicer import MemoryServicer
-from memagent_server.worker import EngineWorker
+from memagent_server.worker import SERVER, EngineWorker
 
 log = logging.getLogger("memagent_server")
 
@@ -50,6 +50,7 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_pending: int = 256
+    max_pending_per_tenant: int | None = None  # None: half of max_pending
     grace_s: float = 30.0
     limits: Limits = field(default_factory=Limits)
 
@@ -101,7 +102,7 @@ class Server:
         self.store = store
         self.config = config
         self.metrics = Metrics()
-        self.worker = EngineWorker(config.max_pending)
+        self.worker = EngineWorker(config.max_pending, config.max_pending_per_tenant)
         self.gate = ShutdownGate()
         self.metrics.watch(store.resident, lambda: self.worker.pending, lambda: self.gate.active)
         self.servicer = MemoryServicer(store, self.worker, config.limits, self.metrics)
@@ -158,7 +159,7 @@ class Server:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.gate.idle.wait(), self.config.grace_s)
         await self.grpc.stop(0)
-        await self.worker.run(self.store.close)
+        await self.worker.run(SERVER, self.store.close)
         self.worker.shutdown()
         log.info("stopped")
 

@@ -35,9 +35,10 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
         return self.limits.sampling(convert.sampling(options, defaults or SamplingParams()))
 
     async def _call(self, fn, *args, **kwargs):
-        """Run a store call on the worker, holding a place in the bounded queue."""
-        with self.worker.admit():
-            return await self.worker.run(fn, *args, **kwargs)
+        """Run a store call on the worker in the caller's turn, holding a place in the bounded queue."""
+        tenant = current_tenant()
+        with self.worker.admit(tenant):
+            return await self.worker.run(tenant, fn, *args, **kwargs)
 
     # -- memories --------------------------------------------------------------------------
 
@@ -193,9 +194,9 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
     async def _stream(self, context, start_fn, memory_id: str, *args) -> AsyncIterator[pb.GenerateResponse]:
         """Text pieces as they are decoded, then the usage; stops between steps at the deadline."""
         tenant, start = current_tenant(), time.perf_counter()
-        with self.worker.admit():
-            generation: Generation = await self.worker.run(start_fn, tenant, memory_id, *args)
-            async for piece in self.worker.steps(generation, generation.close):
+        with self.worker.admit(tenant):
+            generation: Generation = await self.worker.run(tenant, start_fn, tenant, memory_id, *args)
+            async for piece in self.worker.steps(tenant, generation, generation.close):
                 remaining = context.time_remaining()
                 if remaining is not None and remaining <= 0:
                     await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded during generation")

@@ -1,10 +1,17 @@
-"""One thread that runs all memory-store work, in arrival order, behind a bounded queue.
+"""One thread that runs all memory-store work, fairly between tenants, behind bounded admission.
 
 The model is shared and the store is not thread-safe, so everything that touches them runs on
-this thread and the event loop never blocks. Arrival order is kept because the thread takes
-work first in, first out: writes to a memory apply in the order they came, and a read runs
-between writes, never during one. A generation runs one decode step per task, so writes and
-other reads interleave with it, and a cancelled or timed-out caller stops it between steps.
+this thread and the event loop never blocks. Each tenant's work waits in its own queue, first
+in, first out, and the thread takes one task from each tenant with work in turn (round-robin),
+so a tenant with many requests in flight delays another tenant's request by at most one task
+each, not by all of its own. A memory belongs to one tenant, so its writes still apply in the
+order they came, and a read runs between writes, never during one. A generation runs one
+decode step per task, so writes and other reads interleave with it, and a cancelled or
+timed-out caller stops it between steps; a task whose caller went away before it ran is
+skipped.
+
+Admission is bounded twice: `max_pending` requests in all, and `max_pending_per_tenant` for
+any one tenant, so one tenant cannot take every place.
 """
 
 from __future__ import annotations
@@ -12,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import threading
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
 _END = object()
+SERVER = ""  # the queue of the server's own work (never a tenant's name: those are not empty)
 
 
 class QueueFull(Exception):
@@ -25,36 +35,78 @@ class QueueFull(Exception):
 
 
 class EngineWorker:
-    def __init__(self, max_pending: int):
+    def __init__(self, max_pending: int, max_pending_per_tenant: int | None = None):
+        """`max_pending_per_tenant` defaults to half of `max_pending`: a second tenant always finds room."""
         self.max_pending = max_pending
+        self.max_pending_per_tenant = max_pending_per_tenant or max(1, max_pending // 2)
         self.pending = 0
+        self.pending_by_tenant: Counter[str] = Counter()
+        self._queues: dict[str, deque[tuple[Callable[[], object], Future]]] = {}
+        self._turns: deque[str] = deque()  # tenants with queued work, next to run first
+        self._lock = threading.Lock()  # queues are filled on the event loop, emptied on the thread
+        # One executor task per queued task, each taking whichever task is next in turn.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="memagent-engine")
 
     @contextlib.contextmanager
-    def admit(self):
-        """Hold a place in the queue for one request, or raise QueueFull."""
+    def admit(self, tenant: str):
+        """Hold a place in the queue for one request of `tenant`, or raise QueueFull naming the limit."""
         if self.pending >= self.max_pending:
             raise QueueFull(
                 f"server busy: {self.pending} requests in progress (max_pending={self.max_pending}); retry later"
             )
+        if self.pending_by_tenant[tenant] >= self.max_pending_per_tenant:
+            raise QueueFull(
+                f"tenant {tenant!r} has {self.pending_by_tenant[tenant]} requests in progress "
+                f"(max_pending_per_tenant={self.max_pending_per_tenant}); retry later"
+            )
         self.pending += 1
+        self.pending_by_tenant[tenant] += 1
         try:
             yield
         finally:
             self.pending -= 1
+            self.pending_by_tenant[tenant] -= 1
+            if not self.pending_by_tenant[tenant]:
+                del self.pending_by_tenant[tenant]
 
-    async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+    async def run(self, tenant: str, fn: Callable[..., T], *args, **kwargs) -> T:
+        """`fn(*args, **kwargs)` on the worker thread, in `tenant`'s turn."""
+        return await asyncio.wrap_future(self._submit(tenant, functools.partial(fn, *args, **kwargs)))
 
-    async def steps(self, steps: Iterator[T], close: Callable[[], None]) -> AsyncIterator[T]:
+    async def steps(self, tenant: str, steps: Iterator[T], close: Callable[[], None]) -> AsyncIterator[T]:
         """Drive a blocking iterator one item per task; `close` runs on the worker when done or abandoned."""
         try:
-            while (item := await self.run(next, steps, _END)) is not _END:
+            while (item := await self.run(tenant, next, steps, _END)) is not _END:
                 yield item
         finally:
-            # Queued behind any step still running, so it never races with one.
-            self._executor.submit(close)
+            # Queued behind any step of this tenant still waiting, so it never races with one.
+            self._submit(tenant, close)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)
+
+    def _submit(self, tenant: str, task: Callable[[], T]) -> Future:
+        future: Future = Future()
+        with self._lock:
+            if tenant not in self._queues:
+                self._queues[tenant] = deque()
+                self._turns.append(tenant)
+            self._queues[tenant].append((task, future))
+        self._executor.submit(self._run_next)
+        return future
+
+    def _run_next(self) -> None:
+        with self._lock:
+            tenant = self._turns.popleft()
+            queue = self._queues[tenant]
+            task, future = queue.popleft()
+            if queue:
+                self._turns.append(tenant)
+            else:
+                del self._queues[tenant]
+        if not future.set_running_or_notify_cancel():
+            return  # its caller went away while it waited
+        try:
+            future.set_result(task())
+        except BaseException as err:  # handed to the caller, as an executor would
+            future.set_exception(err)

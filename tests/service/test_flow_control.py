@@ -19,7 +19,11 @@ LONG = {"max_new_tokens": 2000, "stop": ["never appears in the output"]}
 @pytest.fixture(scope="module")
 def small_server(tiny_engine, tmp_path_factory):
     running = RunningServer(
-        tiny_engine, tmp_path_factory.mktemp("data"), max_pending=2, limits=Limits(max_new_tokens=2000)
+        tiny_engine,
+        tmp_path_factory.mktemp("data"),
+        max_pending=2,
+        max_pending_per_tenant=2,
+        limits=Limits(max_new_tokens=2000),
     )
     with running.client(None) as client:
         client.create("m")

@@ -1,0 +1,101 @@
+"""Fair between tenants: one tenant's many requests neither take every place nor run first."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import grpc
+import pytest
+from memagent_server.worker import EngineWorker
+
+from memagent.client import ClientError
+
+from .conftest import ALICE, BOB, TOKENS, RunningServer
+
+pytestmark = pytest.mark.timeout(120)
+LONG = {"max_new_tokens": 2000, "stop": ["never appears in the output"]}
+
+
+def test_tenants_take_turns_on_the_worker():
+    """Alice queued five tasks before Bob's one: Bob's runs after one of hers, not after all."""
+    worker = EngineWorker(max_pending=16)
+    ran: list[str] = []
+    gate = threading.Event()
+
+    async def scenario():
+        blocker = asyncio.ensure_future(worker.run("carol", gate.wait))
+        await asyncio.sleep(0.05)  # the worker thread is now held by carol's task
+        queued = [worker.run("alice", ran.append, f"alice {i}") for i in range(5)]
+        queued.append(worker.run("bob", ran.append, "bob 0"))
+        tasks = [asyncio.ensure_future(q) for q in queued]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(blocker, *tasks)
+
+    asyncio.run(scenario())
+    worker.shutdown()
+    assert ran == ["alice 0", "bob 0", "alice 1", "alice 2", "alice 3", "alice 4"]
+
+
+def test_a_tenants_own_writes_keep_their_order():
+    worker = EngineWorker(max_pending=16)
+    ran: list[int] = []
+
+    async def scenario():
+        await asyncio.gather(*(worker.run("alice", ran.append, i) for i in range(50)))
+
+    asyncio.run(scenario())
+    worker.shutdown()
+    assert ran == list(range(50))
+
+
+def test_a_queued_task_whose_caller_left_is_skipped():
+    worker = EngineWorker(max_pending=16)
+    ran: list[str] = []
+    gate = threading.Event()
+
+    async def scenario():
+        blocker = asyncio.ensure_future(worker.run("alice", gate.wait))
+        await asyncio.sleep(0.05)
+        left = asyncio.ensure_future(worker.run("alice", ran.append, "left"))
+        stays = asyncio.ensure_future(worker.run("alice", ran.append, "stays"))
+        await asyncio.sleep(0.05)
+        left.cancel()
+        gate.set()
+        await asyncio.gather(blocker, stays)
+
+    asyncio.run(scenario())
+    worker.shutdown()
+    assert ran == ["stays"]
+
+
+@pytest.fixture(scope="module")
+def shared_server(tiny_engine, tmp_path_factory):
+    running = RunningServer(tiny_engine, tmp_path_factory.mktemp("data"), tokens=TOKENS, max_pending=8)
+    yield running
+    running.stop()
+
+
+def test_bobs_writes_succeed_while_alice_holds_many_streams(shared_server):
+    with shared_server.client(ALICE) as alice, shared_server.client(BOB) as bob:
+        alice.create("a")
+        alice.inject("a", "Alice keeps her notes here.")
+        bob.create("b")
+        streams, refused = [], []
+        for i in range(8):  # as many as the whole server admits
+            stream = alice.generate("a", f"Story {i}:", **LONG)
+            try:
+                next(stream)
+                streams.append(stream)
+            except ClientError as err:
+                refused.append(err)
+        assert len(streams) == 4  # half of max_pending
+        assert {e.code for e in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert all("max_pending_per_tenant=4" in e.details for e in refused)
+        for i in range(3):
+            bob.inject("b", f"Bob's note number {i}.")
+        assert bob.get("b").entries == 3
+        assert bob.ask("b", "What did Bob note?", max_new_tokens=2) is not None
+        for stream in streams:
+            stream.close()
