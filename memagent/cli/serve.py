@@ -52,6 +52,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--max-pending-per-tenant", type=int, help="requests one tenant may have queued or running (default: half of --max-pending)"
     )
+    p.add_argument("--max-memories-per-tenant", type=int, help="memories one tenant may hold (default: no limit)")
+    p.add_argument("--max-disk-mb-per-tenant", type=float, help="bytes on disk one tenant may hold, in MB (default: no limit)")
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
     ray = p.add_argument_group("Ray Serve (pip install 'memagent[ray]'; README \"Scaling out\")")
     ray.add_argument("--ray", action="store_true", help="memories multiplexed over replicas sharing --data-dir")
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from memagent_server.server import Server, ServerConfig, is_loopback
 
     import memagent
-    from memagent.store import MemoryStore
+    from memagent.store import MemoryStore, TenantQuota
     from memagent.store.data_dir_lock import DataDirBusy, DataDirLock
 
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -135,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         snapshot_every=args.snapshot_every,
         device_bytes=_megabytes(args.device_budget_mb),
         host_bytes=_megabytes(args.host_budget_mb),
+        quota=TenantQuota(args.max_memories_per_tenant, _megabytes(args.max_disk_mb_per_tenant)),
     )
     config = ServerConfig(
         host=args.host,

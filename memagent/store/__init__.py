@@ -10,6 +10,7 @@ from memagent.store.errors import (
     StoreError,
 )
 from memagent.store.lease import LeaseLost
+from memagent.store.quota import TenantQuota
 from memagent.store.memory_store import ExportedState, Generation, MemoryInfo, MemoryStore, NewText, Receipt, check_name
 from memagent.store.write_ahead_log import LogEntry
 
@@ -29,5 +30,6 @@ __all__ = [
     "NewText",
     "Receipt",
     "StoreError",
+    "TenantQuota",
     "check_name",
 ]

@@ -47,3 +47,7 @@ class MemoryDamaged(StoreError):
 
 class RequestIdReused(StoreError, ValueError):
     """A client request id sent again with different texts."""
+
+
+class QuotaExceeded(StoreError):
+    """A tenant at one of its limits (memories, bytes on disk); the message names the limit."""

@@ -56,9 +56,17 @@ from memagent.store.errors import (
     quote,
 )
 from memagent.store.lease import Lease, LeaseLost, default_owner
+from memagent.store.quota import TenantQuota
 from memagent.store.residency import Residency
 from memagent.store.snapshots import Snapshots
-from memagent.store.write_ahead_log import LOG_FILE, LogEntry, LogHeader, WriteAheadLog, decode_complete
+from memagent.store.write_ahead_log import (
+    LOG_FILE,
+    LogEntry,
+    LogHeader,
+    WriteAheadLog,
+    decode_complete,
+    encoded_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +192,11 @@ class MemoryStore:
         seed: int = 0,
         shared: bool = False,
         owner: str | None = None,
+        quota: TenantQuota = TenantQuota(),
     ):
         """`shared`: other stores use `data_dir` too (memories are leased; see the module doc);
-        `owner` names this store in the lease files (default: host and process id)."""
+        `owner` names this store in the lease files (default: host and process id); `quota`:
+        what each tenant may hold (QuotaExceeded beyond it)."""
         self.engine = engine
         self.root = Path(data_dir)
         self.root.mkdir(mode=PRIVATE, parents=True, exist_ok=True)
@@ -198,6 +208,7 @@ class MemoryStore:
         self.tenants: dict[str, dict[str, DurablePool]] = {}
         self.shared = shared
         self.owner = owner or default_owner()
+        self.quota = quota
         if not shared:  # shared storage: memories are found when asked for; leftovers may be another store's work
             self._recover()
 
@@ -239,7 +250,7 @@ class MemoryStore:
 
     def list(self, tenant: str, *, after: str = "", limit: int | None = None) -> list[MemoryInfo]:
         """The tenant's memories in id order, starting after the id `after`."""
-        memories = self._on_storage(tenant) if self.shared else self.tenants.get(tenant, {})
+        memories = self._tenant_memories(tenant)
         names = sorted(n for n in memories if n > after)
         return [self.info(memories[n]) for n in names[:limit]]
 
@@ -260,7 +271,7 @@ class MemoryStore:
 
     def fork(self, tenant: str, memory_id: str, new_memory_id: str) -> MemoryInfo:
         source = self._memory(tenant, memory_id)
-        key = self._new_key(tenant, new_memory_id)
+        key = self._new_key(tenant, new_memory_id, adding=_disk_bytes(source))
         pool = self._ready(source)
         header = replace(source.wal.header.rewrite(source.wal.next_entry_id), created=time.time())
         return self.info(self._materialize(key, header, list(source.wal.entries), pool))
@@ -281,7 +292,7 @@ class MemoryStore:
 
     def import_state(self, tenant: str, memory_id: str, log_bytes: bytes, pool_bytes: bytes | None) -> MemoryInfo:
         """A new memory from an export: its log, and its pool (replayed from the log when absent)."""
-        key = self._new_key(tenant, memory_id)
+        key = self._new_key(tenant, memory_id, adding=len(log_bytes) + len(pool_bytes or b""))
         try:
             header, entries = decode_complete(log_bytes)
         except CorruptState as err:
@@ -307,7 +318,7 @@ class MemoryStore:
     def info(self, memory: DurablePool) -> MemoryInfo:
         wal = memory.wal
         updated = max([wal.header.rewritten] + [e.time for e in wal.entries[-1:]])
-        disk = _size(wal.path) + memory.snapshots.nbytes(wal.header.log_id)
+        disk = _disk_bytes(memory)
         return MemoryInfo(
             memory.memory_id,
             wal.step,
@@ -353,6 +364,7 @@ class MemoryStore:
                 )
             )
             entry_id += 1
+        self.quota.check_disk(tenant, self._tenant_disk_bytes(tenant), encoded_size(entries))
         with self._fenced(memory):
             memory.wal.append(entries)
         receipts = []
@@ -440,16 +452,24 @@ class MemoryStore:
             raise damage
         return memory
 
-    def _new_key(self, tenant: str, memory_id: str) -> tuple[str, str]:
+    def _new_key(self, tenant: str, memory_id: str, adding: int = 0) -> tuple[str, str]:
+        """The key of a new memory of `tenant` taking about `adding` bytes on disk, if free and within its quota."""
         check_name("tenant", tenant)
         check_name("memory id", memory_id)
-        if self.shared:
-            taken = (self.root / tenant / memory_id).exists()
-        else:
-            taken = memory_id in self.tenants.get(tenant, {})
-        if taken:
+        memories = self._tenant_memories(tenant)
+        if memory_id in memories or (self.shared and (self.root / tenant / memory_id).exists()):
             raise MemoryExists(f"memory {memory_id!r} already exists")
+        self.quota.check_memories(tenant, len(memories))
+        self.quota.check_disk(tenant, self._tenant_disk_bytes(tenant), adding)
         return tenant, memory_id
+
+    def _tenant_memories(self, tenant: str) -> Mapping[str, DurablePool]:
+        return self._on_storage(tenant) if self.shared else self.tenants.get(tenant, {})
+
+    def _tenant_disk_bytes(self, tenant: str) -> int:
+        if self.quota.max_disk_bytes is None:
+            return 0  # not counted when not limited: it reads every memory's file sizes
+        return sum(_disk_bytes(m) for m in self._tenant_memories(tenant).values())
 
     def _check_tokens(self, entries: Sequence[LogEntry]) -> None:
         """Imported entries must be writes this engine could have made."""
@@ -638,6 +658,10 @@ class MemoryStore:
             if memory.unsnapshotted:
                 self._try_snapshot(memory)
             memory.pool = None
+
+
+def _disk_bytes(memory: DurablePool) -> int:
+    return _size(memory.wal.path) + memory.snapshots.nbytes(memory.wal.header.log_id)
 
 
 def _check_steps(entries: Sequence[LogEntry]) -> None:

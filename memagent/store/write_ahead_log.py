@@ -28,6 +28,7 @@ import struct
 import time
 import uuid
 import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -131,6 +132,11 @@ def _header_from_payload(payload: object) -> LogHeader:
 def _record(payload: dict) -> bytes:
     data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
     return FRAME.pack(len(data), zlib.crc32(data)) + data
+
+
+def encoded_size(entries: Sequence[LogEntry]) -> int:
+    """The bytes `entries` take in a log."""
+    return sum(len(_record(asdict(e))) for e in entries)
 
 
 def encode(header: LogHeader, entries: list[LogEntry]) -> bytes:

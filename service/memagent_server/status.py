@@ -26,7 +26,7 @@ from memagent.store import (
     ModelMismatch,
 )
 from memagent.engine import CacheBudgetExceeded
-from memagent.store.errors import MemoryDamaged
+from memagent.store.errors import MemoryDamaged, QuotaExceeded
 from memagent_server.worker import QueueFull
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidName, grpc.StatusCode.INVALID_ARGUMENT),
     (CorruptState, grpc.StatusCode.INVALID_ARGUMENT),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (CacheBudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
 ]

@@ -12,7 +12,7 @@ from memagent_server.limits import Limits
 from memagent_server.server import Server, ServerConfig
 
 from memagent.client import Client
-from memagent.store import MemoryStore
+from memagent.store import MemoryStore, TenantQuota
 
 TOKENS = {"token-of-alice-0123456789": "alice", "token-of-bob-0123456789ab": "bob"}
 ALICE, BOB = list(TOKENS)
@@ -20,7 +20,9 @@ ALICE, BOB = list(TOKENS)
 
 class RunningServer:
     def __init__(self, engine, data_dir: Path, **config):
-        self.store = MemoryStore(engine, data_dir, snapshot_every=config.pop("snapshot_every", 4))
+        self.store = MemoryStore(
+            engine, data_dir, snapshot_every=config.pop("snapshot_every", 4), quota=config.pop("quota", TenantQuota())
+        )
         host = config.pop("host", "127.0.0.1")
         self.server = Server(self.store, ServerConfig(host=host, port=0, **config))
         self.loop = asyncio.new_event_loop()

@@ -10,6 +10,7 @@ import pytest
 from memagent_server.worker import EngineWorker
 
 from memagent.client import ClientError
+from memagent.store import TenantQuota
 
 from .conftest import ALICE, BOB, TOKENS, RunningServer
 
@@ -99,3 +100,17 @@ def test_bobs_writes_succeed_while_alice_holds_many_streams(shared_server):
         assert bob.ask("b", "What did Bob note?", max_new_tokens=2) is not None
         for stream in streams:
             stream.close()
+
+
+def test_a_quota_answers_resource_exhausted_naming_the_limit(tiny_engine, tmp_path):
+    running = RunningServer(tiny_engine, tmp_path, tokens=TOKENS, quota=TenantQuota(max_memories=1))
+    try:
+        with running.client(ALICE) as alice, running.client(BOB) as bob:
+            alice.create("first")
+            with pytest.raises(ClientError) as err:
+                alice.create("second")
+            assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_memories_per_tenant=1" in err.value.details
+            bob.create("first")
+    finally:
+        running.stop()
