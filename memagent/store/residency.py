@@ -7,7 +7,9 @@ Host copies live in page-locked memory, which moves to and from a GPU about twic
 
 Without a device budget, a CUDA device gets DEVICE_SHARE of the memory free when the
 residency is created (after the model is loaded); the rest is left to decode caches and
-activations.
+activations. Without a host budget, pools in host memory (on the CPU, that is every pool) get
+HOST_SHARE of the host memory available then, so a server that has touched many memories
+moves the older ones to disk instead of filling the machine.
 """
 
 from __future__ import annotations
@@ -15,20 +17,26 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
+import psutil
 import torch
 
 from memagent.model.memory_pool import MemoryPool
 
 DEVICE, HOST, DISK = "device", "host", "disk"
 DEVICE_SHARE = 0.5
+HOST_SHARE = 0.25  # the rest is the model's, the decode caches', the page cache's and other programs'
 
 
-def default_device_bytes(device: torch.device) -> int | None:
-    """The pool budget of `device` when none is given: unlimited off CUDA."""
+def default_device_bytes(device: torch.device) -> int:
+    """The pool budget of `device` when none is given (on the CPU, the host's)."""
     if device.type != "cuda":
-        return None
+        return default_host_bytes()
     free, _ = torch.cuda.mem_get_info(device)
     return int(free * DEVICE_SHARE)
+
+
+def default_host_bytes() -> int:
+    return int(psutil.virtual_memory().available * HOST_SHARE)
 
 
 class Residency:
@@ -44,7 +52,10 @@ class Residency:
         self.evict = evict
         self.device_bytes = device_bytes if device_bytes is not None else default_device_bytes(self.device)
         # With the model on the CPU there is no host tier between the device and disk.
-        self.host_bytes = 0 if self.device.type == "cpu" else host_bytes
+        if self.device.type == "cpu":
+            self.host_bytes = 0
+        else:
+            self.host_bytes = host_bytes if host_bytes is not None else default_host_bytes()
         self.pools: OrderedDict[Hashable, MemoryPool] = OrderedDict()  # least recently used first
 
     def use(self, key: Hashable, pool: MemoryPool) -> MemoryPool:

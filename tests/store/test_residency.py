@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 
+import psutil
 import torch
 
 from memagent.store.residency import Residency
@@ -41,3 +42,21 @@ def test_cuda_and_cuda_0_are_the_same_device():
     pool = FakePool().to("cuda")
     residency.use("a", pool)
     assert residency.tier("a") == "device"
+
+
+def test_budgets_default_to_a_share_of_the_machine():
+    """With no flags, pools never fill the machine: older ones go to disk."""
+    available = psutil.virtual_memory().total
+    on_cpu = Residency("cpu", lambda key: None)
+    assert 0 < on_cpu.device_bytes < available and on_cpu.host_bytes == 0
+    on_gpu = Residency("cuda", lambda key: None, device_bytes=200)
+    assert 0 < on_gpu.host_bytes < available
+
+
+def test_the_default_budget_moves_the_oldest_pools_to_disk(monkeypatch):
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=1000, total=1000))
+    evicted = []
+    residency = Residency("cpu", evicted.append)  # a quarter of 1000 bytes: two pools of 100
+    for name in "abc":
+        residency.use(name, FakePool())
+    assert evicted == ["a"] and [residency.tier(k) for k in "bc"] == ["device", "device"]
