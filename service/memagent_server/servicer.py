@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import tempfile
 import time
 from collections.abc import AsyncIterator
 
@@ -93,26 +94,29 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
 
     @answers_with_status
     async def Import(self, requests: AsyncIterator[pb.StateChunk], context) -> pb.Memory:
+        """The state is spooled to unnamed files beside the memories, not held in memory, while it
+        arrives; the call holds a place in the queue meanwhile, so imports count in max_pending."""
         tenant = current_tenant()
-        header, log, pool, size = None, bytearray(), bytearray(), 0
-        async for chunk in requests:
-            part = chunk.WhichOneof("part")
-            if header is None and part != "header":
-                raise ValueError("the first message of an import must be its header")
-            if part == "header":
-                if header is not None:
-                    raise ValueError("an import has one header")
-                header = chunk.header
-                if header.format != STATE_FORMAT:
-                    raise ValueError(f"unknown state format {quote(header.format)}; expected {STATE_FORMAT!r}")
-                continue
-            size += len(chunk.log) + len(chunk.pool)
-            if size > self.limits.max_state_bytes:
-                raise LimitExceeded(f"state over the limit max_state_bytes={self.limits.max_state_bytes}")
-            (log if part == "log" else pool).extend(chunk.log or chunk.pool)
-        if header is None:
-            raise ValueError("empty import: send a header, then the log (and the pool)")
-        info = await self._call(self.store.import_state, tenant, header.memory_id, bytes(log), bytes(pool) or None)
+        header, size = None, 0
+        with self.worker.admit(tenant), _spool(self.store) as log, _spool(self.store) as pool:
+            async for chunk in requests:
+                part = chunk.WhichOneof("part")
+                if header is None and part != "header":
+                    raise ValueError("the first message of an import must be its header")
+                if part == "header":
+                    if header is not None:
+                        raise ValueError("an import has one header")
+                    header = chunk.header
+                    if header.format != STATE_FORMAT:
+                        raise ValueError(f"unknown state format {quote(header.format)}; expected {STATE_FORMAT!r}")
+                    continue
+                size += len(chunk.log) + len(chunk.pool)
+                if size > self.limits.max_state_bytes:
+                    raise LimitExceeded(f"state over the limit max_state_bytes={self.limits.max_state_bytes}")
+                (log if part == "log" else pool).write(chunk.log or chunk.pool)
+            if header is None:
+                raise ValueError("empty import: send a header, then the log (and the pool)")
+            info = await self.worker.run(tenant, _import_spooled, self.store, tenant, header.memory_id, log, pool)
         return convert.memory(info)
 
     # -- writes ----------------------------------------------------------------------------
@@ -213,6 +217,18 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
             else:
                 pieces.append(response.text)
         return "".join(pieces), usage
+
+
+def _spool(store: MemoryStore):
+    """An unnamed file on the store's disk, gone when closed (or when the process ends)."""
+    return tempfile.TemporaryFile(dir=store.root)
+
+
+def _import_spooled(store: MemoryStore, tenant: str, memory_id: str, log, pool):
+    """On the worker: one import at a time is read back into memory, to be checked and written."""
+    log.seek(0)
+    pool.seek(0)
+    return store.import_state(tenant, memory_id, log.read(), pool.read() or None)
 
 
 async def _enumerate(items: AsyncIterator):

@@ -11,6 +11,9 @@ from memagent_server.worker import EngineWorker
 
 from memagent.client import ClientError
 from memagent.store import TenantQuota
+from memagent.store.memory_store import STATE_FORMAT
+from memagent.v1 import memagent_pb2 as pb
+from memagent.v1 import memagent_pb2_grpc
 
 from .conftest import ALICE, BOB, TOKENS, RunningServer
 
@@ -63,6 +66,7 @@ def test_a_queued_task_whose_caller_left_is_skipped():
         stays = asyncio.ensure_future(worker.run("alice", ran.append, "stays"))
         await asyncio.sleep(0.05)
         left.cancel()
+        await asyncio.gather(left, return_exceptions=True)  # its cancellation has reached the queue
         gate.set()
         await asyncio.gather(blocker, stays)
 
@@ -113,4 +117,35 @@ def test_a_quota_answers_resource_exhausted_naming_the_limit(tiny_engine, tmp_pa
             assert "max_memories_per_tenant=1" in err.value.details
             bob.create("first")
     finally:
+        running.stop()
+
+
+def test_an_import_in_progress_holds_a_place_and_leaves_no_files(tiny_engine, tmp_path):
+    running = RunningServer(tiny_engine, tmp_path, tokens=TOKENS, max_pending=2)
+    release = threading.Event()
+
+    def held_import():
+        yield pb.StateChunk(header=pb.StateHeader(memory_id="held", format=STATE_FORMAT))
+        yield pb.StateChunk(log=b"x" * 100_000)
+        release.wait(60)
+
+    try:
+        with grpc.insecure_channel(running.address) as channel, running.client(ALICE) as alice:
+            stub = memagent_pb2_grpc.MemoryServiceStub(channel)
+            call = stub.Import.future(held_import(), metadata=[("authorization", f"Bearer {ALICE}")])
+            while running.server.worker.pending_by_tenant["alice"] == 0:
+                threading.Event().wait(0.02)
+            with pytest.raises(ClientError) as err:
+                alice.create("other")
+            assert "max_pending_per_tenant=1" in err.value.details
+            with running.client(BOB) as bob:
+                bob.create("b")
+            release.set()
+            with pytest.raises(grpc.RpcError) as failed:
+                call.result(timeout=30)
+            assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # the bytes were no log
+        assert not (tmp_path / "alice").exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["bob"]
+    finally:
+        release.set()
         running.stop()
