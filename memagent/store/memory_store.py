@@ -378,7 +378,7 @@ class MemoryStore:
             self._close_pool(memory)  # the entries are logged: the next use replays them
             raise
         memory.unsnapshotted += len(entries)
-        if memory.unsnapshotted >= self.snapshot_every:
+        if self._snapshot_due(memory):
             self._try_snapshot(memory)
         return receipts
 
@@ -423,10 +423,10 @@ class MemoryStore:
     # -- lifetime --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Snapshot every pool that has writes since its last snapshot."""
+        """Snapshot every pool whose log tail would cost more to replay than a snapshot to load."""
         for memories in self.tenants.values():
             for memory in memories.values():
-                if memory.pool is not None and memory.unsnapshotted:
+                if memory.pool is not None and self._snapshot_due(memory):
                     self._try_snapshot(memory)
 
     def held(self) -> set[str]:
@@ -523,6 +523,11 @@ class MemoryStore:
             return
         memory.unsnapshotted = 0
 
+    def _snapshot_due(self, memory: DurablePool) -> bool:
+        """A snapshot is a shortcut, not the record: worth its disk only once the log's tail it
+        saves replaying is `snapshot_every` writes long (a short log replays quickly and exactly)."""
+        return memory.unsnapshotted >= self.snapshot_every
+
     def _try_snapshot(self, memory: DurablePool) -> None:
         """Snapshot after the log already holds everything: a failure (disk full) costs only a
         longer replay later, so it is logged, never reported as a failed write."""
@@ -546,9 +551,12 @@ class MemoryStore:
             self._close_pool(memory)
             memory.wal = WriteAheadLog.open(memory.wal.path, memory.wal.header)
             raise
+        memory.snapshots.remove_stale(header.log_id)  # the old log's snapshot no longer counts
         memory.pool = pool
+        memory.unsnapshotted = len(entries)
         self.residency.use(memory.key, pool)
-        self._try_snapshot(memory)
+        if self._snapshot_due(memory):
+            self._try_snapshot(memory)
 
     def _materialize(
         self, key: tuple[str, str], header: LogHeader, entries: list[LogEntry], pool: MemoryPool | None
@@ -561,7 +569,7 @@ class MemoryStore:
         staging.mkdir(mode=PRIVATE)
         try:
             WriteAheadLog.create(staging / LOG_FILE, header, entries)
-            if pool is not None:
+            if pool is not None and len(entries) >= self.snapshot_every:
                 Snapshots(staging, self.fingerprint).save(pool, header, entries[-1].entry_id if entries else 0)
             os.rename(staging, folder)
         except OSError as err:
@@ -655,7 +663,7 @@ class MemoryStore:
     def _evict(self, key: tuple[str, str]) -> None:
         memory = self.tenants.get(key[0], {}).get(key[1])
         if memory is not None and memory.pool is not None:
-            if memory.unsnapshotted:
+            if self._snapshot_due(memory):
                 self._try_snapshot(memory)
             memory.pool = None
 

@@ -61,17 +61,42 @@ def test_budget_moves_old_pools_to_disk_and_back(tiny_engine, tmp_path):
         _filled(store, name)
     assert store.resident() == {"device": 2, "host": 0}
     assert store.get("t", "a").residency == "disk"
-    assert list((tmp_path / "t" / "a").glob("pool-*.safetensors"))  # snapshotted on its way out
+    assert not list((tmp_path / "t" / "a").glob("pool-*.safetensors"))  # a short log is its own record
     unbounded = _filled(MemoryStore(tiny_engine, tmp_path / "ref"), "a")
     assert torch.equal(_pool(store, "a"), _pool(unbounded, "a"))
     assert store.get("t", "a").residency == "device"
 
 
-def test_close_snapshots_what_is_not_yet(tiny_engine, tmp_path):
-    store = _filled(MemoryStore(tiny_engine, tmp_path, snapshot_every=100), "m")
+def test_close_snapshots_a_tail_worth_one(tiny_engine, tmp_path):
+    _filled(MemoryStore(tiny_engine, tmp_path, snapshot_every=100), "m")
+    store = MemoryStore(tiny_engine, tmp_path, snapshot_every=2)
+    expected = _pool(store, "m")  # replays a tail of 3 writes
     assert not list((tmp_path / "t" / "m").glob("pool-*.safetensors"))
     store.close()
     assert len(list((tmp_path / "t" / "m").glob("pool-*.safetensors"))) == 1
+    assert torch.equal(_pool(MemoryStore(tiny_engine, tmp_path), "m"), expected)
+
+
+def test_a_short_log_is_all_a_memory_keeps_on_disk(tiny_engine, tmp_path):
+    """Snapshots are shortcuts: none while replaying the log costs less than loading one."""
+    store = _filled(MemoryStore(tiny_engine, tmp_path, snapshot_every=8, device_bytes=0), "m")
+    store.fork("t", "m", "copy")
+    store.forget("t", "copy", [1])
+    store.close()
+    for name in ("m", "copy"):
+        assert [p.name for p in (tmp_path / "t" / name).iterdir()] == ["log.wal"]
+        assert store.get("t", name).disk_bytes < 2000 < tiny_engine.pool_nbytes
+    reopened = MemoryStore(tiny_engine, tmp_path)
+    assert torch.equal(_pool(reopened, "m"), _pool(store, "m"))
+    assert torch.equal(_pool(reopened, "copy"), _pool(_filled(store, "never-told", FACTS[1:]), "never-told"))
+
+
+def test_a_rewritten_log_leaves_no_stale_snapshot(tiny_engine, tmp_path):
+    store = _filled(MemoryStore(tiny_engine, tmp_path, snapshot_every=1), "m")
+    assert len(list((tmp_path / "t" / "m").glob("pool-*.safetensors"))) == 1
+    store.snapshot_every = 100
+    store.reset("t", "m")
+    assert not list((tmp_path / "t" / "m").glob("pool-*"))
 
 
 def test_tenants_and_ids(tiny_engine, tmp_path):
