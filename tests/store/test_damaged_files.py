@@ -1,7 +1,7 @@
 """Damaged files never silently lose or change what was acknowledged: a damaged log keeps every
-intact entry and makes its memory refuse calls (others keep serving) until it is repaired (a lost or
-unreadable log too: repair starts it again empty); a
-snapshot is used only when its checksum and log position check out; bad imports create nothing."""
+intact entry and makes its memory refuse calls (others keep serving) until it is repaired (a lost
+or unreadable log too: repair starts it again empty); a snapshot is used only when its checksum
+and log position check out; bad imports create nothing."""
 
 from __future__ import annotations
 
