@@ -167,5 +167,6 @@ def _run_on_ray(args: argparse.Namespace, tokens: dict[str, str] | None) -> int:
         max_pending=args.max_pending,
         gpus_per_replica=1.0 if args.device.startswith("cuda") else 0.0,
     )
-    run_until_signalled(config, args.port, args.ray_address)
+    metrics_port = None if args.metrics_port < 0 else args.metrics_port  # a local cluster's export port
+    run_until_signalled(config, args.port, args.ray_address, metrics_port=metrics_port)
     return 0
