@@ -152,8 +152,9 @@ class MemoryReplica:
             device_bytes=config.resident * engine.model.pool.memory.nbytes,
         )
         self.worker = EngineWorker(config.max_pending)
-        replica = {"application": context.app_name, "deployment": context.deployment, "replica": context.replica_id.unique_id}
-        self.instruments = RayInstruments(replica)
+        self.instruments = RayInstruments(
+            {"application": context.app_name, "deployment": context.deployment, "replica": context.replica_id.unique_id}
+        )
         self.metrics = Metrics(self.instruments)
         self.metrics.watch(self.store.resident, lambda: self.worker.pending)
         self.servicer = MemoryServicer(self.store, self.worker, config.limits, self.metrics)
@@ -275,7 +276,8 @@ def start(config: RayConfig, port: int, address: str | None = None, metrics_port
 
 def metrics_endpoints() -> list[str]:
     """Where the cluster's nodes export metrics (Serve's and ours), as Prometheus scrapes them."""
-    return [f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics" for node in ray.nodes() if node["Alive"]]
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    return [f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics" for node in nodes]
 
 
 def stop() -> None:
@@ -283,7 +285,9 @@ def stop() -> None:
     ray.shutdown()
 
 
-def run_until_signalled(config: RayConfig, port: int, address: str | None = None, metrics_port: int | None = None) -> None:
+def run_until_signalled(
+    config: RayConfig, port: int, address: str | None = None, metrics_port: int | None = None
+) -> None:
     start(config, port, address=address, metrics_port=metrics_port)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # after start: Ray's own handlers would abort the process

@@ -48,7 +48,8 @@ class Cluster:
         command = [
             *("serve", "--ray", "--replicas", "2", "--data-dir", str(self.data_dir), "--port", str(self.port)),
             *("--model", "random:tiny", "--tokens", str(tokens), "--snapshot-every", "4"),
-            *("--resident", "32", "--metrics-port", str(self.metrics_port)),  # no replica evicts, so routing alone decides where memories are
+            *("--resident", "32"),  # no replica evicts, so routing alone decides where memories are
+            *("--metrics-port", str(self.metrics_port)),
         ]
         env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # no token file under the home folder
         self.log = root / "serve.log"
