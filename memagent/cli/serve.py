@@ -37,7 +37,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain; with --tls-key serves TLS")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
-    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port; -1 turns it off")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9464,
+        help="Prometheus /metrics port; -1 turns it off (--ray: the local cluster's metrics export port; -1: any)",
+    )
     p.add_argument("--metrics-host", default="127.0.0.1", help="address /metrics binds to (default: loopback)")
     p.add_argument("--grace-seconds", type=float, default=30.0, help="how long a shutdown lets calls finish")
     p.add_argument("--snapshot-every", type=int, default=64, help="snapshot a pool after this many writes")
