@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--tenant", default="default", help="the tenant the memory belongs to")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="the server's data directory")
     p.add_argument("--dry-run", action="store_true", help="report what would be kept; change nothing")
-    p.add_argument("--model", help="the memory's model, if its log header is lost and no snapshot names it")
+    p.add_argument("--model", help="the memory's model, if its log (or its header) is lost and no snapshot names it")
     p.add_argument("--seed", type=int, default=0, help="the memory's seed, with --model (the server's default: 0)")
     p.set_defaults(run=run)
 

@@ -37,7 +37,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain; with --tls-key serves TLS")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
-    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port; -1 turns it off")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9464,
+        help="Prometheus /metrics port; -1 turns it off (--ray: the local cluster's metrics export port; -1: any)",
+    )
     p.add_argument("--metrics-host", default="127.0.0.1", help="address /metrics binds to (default: loopback)")
     p.add_argument("--grace-seconds", type=float, default=30.0, help="how long a shutdown lets calls finish")
     p.add_argument("--snapshot-every", type=int, default=64, help="snapshot a pool after this many writes")
@@ -175,5 +180,6 @@ def _run_on_ray(args: argparse.Namespace, tokens: dict[str, str] | None) -> int:
         max_pending_per_tenant=args.max_pending_per_tenant,
         gpus_per_replica=1.0 if args.device.startswith("cuda") else 0.0,
     )
-    run_until_signalled(config, args.port, args.ray_address)
+    metrics_port = None if args.metrics_port < 0 else args.metrics_port  # a local cluster's export port
+    run_until_signalled(config, args.port, args.ray_address, metrics_port=metrics_port)
     return 0

@@ -113,8 +113,11 @@ class AsyncClient:
         request = pb.InjectRequest(memory_id=memory_id, texts=texts, request_id=request_id or "")
         return Receipt.from_proto((await self._call(self._stub.Inject, request)).receipts[0])
 
-    async def inject_many(self, memory_id: str, texts: Iterable[str | Text]) -> list[Receipt]:
-        response = await self._call(self._stub.InjectStream, m.inject_stream(memory_id, texts), memory_id)
+    async def inject_many(
+        self, memory_id: str, texts: Iterable[str | Text], *, request_id: str | None = None
+    ) -> list[Receipt]:
+        requests = m.inject_stream(memory_id, texts, request_id)
+        response = await self._call(self._stub.InjectStream, requests, memory_id)
         return [Receipt.from_proto(r) for r in response.receipts]
 
     async def entries(self, memory_id: str) -> list[Entry]:

@@ -84,9 +84,14 @@ def text(item: str | Text, source: str | None = None, metadata: Mapping[str, str
     return pb.Text(text=item, source=source or "", metadata=metadata or {})
 
 
-def inject_stream(memory_id: str, texts: Iterable[str | Text]) -> Iterator[pb.InjectStreamRequest]:
-    for item in texts:
-        yield pb.InjectStreamRequest(memory_id=memory_id, text=text(item))
+def inject_stream(
+    memory_id: str, texts: Iterable[str | Text], request_id: str | None = None
+) -> Iterator[pb.InjectStreamRequest]:
+    """One message per text; with `request_id`, text i carries the id `<request_id>/<i>`."""
+    for i, item in enumerate(texts):
+        yield pb.InjectStreamRequest(
+            memory_id=memory_id, text=text(item), request_id=f"{request_id}/{i}" if request_id else ""
+        )
 
 
 def chat_messages(messages: Sequence[Mapping[str, str]]) -> list[pb.ChatMessage]:

@@ -122,9 +122,16 @@ class Client:
         request = pb.InjectRequest(memory_id=memory_id, texts=texts, request_id=request_id or "")
         return Receipt.from_proto(self._call(self._stub.Inject, request).receipts[0])
 
-    def inject_many(self, memory_id: str, texts: Iterable[str | Text]) -> list[Receipt]:
-        """Write many texts in one stream (bulk loading), in order."""
-        response = self._call(self._stub.InjectStream, m.inject_stream(memory_id, texts), memory_id)
+    def inject_many(
+        self, memory_id: str, texts: Iterable[str | Text], *, request_id: str | None = None
+    ) -> list[Receipt]:
+        """Write many texts in one stream (bulk loading), in order.
+
+        `request_id` (yours, unique per stream) makes a retry of the whole stream safe: each text
+        is sent with the id `<request_id>/<index>` (at most 128 bytes), so the texts the server
+        already applied are answered with their original receipts and only the rest are written."""
+        requests = m.inject_stream(memory_id, texts, request_id)
+        response = self._call(self._stub.InjectStream, requests, memory_id)
         return [Receipt.from_proto(r) for r in response.receipts]
 
     def entries(self, memory_id: str) -> list[Entry]:

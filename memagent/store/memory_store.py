@@ -9,8 +9,9 @@ Memories are created, forked and imported in a hidden folder that is renamed int
 complete, and deleted by renaming them out of sight first, so a crash never leaves half of one.
 Folders are created owner-only (0700); files are written 0600.
 
-A memory whose log is damaged (see write_ahead_log.py) stays listed, says so in its info, and
-refuses every call but `get`, `list` and `delete` with MemoryDamaged until `memagent repair`.
+A memory whose log is damaged, missing or unreadable (see write_ahead_log.py) stays listed, says
+so in its info, and refuses every call but `get`, `list` and `delete` with MemoryDamaged until
+`memagent repair`.
 Writes are all-or-nothing: the log records of one `inject` go to disk in one append, and once
 they are there the write is applied and acknowledged even if the snapshot after it fails (the
 log replays it). A write with a request id that the log already holds is answered with the
@@ -230,9 +231,8 @@ class MemoryStore:
                     leftover.unlink()
                 try:
                     wal = WriteAheadLog.open(folder / LOG_FILE, self._placeholder())
-                except OSError as err:
-                    log.error("memory unreadable; left as it is", extra={"path": str(folder), "error": str(err)})
-                    continue
+                except OSError as err:  # a visible memory folder is always complete: its log was lost
+                    wal = WriteAheadLog.unreadable(folder / LOG_FILE, self._placeholder(), err)
                 key = (tenant_dir.name, folder.name)
                 self.tenants.setdefault(key[0], {})[key[1]] = DurablePool(
                     key, folder, wal, Snapshots(folder, self.fingerprint)
@@ -697,7 +697,7 @@ def _remove(path: Path) -> None:
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
-    except FileNotFoundError:
+    except OSError:  # missing or unreadable (a damaged memory)
         return 0
 
 

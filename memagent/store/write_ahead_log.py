@@ -16,6 +16,8 @@ skipped by looking for the next intact one: an entry's payload always starts wit
 - Bad bytes before intact records, or an unreadable header, are damage: the log is left as it
   is and marked damaged (`WriteAheadLog.damage`); the store then refuses the memory until
   `memagent repair` rewrites the log from every intact record (`salvage`).
+- A log that is missing, or that the disk will not give back (an I/O error), is damage too
+  (`Unreadable`), with no entries.
 """
 
 from __future__ import annotations
@@ -267,10 +269,28 @@ class Damage:
         return f"{' and '.join(parts)}; {self.intact_entries} intact entries are kept"
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """Why a log could not be read at all; `memagent repair` rebuilds it empty."""
+
+    problem: str
+
+    @classmethod
+    def of(cls, err: OSError) -> Unreadable:
+        if isinstance(err, FileNotFoundError):
+            return cls("is missing")
+        return cls(f"cannot be read ({err.strerror or err})")
+
+    def __str__(self) -> str:
+        return f"its log {self.problem}; no entries could be read"
+
+
 class WriteAheadLog:
     """One memory's log file, with its header and entries held in memory."""
 
-    def __init__(self, path: Path, header: LogHeader, entries: list[LogEntry], damage: Damage | None = None):
+    def __init__(
+        self, path: Path, header: LogHeader, entries: list[LogEntry], damage: Damage | Unreadable | None = None
+    ):
         self.path = Path(path)
         self.header = header
         self.entries = entries
@@ -295,6 +315,16 @@ class WriteAheadLog:
         if decoded.header is None or decoded.damaged:
             damage = Damage(decoded.header is None, decoded.damaged, len(decoded.entries))
         return cls(path, decoded.header or placeholder, decoded.entries, damage)
+
+    @classmethod
+    def unreadable(cls, path: Path, placeholder: LogHeader, err: OSError) -> WriteAheadLog:
+        """A log that could not be read (`err`): no entries, marked damaged."""
+        damage = Unreadable.of(err)
+        log.error(
+            "memory log unreadable; the memory refuses calls until repaired",
+            extra={"path": str(path), "damage": str(damage)},
+        )
+        return cls(path, placeholder, [], damage)
 
     @classmethod
     def open(cls, path: Path, placeholder: LogHeader) -> WriteAheadLog:

@@ -177,12 +177,14 @@ class InjectResponse(_message.Message):
     def __init__(self, receipts: _Optional[_Iterable[_Union[Receipt, _Mapping]]] = ...) -> None: ...
 
 class InjectStreamRequest(_message.Message):
-    __slots__ = ("memory_id", "text")
+    __slots__ = ("memory_id", "text", "request_id")
     MEMORY_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     memory_id: str
     text: Text
-    def __init__(self, memory_id: _Optional[str] = ..., text: _Optional[_Union[Text, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, memory_id: _Optional[str] = ..., text: _Optional[_Union[Text, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Entry(_message.Message):
     __slots__ = ("entry_id", "text", "source", "metadata", "tokens", "chunks", "step", "create_time")

@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 import ray
 from ray import serve
+from ray.util import metrics as ray_metrics
 from ray.serve.config import gRPCOptions
 
 import memagent
@@ -33,7 +34,7 @@ from memagent.store.lease import default_owner
 from memagent.v1 import memagent_pb2 as pb
 from memagent_server.auth import DEFAULT_TENANT, act_as, load_tokens, tenant_of
 from memagent_server.limits import Limits
-from memagent_server.metrics import Metrics
+from memagent_server.metrics import Metrics, observed
 from memagent_server.servicer import MemoryServicer
 from memagent_server.worker import SERVER, EngineWorker
 
@@ -44,6 +45,7 @@ ROUTE_PREFIX = "/memagent"  # the gRPC proxy never finds an application without 
 SERVICER_FUNCTIONS = ["memagent.v1.memagent_pb2_grpc.add_MemoryServiceServicer_to_server"]
 METHODS = pb.DESCRIPTOR.services_by_name["MemoryService"].methods
 UNROUTE_EVERY_S = 1.0
+GAUGES_EVERY_S = 1.0  # Ray exports every few seconds; gauges are read from live state this often
 # A memory that changes replica is reloaded from storage, so the router should wait for the
 # replica that holds it rather than try another after Serve's default 0.1 s queue probe. Read by
 # Serve's proxies: set in the environment of whatever starts the cluster (`ray start` on clusters).
@@ -84,6 +86,58 @@ class _CallContext:
         return None  # Serve does not pass the caller's deadline on
 
 
+class _RayMetric:
+    """A Ray metric (or one set of its tags) answering prometheus-client's calls, as `Metrics`
+    callers make them."""
+
+    def __init__(self, metric: ray_metrics.Metric, watched: list, tags: dict[str, str] | None = None):
+        self.metric, self.watched, self.tags = metric, watched, tags
+
+    def labels(self, **tags: str) -> _RayMetric:
+        return _RayMetric(self.metric, self.watched, tags)
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount:  # Ray refuses an increment of 0, which prometheus-client takes
+            self.metric.inc(amount, tags=self.tags)
+
+    def observe(self, value: float) -> None:
+        self.metric.observe(value, tags=self.tags)
+
+    def set(self, value: float) -> None:
+        self.metric.set(value, tags=self.tags)
+
+    def set_function(self, read) -> None:
+        self.watched.append((self, read))  # Ray has no read-at-export gauge: `refresh` sets it
+
+
+class RayInstruments:
+    """Makes each metric with Ray's metrics API, tagged with its replica as Serve tags its own.
+    Ray's metrics agent on each node exports them (named `ray_memagent_*`) on the node's metrics
+    export port, next to Serve's."""
+
+    def __init__(self, tags: dict[str, str]):
+        self.tags = tags
+        self.watched: list[tuple[_RayMetric, Any]] = []
+
+    def _made(self, metric: ray_metrics.Metric) -> _RayMetric:
+        metric.set_default_tags(self.tags)
+        return _RayMetric(metric, self.watched)
+
+    def counter(self, name: str, doc: str, labels=()) -> _RayMetric:
+        return self._made(ray_metrics.Counter(name, doc, tag_keys=(*labels, *self.tags)))
+
+    def gauge(self, name: str, doc: str, labels=()) -> _RayMetric:
+        return self._made(ray_metrics.Gauge(name, doc, tag_keys=(*labels, *self.tags)))
+
+    def histogram(self, name: str, doc: str, labels, buckets) -> _RayMetric:
+        return self._made(ray_metrics.Histogram(name, doc, boundaries=list(buckets), tag_keys=(*labels, *self.tags)))
+
+    def refresh(self) -> None:
+        """Set every watched gauge from live state."""
+        for gauge, read in self.watched:
+            gauge.set(read())
+
+
 class MemoryReplica:
     """One replica: an engine, a store on the shared data directory, the servicer."""
 
@@ -99,7 +153,10 @@ class MemoryReplica:
             device_bytes=config.resident * engine.model.pool.memory.nbytes,
         )
         self.worker = EngineWorker(config.max_pending, config.max_pending_per_tenant)
-        self.metrics = Metrics()
+        self.instruments = RayInstruments(
+            {"application": context.app_name, "deployment": context.deployment, "replica": context.replica_id.unique_id}
+        )
+        self.metrics = Metrics(self.instruments)
         self.metrics.watch(self.store.resident, lambda: self.worker.pending)
         self.servicer = MemoryServicer(self.store, self.worker, config.limits, self.metrics)
         self.tokens = config.tokens
@@ -110,7 +167,7 @@ class MemoryReplica:
 
         self._routing = routed  # Serve keeps the replica's routing table on the function it wraps
         self._routed = serve.multiplexed(max_num_models_per_replica=config.resident)(routed)
-        self._unrouting: asyncio.Task | None = None
+        self._background: list[asyncio.Task] = []
 
     async def _begin(self, grpc_context) -> _CallContext:
         """Authenticate the call and record its memory for routing; the servicer does the rest."""
@@ -124,9 +181,15 @@ class MemoryReplica:
         act_as(tenant)
         if memory_id := serve.get_multiplexed_model_id():
             await self._routed(memory_id)
-        if self._unrouting is None:
-            self._unrouting = asyncio.get_running_loop().create_task(self._unroute_moved())
+        if not self._background:  # Serve's event loop runs calls; its tasks start at the first
+            loop = asyncio.get_running_loop()
+            self._background = [loop.create_task(self._unroute_moved()), loop.create_task(self._refresh_gauges())]
         return context
+
+    async def _refresh_gauges(self) -> None:
+        while True:
+            self.instruments.refresh()
+            await asyncio.sleep(GAUGES_EVERY_S)
 
     async def _unroute_moved(self) -> None:
         """Stop attracting calls for memories another replica took over. Serve keeps routing a
@@ -151,15 +214,17 @@ def _rpc(name: str, streams_responses: bool):
     if streams_responses:
 
         async def method(self, request, grpc_context):
-            context = await self._begin(grpc_context)
-            async for response in getattr(self.servicer, name)(request, context):
-                yield response
+            async with observed(self.metrics, name, grpc_context):
+                context = await self._begin(grpc_context)
+                async for response in getattr(self.servicer, name)(request, context):
+                    yield response
 
     else:
 
         async def method(self, request, grpc_context):
-            context = await self._begin(grpc_context)
-            return await getattr(self.servicer, name)(request, context)
+            async with observed(self.metrics, name, grpc_context):
+                context = await self._begin(grpc_context)
+                return await getattr(self.servicer, name)(request, context)
 
     method.__name__ = method.__qualname__ = name
     return method
@@ -193,13 +258,15 @@ def app(args: dict[str, Any]) -> serve.Application:
     return build(RayConfig(**args, tokens=tokens))
 
 
-def start(config: RayConfig, port: int, address: str | None = None) -> None:
+def start(config: RayConfig, port: int, address: str | None = None, metrics_port: int | None = None) -> None:
     """Connect to a Ray cluster (`address`) or start a local one, then deploy on it with the
-    gRPC proxy on `port` (every interface: Serve does not bind one address)."""
+    gRPC proxy on `port` (every interface: Serve does not bind one address). A local cluster
+    exports metrics on `metrics_port` (None: a port Ray picks); a cluster's nodes, on the port
+    `ray start --metrics-export-port` gave them."""
     for name, value in STICKY_ROUTING.items():
         os.environ.setdefault(name, value)
     if not ray.is_initialized():  # else the caller connected with its own options
-        local = {"include_dashboard": False, "object_store_memory": 256 << 20}
+        local = {"include_dashboard": False, "object_store_memory": 256 << 20, "_metrics_export_port": metrics_port}
         ray.init(address=address) if address else ray.init(**local)
     serve.start(
         http_options={"host": "127.0.0.1", "port": _free_port()},  # unused: calls come over gRPC
@@ -208,19 +275,33 @@ def start(config: RayConfig, port: int, address: str | None = None) -> None:
     serve.run(build(config), name=APP_NAME, route_prefix=ROUTE_PREFIX)
 
 
+def metrics_endpoints() -> list[str]:
+    """Where the cluster's nodes export metrics (Serve's and ours), as Prometheus scrapes them."""
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    return [f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics" for node in nodes]
+
+
 def stop() -> None:
     serve.shutdown()
     ray.shutdown()
 
 
-def run_until_signalled(config: RayConfig, port: int, address: str | None = None) -> None:
-    start(config, port, address=address)
+def run_until_signalled(
+    config: RayConfig, port: int, address: str | None = None, metrics_port: int | None = None
+) -> None:
+    start(config, port, address=address, metrics_port=metrics_port)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # after start: Ray's own handlers would abort the process
         signal.signal(sig, lambda *_: stopping.set())
     log.info(
         "serving on Ray",
-        extra={"port": port, "replicas": config.replicas, "resident": config.resident, "data_dir": config.data_dir},
+        extra={
+            "port": port,
+            "replicas": config.replicas,
+            "resident": config.resident,
+            "data_dir": config.data_dir,
+            "metrics": metrics_endpoints(),
+        },
     )
     stopping.wait()
     log.info("shutting down")

@@ -137,7 +137,10 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
         async for i, request in _enumerate(requests):
             try:
                 text = self.limits.text(request.text, f"message {i}")
-                written = await self._call(self.store.inject, tenant, request.memory_id, [text])
+                request_id = self.limits.request_id(request.request_id)
+                written = await self._call(
+                    self.store.inject, tenant, request.memory_id, [text], request_id=request_id
+                )
             except Exception as err:
                 if receipts:  # say what the earlier messages did; they are durable
                     err.args = (f"{err} (the {len(receipts)} texts before it were written)",)

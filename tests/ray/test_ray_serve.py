@@ -11,10 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 pytest.importorskip("ray.serve")
 
@@ -39,6 +41,7 @@ class Cluster:
         self.data_dir = root / "data"
         self.port = ray_app._free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.metrics_port = ray_app._free_port()  # where Ray's metrics agent exports, ours included
         self.acked: dict[tuple[str, str], int] = {}  # (memory, text) -> entry id of every acknowledged write
         tokens = root / "tokens.json"
         tokens.write_text(json.dumps({"tokens": TOKENS}))
@@ -46,6 +49,7 @@ class Cluster:
             *("serve", "--ray", "--replicas", "2", "--data-dir", str(self.data_dir), "--port", str(self.port)),
             *("--model", "random:tiny", "--tokens", str(tokens), "--snapshot-every", "4"),
             *("--resident", "32"),  # no replica evicts, so routing alone decides where memories are
+            *("--metrics-port", str(self.metrics_port)),
         ]
         env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # no token file under the home folder
         self.log = root / "serve.log"
@@ -69,6 +73,17 @@ class Cluster:
 
     def write(self, client: Client, memory: str, text: str) -> None:
         self.acked[(memory, text)] = client.inject(memory, text).entry_id
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum over replicas of a metric's samples with these labels, as Prometheus scrapes it."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -116,6 +131,29 @@ def test_the_client_works_unchanged_through_serve(cluster):
         assert alice.import_memory(cluster.data_dir.parent / "notes.memagent", "copy").entries == 2
         alice.delete("copy")
         cluster.acked[("notes", "Ben likes teal.")] = 3
+
+
+def test_our_metrics_are_exported_where_ray_exports_serves(cluster):
+    not_found = {"method": "Delete", "code": "NOT_FOUND"}  # no other test makes such a call
+    written = cluster.metric("ray_memagent_tokens_written_total")
+    with cluster.client() as alice:
+        alice.create("counted")
+        alice.inject("counted", "Counted words are written.")
+        for _ in range(3):
+            with pytest.raises(ClientError):
+                alice.delete("missing")
+    # Ray's metrics agent collects from the replicas every few seconds.
+    deadline = time.monotonic() + 60
+    while cluster.metric("ray_memagent_requests_total", **not_found) < 3 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert cluster.metric("ray_memagent_requests_total", **not_found) == 3
+    assert cluster.metric("ray_memagent_requests_total", method="Inject", code="OK") >= 1
+    assert cluster.metric("ray_memagent_request_seconds_count", method="Create") >= 1
+    assert cluster.metric("ray_memagent_tokens_written_total") > written
+    assert cluster.metric("ray_memagent_memories_resident", tier="device") >= 1
+    # Tagged by replica as Serve tags its own metrics, which are on the same endpoint.
+    assert cluster.metric("ray_memagent_requests_total", deployment="MemoryService", **not_found) == 3
+    assert cluster.metric("ray_serve_deployment_request_counter_total", deployment="MemoryService") > 0
 
 
 def test_memories_spread_over_both_replicas_and_every_call_finds_its_own(cluster):

@@ -142,6 +142,7 @@ HUGE = "x" * (1 << 20)
         (lambda c: c.inject("kept", "fine", metadata={HUGE: "v"}), "max_metadata_key_bytes=256"),
         (lambda c: c.inject("kept", "fine", metadata={"k": HUGE}), "max_metadata_value_bytes=4096"),
         (lambda c: c.inject("kept", "fine", request_id=HUGE), "max_request_id_bytes=128"),
+        (lambda c: c.inject_many("kept", ["fine"], request_id=HUGE), "max_request_id_bytes=128"),
         (lambda c: c.complete("kept", "hi", stop=[HUGE]), "max_stop_string_bytes=256"),
         (lambda c: c.forget("kept", range(1, 10_002)), "max_entry_ids=10000"),
         (lambda c: c.get(HUGE), "invalid memory id"),

@@ -1,6 +1,6 @@
-"""A memory whose files are damaged is visible in Get, refuses calls with FAILED_PRECONDITION
-while every other memory keeps serving, and `memagent repair` (server stopped) salvages every
-intact entry and says exactly what it kept."""
+"""A memory whose files are damaged (or whose log is missing or unreadable) is visible in Get,
+refuses calls with FAILED_PRECONDITION while every other memory keeps serving, and `memagent
+repair` (server stopped) salvages every intact entry and says exactly what it kept."""
 
 from __future__ import annotations
 
@@ -36,27 +36,35 @@ def test_damage_is_visible_isolated_and_repaired(tmp_path, capsys):
     data = tmp_path / "data"
     server = ServerProcess(data, tmp_path / "first.log")
     with Client(server.address) as client:
-        for memory in ("hurt", "fine", "headless"):
+        for memory in ("hurt", "fine", "headless", "lost", "jammed"):
             client.create(memory)
+            client.inject(memory, f"The first text of {memory}.")
         for text in TEXTS:
             client.inject("hurt", text)
-        client.inject("fine", "A sound memory.")
-        client.inject("headless", "Its header will be lost.")
-    assert server.stop() == 0
-    _flip_in_record(data / "default" / "hurt" / LOG_FILE, 3, 30)  # entry 3 of 6
+    assert server.stop() == 0  # which snapshots every memory: their check files name seed and model
+    _flip_in_record(data / "default" / "hurt" / LOG_FILE, 4, 30)  # entry 4 of 7
     _flip_in_record(data / "default" / "headless" / LOG_FILE, 0, 10)  # the log header
+    (data / "default" / "lost" / LOG_FILE).unlink()
+    (data / "default" / "jammed" / LOG_FILE).unlink()
+    (data / "default" / "jammed" / LOG_FILE).mkdir()  # reading it fails (EISDIR), as a failing disk would
 
     server = ServerProcess(data, tmp_path / "second.log")
     try:
         with Client(server.address) as client:
             hurt = client.get("hurt")
-            assert "unreadable" in hurt.damage and "5 intact entries" in hurt.damage and hurt.entries == 5
+            assert "unreadable" in hurt.damage and "6 intact entries" in hurt.damage and hurt.entries == 6
             assert "header is unreadable" in client.get("headless").damage  # listed, not NOT_FOUND
             assert {m.memory_id: bool(m.damage) for m in client.list()} == {
                 "fine": False,
                 "headless": True,
                 "hurt": True,
+                "jammed": True,
+                "lost": True,
             }
+            assert "its log is missing" in client.get("lost").damage
+            assert "its log cannot be read" in client.get("jammed").damage
+            assert "memagent repair lost" in _refused(lambda: client.inject("lost", "A write into nothing."))
+            assert "memagent repair jammed" in _refused(lambda: client.entries("jammed"))
             for call in (
                 lambda: client.inject("hurt", "A write into damage."),
                 lambda: client.entries("hurt"),
@@ -79,18 +87,26 @@ def test_damage_is_visible_isolated_and_repaired(tmp_path, capsys):
     assert "dry run: nothing was changed" in capsys.readouterr().out
     assert main(["repair", "hurt", "--data-dir", str(data)]) == 0
     report = capsys.readouterr().out
-    assert "kept 5 entries (ids 1..6: 1-2, 4-6)" in report and "legible in the lost bytes: [3]" in report
+    assert "kept 6 entries (ids 1..7: 1-3, 5-7)" in report and "legible in the lost bytes: [4]" in report
     assert main(["repair", "headless", "--data-dir", str(data)]) == 0  # a snapshot names its seed and model
     assert "header was unreadable and was rebuilt" in capsys.readouterr().out
+    for memory, problem in (("lost", "is missing"), ("jammed", "cannot be read")):
+        assert main(["repair", memory, "--data-dir", str(data)]) == 0
+        report = capsys.readouterr().out
+        assert f"the log {problem}" in report and "nothing could be salvaged" in report
 
     server = ServerProcess(data, tmp_path / "third.log")
     try:
         with Client(server.address) as client:
             assert client.get("hurt").damage == "" and client.get("headless").damage == ""
+            texts = ["The first text of hurt.", *TEXTS]
             assert [(e.entry_id, e.text) for e in client.entries("hurt")] == [
-                (i, t) for i, t in enumerate(TEXTS, 1) if i != 3
+                (i, t) for i, t in enumerate(texts, 1) if i != 4
             ]
-            assert client.inject("hurt", "After the repair.").entry_id == 7  # 3 is never given again
-            assert [e.text for e in client.entries("headless")] == ["Its header will be lost."]
+            assert client.inject("hurt", "After the repair.").entry_id == 8  # 4 is never given again
+            assert [e.text for e in client.entries("headless")] == ["The first text of headless."]
+            for memory in ("lost", "jammed"):
+                assert client.get(memory).damage == "" and client.entries(memory) == []
+                assert client.inject(memory, "Starting again.").entry_id == 2  # past the snapshot's
     finally:
         assert server.stop() == 0

@@ -1,8 +1,9 @@
 """A server killed with SIGKILL while writes are in flight restarts with every acknowledged write,
-and with the same pools an uninterrupted run would have."""
+and with the same pools an uninterrupted run would have; a retried stream is answered from the log."""
 
 from __future__ import annotations
 
+import asyncio
 import tarfile
 import threading
 import time
@@ -14,8 +15,10 @@ import torch
 from memagent_server.process import ServerProcess
 from safetensors.torch import load as load_tensors
 
-from memagent.client import Client, ClientError
+from memagent.client import AsyncClient, Client, ClientError
 from memagent.store import MemoryStore, NewText
+
+from .conftest import RunningServer
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -87,3 +90,31 @@ def test_kill_9_during_writes_loses_no_acknowledged_write(tiny_engine, tmp_path)
             client.inject("m0", "The server takes writes again after recovery.")
     finally:
         assert server.stop() == 0, "a graceful shutdown exits 0"
+
+
+def test_a_retried_stream_is_answered_from_the_log_across_a_restart(tiny_engine, tmp_path):
+    texts = [f"Bulk note {i}: shelf {i} holds box {70 + i}." for i in range(3)]
+    server = RunningServer(tiny_engine, tmp_path)
+    try:
+        with server.client(None) as client:
+            client.create("bulk")
+            first = client.inject_many("bulk", texts[:2], request_id="load-1")  # its reply "lost"
+    finally:
+        server.stop()
+
+    async def retry(address: str):
+        async with AsyncClient(address) as client:
+            return await client.inject_many("bulk", texts, request_id="load-1")
+
+    server = RunningServer(tiny_engine, tmp_path)
+    try:
+        again = asyncio.run(retry(server.address))
+        assert [(r.entry_id, r.step) for r in again[:2]] == [(r.entry_id, r.step) for r in first]
+        assert again[2].entry_id == 3
+        with server.client(None) as client:
+            assert [e.text for e in client.entries("bulk")] == texts
+            with pytest.raises(ClientError) as err:
+                client.inject_many("bulk", ["Another text."], request_id="load-1")
+            assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "load-1/0" in err.value.details
+    finally:
+        server.stop()

@@ -1,6 +1,7 @@
 """Damaged files never silently lose or change what was acknowledged: a damaged log keeps every
-intact entry and makes its memory refuse calls (others keep serving) until it is repaired; a
-snapshot is used only when its checksum and log position check out; bad imports create nothing."""
+intact entry and makes its memory refuse calls (others keep serving) until it is repaired (a lost
+or unreadable log too: repair starts it again empty); a snapshot is used only when its checksum
+and log position check out; bad imports create nothing."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import errno
 import json
 import logging
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,6 +102,58 @@ def test_repair_of_a_lost_header_without_snapshots_needs_the_model(tiny_engine, 
         repair_memory(tmp_path / "t" / "m")
     fallback = LogHeader.new(seed=0, fingerprint=tiny_engine.fingerprint(), model=tiny_engine.name)
     assert len(repair_memory(tmp_path / "t" / "m", fallback=fallback).salvage.kept) == len(TEXTS)
+
+
+@pytest.mark.parametrize("loss", ["missing", "I/O error"])
+def test_a_lost_or_unreadable_log_is_shown_damaged_and_repair_starts_the_memory_again(
+    tiny_engine, tmp_path, monkeypatch, loss
+):
+    _store(tiny_engine, tmp_path, snapshot_every=2)  # a snapshot at entry 8 keeps the seed and model
+    _store(tiny_engine, tmp_path, "other", TEXTS[:2])
+    log_path = tmp_path / "t" / "m" / LOG_FILE
+    if loss == "missing":
+        log_path.unlink()
+    else:
+        read_bytes = Path.read_bytes
+
+        def failing_disk(path: Path) -> bytes:
+            if path == log_path:
+                raise OSError(errno.EIO, "Input/output error")
+            return read_bytes(path)
+
+        monkeypatch.setattr(Path, "read_bytes", failing_disk)
+
+    reopened = MemoryStore(tiny_engine, tmp_path)
+    assert [m.memory_id for m in reopened.list("t")] == ["m", "other"]
+    problem = "is missing" if loss == "missing" else "cannot be read (Input/output error)"
+    assert f"its log {problem}; no entries could be read" in reopened.get("t", "m").damage
+    for call in (lambda: reopened.inject("t", "m", [NewText("x y z")]), lambda: reopened.entries("t", "m")):
+        with pytest.raises(MemoryDamaged, match="memagent repair m --tenant t"):
+            call()
+    assert reopened.inject("t", "other", [NewText("Other memories keep serving.")])[0].entry_id == 3
+
+    result = repair_memory(tmp_path / "t" / "m")
+    assert result.salvage.kept == [] and result.salvage.next_entry_id == 9
+    assert (result.kept_aside is None) == (loss == "missing")
+    report = "\n".join(result.lines())
+    assert f"the log {problem}" in report and "nothing could be salvaged" in report and "entry 8" in report
+    monkeypatch.undo()
+    repaired = MemoryStore(tiny_engine, tmp_path)
+    assert repaired.get("t", "m").damage == "" and repaired.entries("t", "m") == []
+    assert repaired.inject("t", "m", [NewText("Starting again.")])[0].entry_id == 9  # no id given twice
+    expected = _store(tiny_engine, tmp_path / "reference", "m", ["Starting again."])
+    assert torch.equal(_pool(repaired, "m"), _pool(expected, "m"))  # the memory's own seed
+
+
+def test_repair_of_a_missing_log_without_snapshots_changes_nothing_unless_the_model_is_named(tiny_engine, tmp_path):
+    _store(tiny_engine, tmp_path, snapshot_every=100)
+    (tmp_path / "t" / "m" / LOG_FILE).unlink()
+    with pytest.raises(CorruptState, match="nothing can be salvaged and nothing was changed"):
+        repair_memory(tmp_path / "t" / "m")
+    assert not (tmp_path / "t" / "m" / LOG_FILE).exists()
+    fallback = LogHeader.new(seed=0, fingerprint=tiny_engine.fingerprint(), model=tiny_engine.name)
+    assert repair_memory(tmp_path / "t" / "m", fallback=fallback).salvage.next_entry_id == 1
+    assert MemoryStore(tiny_engine, tmp_path).get("t", "m").damage == ""
 
 
 def test_a_sound_log_is_left_alone(tiny_engine, tmp_path):
