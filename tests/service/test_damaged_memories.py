@@ -34,14 +34,15 @@ def _refused(call) -> str:
 
 def test_damage_is_visible_isolated_and_repaired(tmp_path, capsys):
     data = tmp_path / "data"
-    server = ServerProcess(data, tmp_path / "first.log")
+    # Snapshots after every write: their check files name seed and model, for repairing a lost header.
+    server = ServerProcess(data, tmp_path / "first.log", "--snapshot-every", "1")
     with Client(server.address) as client:
         for memory in ("hurt", "fine", "headless", "lost", "jammed"):
             client.create(memory)
             client.inject(memory, f"The first text of {memory}.")
         for text in TEXTS:
             client.inject("hurt", text)
-    assert server.stop() == 0  # which snapshots every memory: their check files name seed and model
+    assert server.stop() == 0
     _flip_in_record(data / "default" / "hurt" / LOG_FILE, 4, 30)  # entry 4 of 7
     _flip_in_record(data / "default" / "headless" / LOG_FILE, 0, 10)  # the log header
     (data / "default" / "lost" / LOG_FILE).unlink()
