@@ -45,7 +45,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--metrics-host", default="127.0.0.1", help="address /metrics binds to (default: loopback)")
     p.add_argument("--grace-seconds", type=float, default=30.0, help="how long a shutdown lets calls finish")
-    p.add_argument("--snapshot-every", type=int, default=64, help="snapshot a pool once this many writes would replay (a shorter log needs none)")
+    p.add_argument(
+        "--snapshot-every", type=int, default=64, help="snapshot a pool once this many writes would replay (a shorter log needs none)"
+    )
+    p.add_argument(
+        "--replay-seconds", type=float, default=2.0, help="snapshot a pool once replaying its log tail would take longer"
+    )
     p.add_argument("--device-budget-mb", type=float, help="pools kept on the device (default: half the GPU memory free after loading; on the CPU, a quarter of the memory available)")
     p.add_argument("--host-budget-mb", type=float, help="pools kept in host memory off the device (default: a quarter of the memory available after loading)")
     p.add_argument(
@@ -140,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         engine,
         args.data_dir,
         snapshot_every=args.snapshot_every,
+        replay_seconds=args.replay_seconds,
         device_bytes=_megabytes(args.device_budget_mb),
         host_bytes=_megabytes(args.host_budget_mb),
         quota=TenantQuota(args.max_memories_per_tenant, _megabytes(args.max_disk_mb_per_tenant)),

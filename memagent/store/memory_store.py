@@ -188,6 +188,7 @@ class MemoryStore:
         data_dir: str | Path,
         *,
         snapshot_every: int = 64,
+        replay_seconds: float = 2.0,
         device_bytes: int | None = None,
         host_bytes: int | None = None,
         seed: int = 0,
@@ -197,11 +198,14 @@ class MemoryStore:
     ):
         """`shared`: other stores use `data_dir` too (memories are leased; see the module doc);
         `owner` names this store in the lease files (default: host and process id); `quota`:
-        what each tenant may hold (QuotaExceeded beyond it)."""
+        what each tenant may hold (QuotaExceeded beyond it); `snapshot_every` and
+        `replay_seconds` bound the log tail a reopened memory replays (see `_worth_snapshot`)."""
         self.engine = engine
         self.root = Path(data_dir)
         self.root.mkdir(mode=PRIVATE, parents=True, exist_ok=True)
         self.snapshot_every = snapshot_every
+        self.replay_seconds = replay_seconds
+        self._seconds_per_write = 0.0  # measured on this engine, a moving average
         self.seed = seed
         self.fingerprint = engine.fingerprint()
         self.pool_bytes = engine.pool_nbytes
@@ -371,7 +375,7 @@ class MemoryStore:
         try:
             for entry in entries:
                 start = time.perf_counter()
-                self.engine.apply(pool, entry.chunks)
+                self._apply(pool, entry.chunks)
                 ms = (time.perf_counter() - start) * 1000
                 receipts.append(Receipt(entry.entry_id, entry.tokens, len(entry.chunks), pool.step, ms))
         except BaseException:
@@ -510,7 +514,7 @@ class MemoryStore:
         """Apply logged entries' chunks to `pool`; returns them with the steps they now end at."""
         replayed = []
         for entry in entries:
-            self.engine.apply(pool, entry.chunks)
+            self._apply(pool, entry.chunks)
             replayed.append(replace(entry, step=pool.step))
         return replayed
 
@@ -523,10 +527,22 @@ class MemoryStore:
             return
         memory.unsnapshotted = 0
 
+    def _apply(self, pool: MemoryPool, chunks: Sequence[Sequence[int]]) -> None:
+        start = time.perf_counter()
+        self.engine.apply(pool, chunks)
+        seconds = time.perf_counter() - start
+        weight = 0.1 if self._seconds_per_write else 1.0  # the first measurement sets it
+        self._seconds_per_write += weight * (seconds - self._seconds_per_write)
+
+    def _worth_snapshot(self, tail: int) -> bool:
+        """A snapshot is a shortcut, not the record: worth its disk once the log's tail it saves
+        replaying is `snapshot_every` writes long or would take over `replay_seconds` to replay
+        at this engine's measured write speed. A short, fast log replays quickly and exactly, so
+        a memory holding a few sentences costs about its log, not a pool's worth of disk."""
+        return tail >= self.snapshot_every or (tail > 0 and tail * self._seconds_per_write > self.replay_seconds)
+
     def _snapshot_due(self, memory: DurablePool) -> bool:
-        """A snapshot is a shortcut, not the record: worth its disk only once the log's tail it
-        saves replaying is `snapshot_every` writes long (a short log replays quickly and exactly)."""
-        return memory.unsnapshotted >= self.snapshot_every
+        return self._worth_snapshot(memory.unsnapshotted)
 
     def _try_snapshot(self, memory: DurablePool) -> None:
         """Snapshot after the log already holds everything: a failure (disk full) costs only a
@@ -569,7 +585,7 @@ class MemoryStore:
         staging.mkdir(mode=PRIVATE)
         try:
             WriteAheadLog.create(staging / LOG_FILE, header, entries)
-            if pool is not None and len(entries) >= self.snapshot_every:
+            if pool is not None and self._worth_snapshot(len(entries)):
                 Snapshots(staging, self.fingerprint).save(pool, header, entries[-1].entry_id if entries else 0)
             os.rename(staging, folder)
         except OSError as err:

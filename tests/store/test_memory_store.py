@@ -175,3 +175,13 @@ def test_a_closed_read_is_cancelled(tiny_engine, tmp_path):
     next(generation)
     generation.close()
     assert generation.usage.finish_reason == "cancelled" and generation.usage.completion_tokens == 1
+
+
+def test_a_tail_slow_to_replay_is_snapshotted_before_snapshot_every(tiny_engine, tmp_path):
+    fast = MemoryStore(tiny_engine, tmp_path / "fast", snapshot_every=100)  # replay budget: 2 s
+    slow = MemoryStore(tiny_engine, tmp_path / "slow", snapshot_every=100, replay_seconds=0.0)
+    for store in (fast, slow):
+        store.create("t", "m")
+        store.inject("t", "m", [NewText("One sentence.")])
+    assert not list((tmp_path / "fast" / "t" / "m").glob("pool-*.safetensors"))  # replays in milliseconds
+    assert len(list((tmp_path / "slow" / "t" / "m").glob("pool-*.safetensors"))) == 1
