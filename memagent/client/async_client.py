@@ -142,14 +142,14 @@ class AsyncClient:
         self, memory_id: str, prompt: str, params: SamplingParams | None = None, **options
     ) -> AsyncGenerationStream:
         """The continuation of `prompt`, as text pieces while they are decoded."""
-        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(params, **options))
+        request = m.generate_request(memory_id, prompt, params, options)
         return self._stream(self._stub.Generate, request)
 
     async def complete(
         self, memory_id: str, prompt: str, params: SamplingParams | None = None, **options
     ) -> Completion:
         """The whole continuation of `prompt`, with its usage."""
-        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(params, **options))
+        request = m.generate_request(memory_id, prompt, params, options)
         response = await self._call(self._stub.Complete, request)
         return Completion(response.text, m.usage(response.usage))
 
@@ -157,8 +157,7 @@ class AsyncClient:
         self, memory_id: str, messages: Sequence[Mapping[str, str]], params: SamplingParams | None = None, **options
     ) -> AsyncGenerationStream:
         """The assistant's reply to `messages` ({"role", "content"} dicts), as text pieces."""
-        turns = m.chat_messages(messages)
-        request = pb.ChatRequest(memory_id=memory_id, messages=turns, options=m.sampling(params, **options))
+        request = m.chat_request(memory_id, messages, params, options)
         return self._stream(self._stub.Chat, request)
 
     async def ask(self, memory_id: str, question: str, params: SamplingParams | None = None, **options) -> str:
@@ -169,8 +168,7 @@ class AsyncClient:
         self, memory_id: str, question: str, params: SamplingParams | None = None, **options
     ) -> Completion:
         """`ask`'s answer with its usage."""
-        options = m.sampling(SamplingParams.for_ask(params, **options))
-        request = pb.AskRequest(memory_id=memory_id, question=question, options=options)
+        request = m.ask_request(memory_id, question, params, options)
         response = await self._call(self._stub.Ask, request)
         return Completion(response.answer, m.usage(response.usage))
 

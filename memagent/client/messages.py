@@ -74,6 +74,24 @@ def sampling(params: SamplingParams | None = None, **options) -> pb.SamplingOpti
     return request
 
 
+def generate_request(
+    memory_id: str, prompt: str, params: SamplingParams | None, options: Mapping
+) -> pb.GenerateRequest:
+    return pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=sampling(params, **options))
+
+
+def chat_request(
+    memory_id: str, messages: Sequence[Mapping[str, str]], params: SamplingParams | None, options: Mapping
+) -> pb.ChatRequest:
+    return pb.ChatRequest(memory_id=memory_id, messages=chat_messages(messages), options=sampling(params, **options))
+
+
+def ask_request(memory_id: str, question: str, params: SamplingParams | None, options: Mapping) -> pb.AskRequest:
+    """Ask's defaults (`SamplingParams.for_ask`) under whatever the caller set."""
+    options = sampling(SamplingParams.for_ask(params, **options))
+    return pb.AskRequest(memory_id=memory_id, question=question, options=options)
+
+
 def usage(u: pb.Usage) -> Usage:
     return Usage(u.prompt_tokens, u.generated_tokens, u.finish_reason, u.step)
 

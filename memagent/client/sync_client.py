@@ -156,12 +156,12 @@ class Client:
         self, memory_id: str, prompt: str, params: SamplingParams | None = None, **options
     ) -> GenerationStream:
         """The continuation of `prompt`, as text pieces while they are decoded."""
-        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(params, **options))
+        request = m.generate_request(memory_id, prompt, params, options)
         return self._stream(self._stub.Generate, request)
 
     def complete(self, memory_id: str, prompt: str, params: SamplingParams | None = None, **options) -> Completion:
         """The whole continuation of `prompt`, with its usage."""
-        request = pb.GenerateRequest(memory_id=memory_id, prompt=prompt, options=m.sampling(params, **options))
+        request = m.generate_request(memory_id, prompt, params, options)
         response = self._call(self._stub.Complete, request)
         return Completion(response.text, m.usage(response.usage))
 
@@ -169,8 +169,7 @@ class Client:
         self, memory_id: str, messages: Sequence[Mapping[str, str]], params: SamplingParams | None = None, **options
     ) -> GenerationStream:
         """The assistant's reply to `messages` ({"role", "content"} dicts), as text pieces."""
-        turns = m.chat_messages(messages)
-        request = pb.ChatRequest(memory_id=memory_id, messages=turns, options=m.sampling(params, **options))
+        request = m.chat_request(memory_id, messages, params, options)
         return self._stream(self._stub.Chat, request)
 
     def ask(self, memory_id: str, question: str, params: SamplingParams | None = None, **options) -> str:
@@ -181,8 +180,7 @@ class Client:
         self, memory_id: str, question: str, params: SamplingParams | None = None, **options
     ) -> Completion:
         """`ask`'s answer with its usage."""
-        options = m.sampling(SamplingParams.for_ask(params, **options))
-        request = pb.AskRequest(memory_id=memory_id, question=question, options=options)
+        request = m.ask_request(memory_id, question, params, options)
         response = self._call(self._stub.Ask, request)
         return Completion(response.answer, m.usage(response.usage))
 
