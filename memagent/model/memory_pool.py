@@ -40,8 +40,10 @@ class MemoryPool:
     """A pool of memory tokens [L, N, d] plus what makes its updates reproducible.
 
     `version` changes on every write or reset, so caches derived from the pool (the prefix
-    keys/values) know when they are stale. With M+ the pool also owns its `long_term`
-    memory, which the model feeds with the tokens each write drops.
+    keys/values) know when they are stale. A write keeps the stale prefix and records in
+    `prefix_origin` where each memory token sat in it, so the next read can update it
+    instead of recomputing it. With M+ the pool also owns its `long_term` memory, which the
+    model feeds with the tokens each write drops.
     """
 
     def __init__(
@@ -61,6 +63,9 @@ class MemoryPool:
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(seed)
         self.prefix_kv: PrefixKV | None = None
+        # [L, N]: the memory index in `prefix_kv` of each memory token, -1 for tokens written
+        # since; None while `prefix_kv` is current (or absent).
+        self.prefix_origin: torch.Tensor | None = None
         self.long_term = long_term
 
     @property
@@ -74,6 +79,15 @@ class MemoryPool:
     def _changed(self) -> None:
         self.version += 1
         self.prefix_kv = None
+        self.prefix_origin = None
+
+    def _track_prefix(self, keep: torch.Tensor, n_new: int) -> None:
+        """Follow the tokens of `prefix_kv` through a write that keeps `keep` [L, N - n_new]."""
+        origin = self.prefix_origin
+        if origin is None:
+            origin = torch.arange(self.size, device=keep.device).expand(self.num_layers, -1)
+        fresh = origin.new_full((self.num_layers, n_new), -1)
+        self.prefix_origin = torch.cat([torch.gather(origin, 1, keep), fresh], dim=1)
 
     def write(self, new: torch.Tensor) -> Dropped | None:
         """Store `new` [L, n, d]: fill an empty pool, else drop n tokens at random and append.
@@ -83,16 +97,19 @@ class MemoryPool:
         if new.shape[0] != self.num_layers or new.shape[2] != self.memory.shape[2]:
             raise ValueError(f"new memory {tuple(new.shape)} does not fit pool {tuple(self.memory.shape)}")
         new = new.to(self.memory.dtype)
-        dropped = None
-        if self.initialized:
-            keep, drop = self._split(new.shape[1])
-            dropped = Dropped(drop, self._gather(drop))
-            self.memory = torch.cat([self._gather(keep), new], dim=1)
-        else:
+        if not self.initialized:
             self.memory = fill(new, self.size)
             self.initialized = True
+            self.step += 1
+            self._changed()
+            return None
+        keep, drop = self._split(new.shape[1])
+        dropped = Dropped(drop, self._gather(drop))
+        self.memory = torch.cat([self._gather(keep), new], dim=1)
         self.step += 1
-        self._changed()
+        self.version += 1
+        if self.prefix_kv is not None:
+            self._track_prefix(keep, new.shape[1])
         return dropped
 
     def _split(self, n_drop: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,6 +158,7 @@ class MemoryPool:
         if self.long_term is not None:
             self.long_term.to(device=device, dtype=dtype)
         self.prefix_kv = None
+        self.prefix_origin = None
         return self
 
     @property

@@ -32,6 +32,10 @@ from memagent.model.rope import RotaryEmbedding, apply_rope
 # [kv_heads, rows * query heads per kv head, P] floats (about 0.4 GiB per layer at 8B).
 PREFILL_QUERY_ROWS = 256
 
+# Dtypes whose prefix is updated on a write rather than recomputed: in half precision every
+# re-rotation would round the surviving keys again, and the error would grow with each write.
+INCREMENTAL_PREFIX_DTYPES = (torch.float32, torch.float64)
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -248,29 +252,67 @@ class MemoryLLM(nn.Module):
 
         Built layer by layer: only one layer's [1 + N, d] tokens exist at a time, never a copy of
         the whole pool. With M+ the memory's RoPE positions start after the M long-term tokens,
-        which each row has in its own slots (see `_recall`).
+        which each row has in its own slots (see `_recall`). After writes (float32 and float64),
+        the previous version's keys/values are updated instead (see `_updated_prefix`).
         """
         if not pool.initialized:
             return None
-        if pool.prefix_kv is not None and pool.prefix_kv.version == pool.version:
-            return pool.prefix_kv
+        stale = pool.prefix_kv
+        if stale is not None and stale.version == pool.version:
+            return stale
         memory = pool.memory
-        bos = self.config.add_bos_embedding
+        bos = int(self.config.add_bos_embedding)
         positions = torch.arange(memory.shape[1] + bos, device=self.device)[None]
         positions[:, bos:] += self.long_term_slots(pool)
         cos, sin = self.rotary(positions, self.dtype)
-        keys, values = [], []
-        for index, layer in enumerate(self.model.layers):
-            # In the model's dtype and on its device, whatever the pool's: caches and queries are.
-            tokens = memory[index][None].to(self.device, self.dtype)
-            if bos:
-                tokens = torch.cat([self.bos_embedding[index][None], tokens], dim=1)
-            k, v = layer.self_attn.project_kv(layer.input_layernorm(tokens), cos, sin)
-            # Contiguous [1, kv_heads, P, D]: every decode step streams them through a matmul.
-            keys.append(k.contiguous())
-            values.append(v.contiguous())
+        if stale is not None and pool.prefix_origin is not None and self.dtype in INCREMENTAL_PREFIX_DTYPES:
+            keys, values = self._updated_prefix(pool, stale, cos, sin)
+        else:
+            keys, values = [], []
+            for index, layer in enumerate(self.model.layers):
+                k, v = self._memory_kv(index, memory[index], cos, sin, with_bos=bool(bos))
+                keys.append(k)
+                values.append(v)
         pool.prefix_kv = PrefixKV(pool.version, keys, values)
+        pool.prefix_origin = None
         return pool.prefix_kv
+
+    def _memory_kv(self, index: int, tokens: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, with_bos: bool):
+        """Layer `index`'s contiguous keys/values [1, kv_heads, n, D] of memory `tokens` [n, d]
+        (after bos_embedding when `with_bos`) at RoPE angles cos/sin [1, n (+ 1), D]."""
+        layer = self.model.layers[index]
+        # In the model's dtype and on its device, whatever the pool's: caches and queries are.
+        tokens = tokens[None].to(self.device, self.dtype)
+        if with_bos:
+            tokens = torch.cat([self.bos_embedding[index][None], tokens], dim=1)
+        k, v = layer.self_attn.project_kv(layer.input_layernorm(tokens), cos, sin)
+        # Contiguous [1, kv_heads, P, D]: every decode step streams them through a matmul.
+        return k.contiguous(), v.contiguous()
+
+    def _updated_prefix(self, pool: MemoryPool, stale: PrefixKV, cos: torch.Tensor, sin: torch.Tensor):
+        """The prefix of the current pool from `stale`, the one before its last writes.
+
+        A write drops tokens and appends new ones, so a surviving token keeps its value and its
+        key moves to an earlier RoPE position: its key is rotated by the difference (RoPE
+        composes: R(new) = R(new - old) R(old)), taken from the very angles a full computation
+        uses, so the two agree to rounding. Only the tokens written since are projected.
+        """
+        bos = int(self.config.add_bos_embedding)
+        keys, values = [], []
+        for index, origin in enumerate(pool.prefix_origin.to(self.device)):
+            kept = int((origin >= 0).sum())  # survivors come first, in order (see MemoryPool.write)
+            old = bos + origin[:kept]
+            now = slice(bos, bos + kept)
+            cos_old, sin_old = cos[:, old].double(), sin[:, old].double()
+            cos_now, sin_now = cos[:, now].double(), sin[:, now].double()
+            turn_cos = (cos_now * cos_old + sin_now * sin_old).to(self.dtype)
+            turn_sin = (sin_now * cos_old - cos_now * sin_old).to(self.dtype)
+            k_old, v_old = stale.keys[index], stale.values[index]
+            k_kept = apply_rope(k_old[:, :, old], turn_cos, turn_sin)
+            k_new, v_new = self._memory_kv(index, pool.memory[index, kept:], cos[:, bos + kept :], sin[:, bos + kept :], False)
+            keys.append(torch.cat([k_old[:, :, :bos], k_kept, k_new], dim=2))
+            values.append(torch.cat([v_old[:, :, :bos], v_old[:, :, old], v_new], dim=2))
+        return keys, values
 
     def cache_nbytes(self, pool: MemoryPool | None, batch_size: int, max_tokens: int) -> int:
         """Bytes of the token buffers `new_cache` allocates (the shared prefix is the pool's)."""

@@ -1,4 +1,4 @@
-"""The memory's keys/values are computed once per pool version and dropped by a write."""
+"""The memory's keys/values are computed once per pool version and updated after a write."""
 
 import torch
 
@@ -7,7 +7,7 @@ from memagent.model.shapes import shape_config
 
 
 @torch.no_grad()
-def test_prefix_is_reused_until_a_write_and_then_recomputed():
+def test_prefix_is_reused_until_a_write_and_then_updated():
     model = MemoryLLM.from_random(shape_config("tiny"), seed=0)
     model.inject(torch.arange(50, 70)[None])
     prompt = torch.tensor([[3, 4, 5]])
@@ -21,8 +21,8 @@ def test_prefix_is_reused_until_a_write_and_then_recomputed():
     after = model(prompt).logits
     assert not torch.allclose(before, after), "a read after a write must see the new memory"
 
-    model.pool.prefix_kv = None  # recompute from scratch: the cached result must be the same
-    assert torch.equal(model(prompt).logits, after)
+    model.pool.prefix_kv = None  # recompute from scratch: the updated result is the same to rounding
+    assert torch.allclose(model(prompt).logits, after, atol=1e-5)
 
 
 @torch.no_grad()
