@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="memories live here; $MEMAGENT_DATA_DIR sets the default")
     p.add_argument("--model", help="released checkpoint folder or hub id, or random:<shape> (default: embedded model)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--quantize", choices=("int8",), help="int8: reads through int8 weights (CPU, about 1.4-2x the decode speed); writes and pools stay float"
+    )
     auth = p.add_mutually_exclusive_group()
     auth.add_argument(
         "--tokens",
@@ -138,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     tokens, tokens_file = _tokens(args, logging.getLogger("memagent_server"))
     if args.ray:
         return _run_on_ray(args, tokens)
-    engine = memagent.load(args.model, device=args.device)
+    engine = memagent.load(args.model, device=args.device, quantize=args.quantize)
     if args.cache_budget_mb is not None:
         engine.cache_budget.limit = _megabytes(args.cache_budget_mb)
     store = MemoryStore(
@@ -171,6 +174,9 @@ def run(args: argparse.Namespace) -> int:
 def _run_on_ray(args: argparse.Namespace, tokens: dict[str, str] | None) -> int:
     if args.tls_cert:
         print("memagent serve: --ray serves through Ray Serve's gRPC proxy, without TLS", file=sys.stderr)
+        return 2
+    if args.quantize:
+        print("memagent serve: --quantize is not available with --ray yet", file=sys.stderr)
         return 2
     from memagent_server.ray_app import RayConfig, run_until_signalled
 

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from memagent.model.quantized import float_weights
+
 
 class LoRALinear(nn.Linear):
     """A linear layer whose weight already holds the read adapter.
@@ -79,12 +81,14 @@ def build_lora_linear(
 
 @contextlib.contextmanager
 def writing(model: nn.Module) -> Iterator[None]:
-    """Switch every LoRALinear in `model` to the write adapter for the duration."""
+    """Switch every LoRALinear in `model` to the write adapter, and every int8 reader to its
+    float weights, for the duration: writes compute exactly what the float model does."""
     layers = [m for m in model.modules() if isinstance(m, LoRALinear) and m.write_A.shape[0]]
     for layer in layers:
         layer.writing = True
     try:
-        yield
+        with float_weights(model):
+            yield
     finally:
         for layer in layers:
             layer.writing = False

@@ -23,6 +23,7 @@ from memagent.model.config import MemoryLLMConfig
 from memagent.model.kv_cache import KVCache, LayerCache
 from memagent.model.long_term_memory import LongTermMemory, LongTermRead
 from memagent.model.lora import writing
+from memagent.model.quantized import float_weights
 from memagent.model.memory_pool import Dropped, MemoryPool, PrefixKV
 from memagent.model.retriever import Retriever
 from memagent.model.rope import RotaryEmbedding, apply_rope
@@ -265,14 +266,15 @@ class MemoryLLM(nn.Module):
         positions = torch.arange(memory.shape[1] + bos, device=self.device)[None]
         positions[:, bos:] += self.long_term_slots(pool)
         cos, sin = self.rotary(positions, self.dtype)
-        if stale is not None and pool.prefix_origin is not None and self.dtype in INCREMENTAL_PREFIX_DTYPES:
-            keys, values = self._updated_prefix(pool, stale, cos, sin)
-        else:
-            keys, values = [], []
-            for index, layer in enumerate(self.model.layers):
-                k, v = self._memory_kv(index, memory[index], cos, sin, with_bos=bool(bos))
-                keys.append(k)
-                values.append(v)
+        with float_weights(self):  # int8 reads too: the same prefix as the float model's
+            if stale is not None and pool.prefix_origin is not None and self.dtype in INCREMENTAL_PREFIX_DTYPES:
+                keys, values = self._updated_prefix(pool, stale, cos, sin)
+            else:
+                keys, values = [], []
+                for index in range(len(self.model.layers)):
+                    k, v = self._memory_kv(index, memory[index], cos, sin, with_bos=bool(bos))
+                    keys.append(k)
+                    values.append(v)
         pool.prefix_kv = PrefixKV(pool.version, keys, values)
         pool.prefix_origin = None
         return pool.prefix_kv
