@@ -301,20 +301,27 @@ class MemoryLLM(nn.Module):
         """
         bos = int(self.config.add_bos_embedding)
         keys, values = [], []
-        for index, origin in enumerate(pool.prefix_origin.to(self.device)):
+        origins = pool.prefix_origin.to(self.device)
+        turn = None
+        for index, origin in enumerate(origins):
             kept = int((origin >= 0).sum())  # survivors come first, in order (see MemoryPool.write)
             old = bos + origin[:kept]
-            now = slice(bos, bos + kept)
-            cos_old, sin_old = cos[:, old].double(), sin[:, old].double()
-            cos_now, sin_now = cos[:, now].double(), sin[:, now].double()
-            turn_cos = (cos_now * cos_old + sin_now * sin_old).to(self.dtype)
-            turn_sin = (sin_now * cos_old - cos_now * sin_old).to(self.dtype)
+            if turn is None or not torch.equal(origin, origins[index - 1]):  # one drop for all layers: once
+                turn = self._rotation(cos, sin, old, slice(bos, bos + kept))
             k_old, v_old = stale.keys[index], stale.values[index]
-            k_kept = apply_rope(k_old[:, :, old], turn_cos, turn_sin)
+            k_kept = apply_rope(k_old[:, :, old], *turn)
             k_new, v_new = self._memory_kv(index, pool.memory[index, kept:], cos[:, bos + kept :], sin[:, bos + kept :], False)
             keys.append(torch.cat([k_old[:, :, :bos], k_kept, k_new], dim=2))
             values.append(torch.cat([v_old[:, :, :bos], v_old[:, :, old], v_new], dim=2))
         return keys, values
+
+    def _rotation(self, cos: torch.Tensor, sin: torch.Tensor, old: torch.Tensor, now: slice):
+        """cos/sin of the RoPE rotation from the angles at `old` to those at `now`, in float64."""
+        cos_old, sin_old = cos[:, old].double(), sin[:, old].double()
+        cos_now, sin_now = cos[:, now].double(), sin[:, now].double()
+        turn_cos = cos_now * cos_old + sin_now * sin_old
+        turn_sin = sin_now * cos_old - cos_now * sin_old
+        return turn_cos.to(self.dtype), turn_sin.to(self.dtype)
 
     def cache_nbytes(self, pool: MemoryPool | None, batch_size: int, max_tokens: int) -> int:
         """Bytes of the token buffers `new_cache` allocates (the shared prefix is the pool's)."""
