@@ -121,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
     from memagent.store import MemoryStore, TenantQuota
     from memagent.store.data_dir_lock import DataDirBusy, DataDirLock
 
+    if args.ray and args.quantize:
+        print("memagent serve: --quantize is not available with --ray yet", file=sys.stderr)
+        return 2
     if bool(args.tls_cert) != bool(args.tls_key):
         print("memagent serve: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
@@ -174,9 +177,6 @@ def run(args: argparse.Namespace) -> int:
 def _run_on_ray(args: argparse.Namespace, tokens: dict[str, str] | None) -> int:
     if args.tls_cert:
         print("memagent serve: --ray serves through Ray Serve's gRPC proxy, without TLS", file=sys.stderr)
-        return 2
-    if args.quantize:
-        print("memagent serve: --quantize is not available with --ray yet", file=sys.stderr)
         return 2
     from memagent_server.ray_app import RayConfig, run_until_signalled
 

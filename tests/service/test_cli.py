@@ -132,3 +132,19 @@ def test_serve_turns_off_the_progress_bars_of_model_loading():
     """A first start dequantizes the default's GGUF under tqdm, a hub id downloads under
     huggingface_hub's bars, transformers loads weights under its own: none may draw in a server."""
     assert _python(DRAW_BARS).stderr == ""
+
+
+def test_serve_with_int8_reads_answers_from_memory(tmp_path):
+    server = ServerProcess(tmp_path / "data", tmp_path / "serve.log", "--quantize", "int8")
+    try:
+        with Client(server.address) as client:
+            client.create("notes")
+            client.inject("notes", "Ida's boat is green.")
+            assert isinstance(client.ask("notes", "What colour is Ida's boat?", max_new_tokens=4), str)
+    finally:
+        assert server.stop() == 0
+
+
+def test_serve_refuses_int8_reads_on_ray(capsys, tmp_path):
+    assert main(["serve", "--ray", "--quantize", "int8", "--no-auth", "--data-dir", str(tmp_path)]) == 2
+    assert "--quantize is not available with --ray" in capsys.readouterr().err
