@@ -26,7 +26,7 @@ from memagent.model.lora import writing
 from memagent.model.quantized import float_weights
 from memagent.model.memory_pool import Dropped, MemoryPool, PrefixKV
 from memagent.model.retriever import Retriever
-from memagent.model.rope import RotaryEmbedding, apply_rope
+from memagent.model.rope import RotaryEmbedding, apply_rope, rotate_into
 
 
 # Queries (rows x tokens) per prefill chunk: the memory prefix's scores for one chunk are
@@ -309,10 +309,16 @@ class MemoryLLM(nn.Module):
             if turn is None or not torch.equal(origin, origins[index - 1]):  # one drop for all layers: once
                 turn = self._rotation(cos, sin, old, slice(bos, bos + kept))
             k_old, v_old = stale.keys[index], stale.values[index]
-            k_kept = apply_rope(k_old[:, :, old], *turn)
             k_new, v_new = self._memory_kv(index, pool.memory[index, kept:], cos[:, bos + kept :], sin[:, bos + kept :], False)
-            keys.append(torch.cat([k_old[:, :, :bos], k_kept, k_new], dim=2))
-            values.append(torch.cat([v_old[:, :, :bos], v_old[:, :, old], v_new], dim=2))
+            # Written in place into one new buffer each: the update is bound by memory traffic.
+            k, v = torch.empty_like(k_old), torch.empty_like(v_old)
+            survivors = slice(bos, bos + kept)
+            k[:, :, :bos], v[:, :, :bos] = k_old[:, :, :bos], v_old[:, :, :bos]
+            rotate_into(k[:, :, survivors], k_old.index_select(2, old), *turn)
+            v[:, :, survivors] = v_old.index_select(2, old)
+            k[:, :, bos + kept :], v[:, :, bos + kept :] = k_new, v_new
+            keys.append(k)
+            values.append(v)
         return keys, values
 
     def _rotation(self, cos: torch.Tensor, sin: torch.Tensor, old: torch.Tensor, now: slice):
