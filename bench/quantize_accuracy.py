@@ -25,13 +25,14 @@ WRITES_AFTER = 5
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--facts", type=int, default=30)
+    parser.add_argument("--chunks", type=int, default=PERPLEXITY_CHUNKS, help="prose chunks for perplexity")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     engines = {"float32": memagent.load(), "int8": memagent.load(quantize="int8")}
 
-    chunks = held_out_chunks(engines["float32"].tokenizer, PERPLEXITY_CHUNKS, PERPLEXITY_TOKENS, args.seed)
+    chunks = held_out_chunks(engines["float32"].tokenizer, args.chunks, PERPLEXITY_TOKENS, args.seed)
     facts = held_out_facts(args.facts, args.seed + 1)
     rows = {name: {} for name in engines}
     answers = {name: {0: [], WRITES_AFTER: []} for name in engines}

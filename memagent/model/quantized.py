@@ -13,7 +13,8 @@ a choice of read speed only. The memory prefix's keys/values are computed with t
 weights too: a long batch of tokens, bound by arithmetic rather than bytes, and done once per
 pool version, so a pool's prefix is the same in either model.
 
-The activations of one product share one int8 scale, so a row's logits depend slightly on the
+Activations are quantized per token (see `Int8Linear.forward`); the zero point of the int8
+activations is still shared by a product's rows, so a row's logits can depend slightly on the
 other rows of its batch (float reads do not).
 """
 
@@ -48,9 +49,8 @@ class Int8Linear(nn.Module):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the same deprecation, as a warning
             qweight = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
-        self.int8 = DynamicInt8Linear(linear.in_features, linear.out_features, bias_=linear.bias is not None)
-        bias = linear.bias.detach().float() if linear.bias is not None else None
-        self.int8.set_weight_bias(qweight, bias)
+        self.int8 = DynamicInt8Linear(linear.in_features, linear.out_features, bias_=False)
+        self.int8.set_weight_bias(qweight, None)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -60,7 +60,13 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_float:
             return self.linear(x)
-        return self.int8(x)
+        # fbgemm gives all rows of a product one activation scale, so one token with outlying
+        # activations (the first token's are large) would cost every other token its precision.
+        # Each token is scaled to a largest magnitude of 1 first and scaled back after: in effect
+        # a scale per token (the product is linear).
+        scale = x.abs().amax(-1, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny)
+        y = self.int8(x / scale) * scale
+        return y if self.linear.bias is None else y + self.linear.bias
 
 
 @contextlib.contextmanager
