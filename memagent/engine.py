@@ -341,7 +341,8 @@ class NamedPool:
         return self.generate(self.engine.chat_prompt(messages), params, stream=stream, **options)
 
     def ask(self, question: str, params: SamplingParams | None = None, **options) -> str:
-        """A short answer to `question`, from what this memory holds (`SamplingParams.for_ask`)."""
+        """A short answer to `question`, from what this memory holds (`SamplingParams.for_ask`);
+        exactly "I don't know." (`memagent.abstention.ABSTENTION`) when it does not hold one."""
         prompt = self.engine.question_prompt(question)
         return self.generate(prompt, SamplingParams.for_ask(params, **options)).strip()
 

@@ -113,7 +113,17 @@ class Text:
 
 @dataclass(frozen=True)
 class Completion:
-    """A whole answer (`complete`, `ask_with_usage`) and how it was made."""
+    """A whole continuation (`complete`) and how it was made."""
 
     text: str
     usage: Usage
+
+
+@dataclass(frozen=True)
+class Answer:
+    """`ask_with_usage`'s answer, how it was made, and whether the memory said it does not
+    know (then `text` is exactly "I don't know.")."""
+
+    text: str
+    usage: Usage
+    abstained: bool = False

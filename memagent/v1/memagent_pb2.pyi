@@ -336,9 +336,11 @@ class AskRequest(_message.Message):
     def __init__(self, memory_id: _Optional[str] = ..., question: _Optional[str] = ..., options: _Optional[_Union[SamplingOptions, _Mapping]] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("answer", "usage")
+    __slots__ = ("answer", "usage", "abstained")
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    ABSTAINED_FIELD_NUMBER: _ClassVar[int]
     answer: str
     usage: Usage
-    def __init__(self, answer: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    abstained: bool
+    def __init__(self, answer: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., abstained: _Optional[bool] = ...) -> None: ...

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from memagent.abstention import is_abstention
 from memagent.sampling import ASK_DEFAULTS, SamplingParams
 from memagent.store import Generation, MemoryStore
 from memagent.store.errors import quote
@@ -196,7 +197,7 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
         params = self._sampling(request.options, ASK_DEFAULTS)
         question = self.limits.prompt(request.question, "question")
         text, usage = await self._collect(context, self.store.ask, request.memory_id, question, params)
-        return pb.AskResponse(answer=text.strip(), usage=usage)
+        return pb.AskResponse(answer=text.strip(), usage=usage, abstained=is_abstention(text))
 
     async def _stream(self, context, start_fn, memory_id: str, *args) -> AsyncIterator[pb.GenerateResponse]:
         """Text pieces as they are decoded, then the usage; stops between steps at the deadline."""

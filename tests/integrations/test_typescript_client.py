@@ -34,5 +34,6 @@ def test_typescript_client_writes_streams_asks_and_reads_the_log(server_address,
     usage = lines[1]["usage"]
     assert 0 < usage["generated_tokens"] <= 8 and usage["finish_reason"] in ("stop", "length") and usage["step"] == receipt["step"]
     assert generation == "".join(server_client.generate(memory, "Kim's bike is", max_new_tokens=8))
-    assert answer == server_client.ask(memory, "What colour is Kim's bike?")
+    asked = server_client.ask_with_usage(memory, "What colour is Kim's bike?")
+    assert (answer, lines[2]["abstained"]) == (asked.text, asked.abstained)
     assert entries == [["Kim's bike is blue.", "typescript", {"run_id": "demo"}]]

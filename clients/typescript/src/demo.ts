@@ -12,7 +12,8 @@ async function main(): Promise<void> {
     const generation = client.generate(memory, "Kim's bike is", { max_new_tokens: 8 });
     const text = await generation.text();
     console.log(JSON.stringify({ text, usage: generation.usage }));
-    console.log(JSON.stringify({ answer: await client.ask(memory, "What colour is Kim's bike?") }));
+    const { answer, abstained } = await client.askWithUsage(memory, "What colour is Kim's bike?");
+    console.log(JSON.stringify({ answer, abstained }));
     console.log(JSON.stringify({ entries: (await client.entries(memory)).map((e) => [e.text, e.source, e.metadata]) }));
   } finally {
     client.close();

@@ -10,6 +10,7 @@ from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallB
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.memory.types import BaseMemory
 
+from memagent.abstention import is_abstention
 from memagent.integration import records as memory_records
 from memagent.integration.fields import MemoryConnection
 from memagent.integration.recall import RecallMode, should_recall
@@ -179,6 +180,7 @@ class MemAgentMemory(MemoryConnection, BaseMemory):
 
     @staticmethod
     def _with_recall(recent: List[ChatMessage], recalled: str) -> List[ChatMessage]:
-        if not recalled:
+        # An abstention ("I don't know.") recalls nothing: the chat gets no message saying so.
+        if not recalled or is_abstention(recalled):
             return recent
         return [ChatMessage(role=MessageRole.SYSTEM, content=RECALL_PREFIX + recalled), *recent]
