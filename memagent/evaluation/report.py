@@ -131,7 +131,7 @@ def plot(r: dict, path: Path) -> None:
         ("recall", "o-", "memagent default: fact in memory", n),
         ("never_written", "s--", "memagent default: fact never written", n),
         ("outside_recall", "^-", f"outside set ({outside_n} hand-written facts): recall", outside_n),
-        ("outside_abstained", "v:", f"outside set: never-told answered \"I don't know.\" (n = {never_n})", never_n),
+        ("outside_abstained", "v:", f"outside set: never-told, \"I don't know.\" (n = {never_n})", never_n),
     ]:
         if series not in r:
             continue
