@@ -52,13 +52,18 @@ def attend(
 def _prefix_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float):
     """Softmax attention over the whole prefix, no mask: (output [1, G, M, D], lse [1, G, M] float).
 
-    On CUDA in half precision this is flash attention, which splits the long key range over
-    the GPU's multiprocessors (a handful of decode queries would otherwise keep most idle,
-    and a batched matrix product of this shape gets a slow kernel). Elsewhere, two products.
+    A fused kernel where there is one: on CUDA in half precision flash attention, which splits
+    the long key range over the GPU's multiprocessors (a handful of decode queries would
+    otherwise keep most idle, and a batched matrix product of this shape gets a slow kernel);
+    on the CPU its flash kernel, which reads the keys once instead of three passes over the
+    scores (2-3x faster at decode shapes). Elsewhere, two products.
     """
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, keys, values, scale=scale)[:2]
         return out, lse[..., : q.shape[2]].float()
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, keys, values, scale=scale)
+        return out, lse.float()
     scores = (q @ keys.transpose(-1, -2)).float() * scale
     lse = scores.logsumexp(-1, keepdim=True)
     out = (scores - lse).exp().to(values.dtype) @ values
