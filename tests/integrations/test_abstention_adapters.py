@@ -5,7 +5,7 @@ import pytest
 from llama_index.core.llms import ChatMessage
 
 from langchain_memagent import MemAgentStore
-from llama_index.memory.memagent import MemAgentMemory
+from llama_index.memory.memagent import MemAgentMemory, MemAgentMemoryBlock
 from memagent.abstention import ABSTENTION
 from tests.abstaining import abstaining_engine
 from tests.integrations.conftest import new_memory_id
@@ -26,6 +26,11 @@ def test_llamaindex_memory_recalls_nothing_when_the_memory_does_not_know(engine)
 async def test_llamaindex_memory_recalls_nothing_async(engine):
     memory = MemAgentMemory(memory=new_memory_id(), engine=engine)
     assert await memory.aget("Who drives a red van?") == []
+
+
+async def test_llamaindex_memory_block_recalls_nothing(engine):
+    block = MemAgentMemoryBlock(memory=new_memory_id(), engine=engine)
+    assert await block.aget([ChatMessage(role="user", content="Who drives a red van?")]) == ""
 
 
 def test_langchain_store_search_says_it_abstained(engine):
