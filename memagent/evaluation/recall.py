@@ -99,7 +99,9 @@ def measure_retention(engine: Engine, facts: list[Fact], ks: list[int], seed: in
     return result
 
 
-def measure_outside(engine: Engine, writes: Sequence[Write], never_told: Sequence[str], ks: list[int], seed: int) -> Retention:
+def measure_outside(
+    engine: Engine, writes: Sequence[Write], never_told: Sequence[str], ks: list[int], seed: int
+) -> Retention:
     """`measure_retention` on the outside set: each write's every question, and one never-told
     question per write and k, after k unrelated writes (held-out generator facts and prose)."""
     result = Retention(sorted(ks))

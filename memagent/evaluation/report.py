@@ -65,9 +65,14 @@ def measure(engine: Engine, base: Engine, *, facts: int, distractors: list[int],
 
 def table(r: dict) -> str:
     pct = lambda x: f"{100 * x:.0f}%"
+    outside = (
+        f" Outside set: {r['outside_facts']} hand-written facts and {r['outside_never_told']} never-told questions per row."
+        if "outside_facts" in r
+        else ""
+    )
     lines = [
         f"Held-out facts (templates, phrasings, names and values training never saw), {r['facts']} per row; CPU, greedy `pool.ask`."
-        + (f" Outside set: {r['outside_facts']} hand-written facts and {r['outside_never_told']} never-told questions per row." if "outside_facts" in r else ""),
+        + outside,
         "",
         "| unrelated writes after the fact (k) | " + " | ".join(str(k) for k in r["recall"]) + " |",
         "|---|" + "---|" * len(r["recall"]),

@@ -125,7 +125,8 @@ class EpisodeMaker:
     def __call__(self, step: int) -> Episode:
         rng = random.Random(self.seed * 1_000_003 + step)
         templates = FactSampler(self.split, seed=rng.randrange(2**32))
-        draw = FactDraw(templates, VariedSampler(self.split, rng.randrange(2**32), self.excluded), self.varied_share, rng)
+        varied = VariedSampler(self.split, rng.randrange(2**32), self.excluded)
+        draw = FactDraw(templates, varied, self.varied_share, rng)
         episode = Episode()
         if rng.random() < 0.2:
             chunk = self.text_chunk(rng, 2 * self.text_tokens)
