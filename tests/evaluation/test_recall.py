@@ -92,3 +92,10 @@ def test_the_shipped_default_recalls_held_out_facts():
     assert sum(retention.recall[0]) >= 4
     assert sum(retention.recall[5]) >= 3
     assert sum(retention.never_written[0]) <= 1
+
+
+@pytest.mark.slow
+def test_the_shipped_default_answers_some_outside_facts_and_refuses_none():
+    engine = memagent.load()
+    retention = measure_outside(engine, outside_writes()[:8], never_told_questions(), [0], seed=11)
+    assert sum(retention.recall[0]) >= 2 and not any(retention.refused[0])
