@@ -114,6 +114,9 @@ class MemoryInfo:
     model: str
     residency: str  # "device", "host" or "disk"
     damage: str = ""  # why the memory refuses calls until repaired; empty when it is sound
+    # M+: long-term tokens in the fullest layer (0 without long-term memory); None until known
+    # (a memory not opened since the server started and without a snapshot of its whole log).
+    long_term_tokens: int | None = 0
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ class DurablePool:
         self.snapshots = snapshots
         self.pool: MemoryPool | None = None
         self.unsnapshotted = 0  # entries applied to the pool since its last snapshot
+        self.long_term_size: int | None = None  # as of the pool this store last held complete
         self.lease: Lease | None = None  # held on shared storage only
 
     @property
@@ -335,7 +339,17 @@ class MemoryStore:
             wal.header.model,
             self.residency.tier(memory.key),
             str(wal.damage or ""),
+            self._long_term_size(memory),
         )
+
+    def _long_term_size(self, memory: DurablePool) -> int | None:
+        if self.engine.model.config.long_term is None:
+            return 0
+        if memory.pool is not None:
+            memory.long_term_size = memory.pool.long_term.size
+        elif memory.long_term_size is None:
+            memory.long_term_size = memory.snapshots.long_term_size(memory.wal.header.log_id, memory.wal.step)
+        return memory.long_term_size
 
     # -- writing and forgetting ------------------------------------------------------------
 
@@ -675,12 +689,15 @@ class MemoryStore:
     def _close_pool(self, memory: DurablePool) -> None:
         self.residency.discard(memory.key)
         memory.pool = None
+        memory.long_term_size = None  # the pool may have missed logged writes
 
     def _evict(self, key: tuple[str, str]) -> None:
         memory = self.tenants.get(key[0], {}).get(key[1])
         if memory is not None and memory.pool is not None:
             if self._snapshot_due(memory):
                 self._try_snapshot(memory)
+            if memory.pool.long_term is not None:
+                memory.long_term_size = memory.pool.long_term.size
             memory.pool = None
 
 

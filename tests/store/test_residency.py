@@ -15,6 +15,7 @@ class FakePool:
 
     def __init__(self, nbytes: int = 100):
         self.nbytes = nbytes
+        self.off_device_nbytes = 0
         self.memory = types.SimpleNamespace(device=torch.device("cpu"), pinned=False)
 
     def to(self, device, *, pin=False):
