@@ -232,7 +232,7 @@ class LongTermMemory:
 
     def _bound(self, layer: int) -> None:
         """Evict beyond `max_tokens`: the lowest recall frequencies go first, the oldest among
-        equals (and, among those, the earlier row); the rest keep their order."""
+        equals (and, among those, the later row); the rest keep their order."""
         rows, frequency = self.stored[layer], self.frequencies[layer]
         if self.max_tokens is None or len(rows) <= self.max_tokens:
             return
