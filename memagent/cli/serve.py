@@ -193,6 +193,7 @@ def _run_on_ray(args: argparse.Namespace, tokens: dict[str, str] | None) -> int:
         resident=args.resident,
         tokens=tokens,
         snapshot_every=args.snapshot_every,
+        max_long_term_tokens=args.max_long_term_tokens,
         max_pending=args.max_pending,
         max_pending_per_tenant=args.max_pending_per_tenant,
         gpus_per_replica=1.0 if args.device.startswith("cuda") else 0.0,

@@ -347,6 +347,8 @@ class MemoryStore:
             return 0
         if memory.pool is not None:
             memory.long_term_size = memory.pool.long_term.size
+        elif memory.wal.step == 0:  # nothing written
+            return 0
         elif memory.long_term_size is None:
             memory.long_term_size = memory.snapshots.long_term_size(memory.wal.header.log_id, memory.wal.step)
         return memory.long_term_size

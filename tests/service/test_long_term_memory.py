@@ -194,11 +194,21 @@ def test_eviction_to_disk_and_back_keeps_the_long_term_memory(engine, tmp_path):
         assert pool_state(tight.export("t", memory).pool) == pool_state(roomy.export("t", memory).pool)
 
 
-def test_get_reports_the_long_term_size_within_the_bound(tmp_path):
-    bounded = MemoryStore(memagent.load(MODEL, max_long_term_tokens=16), tmp_path)
-    bounded.create("t", "m")
-    for text in NOTES[:4]:
-        bounded.inject("t", "m", [NewText(text)])
-        info = bounded.get("t", "m")
-        assert info.long_term_tokens == min(16, K * (info.step - 1))
-    assert info.long_term_tokens == 16
+def test_serve_bounds_the_long_term_memory_and_get_reports_its_size(tmp_path):
+    server = ServerProcess(tmp_path / "data", tmp_path / "serve.log", "--max-long-term-tokens", "16", model=MODEL)
+    try:
+        with Client(server.address) as client:
+            client.create("m")
+            assert client.get("m").long_term_tokens == 0
+            for text in NOTES[:4]:
+                client.inject("m", text)
+                info = client.get("m")
+                assert info.long_term_tokens == min(16, K * (info.step - 1))
+            assert info.long_term_tokens == 16
+    finally:
+        assert server.stop() == 0
+
+
+def test_serve_refuses_a_bound_below_what_a_read_places(tmp_path):
+    with pytest.raises(RuntimeError, match="at least the 16 long-term tokens a read places"):
+        ServerProcess(tmp_path / "data", tmp_path / "serve.log", "--max-long-term-tokens", "8", model=MODEL)
