@@ -137,7 +137,7 @@ class Engine:
         slots = model.config.long_term_slots
         if slots and max_long_term_tokens is not None and max_long_term_tokens < slots:
             raise ValueError(
-                f"max_long_term_tokens ({max_long_term_tokens}) must be at least the {model.config.long_term_slots} "
+                f"max_long_term_tokens ({max_long_term_tokens}) must be at least the {slots} "
                 "long-term tokens a read places per layer"
             )
         self.max_long_term_tokens = max_long_term_tokens
