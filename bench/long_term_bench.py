@@ -75,7 +75,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print("| store | writes | long-term tokens per layer | bytes in memory | of which tokens in host memory | pool file bytes | read ms |")
+    columns = ["store", "writes", "long-term tokens per layer", "bytes in memory", "of which tokens in host memory"]
+    print("| " + " | ".join(columns + ["pool file bytes", "read ms"]) + " |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for bound in (None, args.bound):
         growth(args.model, args.writes, bound)

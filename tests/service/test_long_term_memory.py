@@ -30,7 +30,8 @@ pytestmark = pytest.mark.timeout(300)
 
 MODEL = "random:tiny-mplus"
 K = 8  # tokens a write drops per layer; without decay or bound, all of them are kept
-NOTES = [f"Note {i}: locker {i} holds parcel {i * 7} for {name}." for i, name in enumerate("Ana Ben Cai Dov Eli Fay Gus Hal Ivo Jon".split())]
+NAMES = "Ana Ben Cai Dov Eli Fay Gus Hal Ivo Jon".split()
+NOTES = [f"Note {i}: locker {i} holds parcel {i * 7} for {name}." for i, name in enumerate(NAMES)]
 
 
 @pytest.fixture(scope="module")
