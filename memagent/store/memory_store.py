@@ -600,7 +600,7 @@ class MemoryStore:
         return tail >= self.snapshot_every or (tail > 0 and tail * self._seconds_per_write > self.replay_seconds)
 
     def _snapshot_due(self, memory: DurablePool) -> bool:
-        return self._worth_snapshot(memory.unsnapshotted)
+        return not memory.applying and self._worth_snapshot(memory.unsnapshotted)
 
     def _try_snapshot(self, memory: DurablePool) -> None:
         """Snapshot after the log already holds everything: a failure (disk full) costs only a
@@ -737,7 +737,7 @@ class MemoryStore:
     def _evict(self, key: tuple[str, str]) -> None:
         memory = self.tenants.get(key[0], {}).get(key[1])
         if memory is not None and memory.pool is not None:
-            if not memory.applying and self._snapshot_due(memory):
+            if self._snapshot_due(memory):
                 self._try_snapshot(memory)
             memory.pool = None
 

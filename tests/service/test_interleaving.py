@@ -33,9 +33,8 @@ NEVER = {"max_new_tokens": 400, "stop": ["never appears in the output"]}
 
 def _start(tiny_engine, data_dir) -> RunningServer:
     # No snapshots: a reopened memory replays its whole log.
-    return RunningServer(
-        tiny_engine, data_dir, tokens=TOKENS, snapshot_every=10_000, limits=Limits(max_texts_per_request=100)
-    )
+    never = {"snapshot_every": 10_000, "replay_seconds": float("inf")}
+    return RunningServer(tiny_engine, data_dir, tokens=TOKENS, **never, limits=Limits(max_texts_per_request=100))
 
 
 @pytest.fixture

@@ -44,8 +44,9 @@ def _filled(store: MemoryStore, memory: str, texts=(*FACTS, LONG)) -> MemoryStor
 
 def _on_disk(tiny_engine, tmp_path, memory: str = "m") -> MemoryStore:
     """A store whose memory `memory` is on disk as a log with no snapshot: its next use replays it."""
-    _filled(MemoryStore(tiny_engine, tmp_path, snapshot_every=100), memory)
-    return MemoryStore(tiny_engine, tmp_path, snapshot_every=100)
+    never = {"snapshot_every": 10_000, "replay_seconds": float("inf")}
+    _filled(MemoryStore(tiny_engine, tmp_path, **never), memory)
+    return MemoryStore(tiny_engine, tmp_path, **never)
 
 
 def test_inject_writes_one_chunk_per_step(tiny_engine, tmp_path, applies):
@@ -108,7 +109,7 @@ def test_an_inject_closed_before_its_log_append_writes_nothing(tiny_engine, tmp_
 
 
 def test_an_inject_closed_after_its_log_append_is_applied_once_by_the_next_use(tiny_engine, tmp_path):
-    store = MemoryStore(tiny_engine, tmp_path, snapshot_every=100)
+    store = MemoryStore(tiny_engine, tmp_path, snapshot_every=10_000, replay_seconds=float("inf"))
     store.create("t", "m")
     steps = store.inject_steps("t", "m", [NewText(t) for t in (*FACTS, LONG)])
     next(steps)
@@ -143,3 +144,17 @@ def test_run_to_end_returns_the_result():
         return "done"
 
     assert run_to_end(steps()) == "done"
+
+
+def test_a_pool_evicted_during_a_write_is_not_snapshotted_half_written(tiny_engine, tmp_path):
+    store = MemoryStore(tiny_engine, tmp_path, snapshot_every=1, device_bytes=int(tiny_engine.pool_nbytes * 1.5))
+    store.create("t", "m")
+    store.create("t", "other")
+    steps = store.inject_steps("t", "m", [NewText(t) for t in (*FACTS, LONG)])
+    next(steps)  # logged, one chunk applied
+    store.inject("t", "other", [NewText("Room for one pool only: m goes to disk.")])
+    assert store.get("t", "m").residency == "disk"
+    assert [r.entry_id for r in run_to_end(steps)] == [1, 2, 3, 4]
+    assert not list((tmp_path / "t" / "m").glob("pool-*"))
+    expected = _pool(_filled(MemoryStore(tiny_engine, tmp_path / "ref"), "m"), "m")
+    assert torch.equal(_pool(store, "m"), expected)
