@@ -71,7 +71,8 @@ class WorkerGate:
         self.server, self.entered, self.opened = server, threading.Event(), threading.Event()
 
     def __enter__(self):
-        self.done = asyncio.run_coroutine_threadsafe(self.server.server.worker.run("gate", self._hold), self.server.loop)
+        held = self.server.server.worker.run("gate", self._hold)
+        self.done = asyncio.run_coroutine_threadsafe(held, self.server.loop)
         assert self.entered.wait(60)
         return self
 
