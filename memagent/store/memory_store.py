@@ -418,7 +418,8 @@ class MemoryStore:
                         break
                     seconds += self._apply(self.residency.use(memory.key, pool), chunk)
                     yield
-                self._measured(seconds)
+                else:  # written whole: its time prices replays
+                    self._measured(seconds)
                 receipts.append(Receipt(entry.entry_id, entry.tokens, len(entry.chunks), entry.step, seconds * 1000))
         except BaseException:  # an error, or closed between steps (cancelled)
             self._close_pool(memory)  # the entries are logged: the next use replays them
