@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from memagent.model import generation
+from memagent.model.decoding import DecodeBatch, decode
 from memagent.model.long_term_memory import mismatch
 from memagent.model.memory_pool import MemoryPool
 from memagent.model.memoryllm import MemoryLLM
@@ -148,6 +148,8 @@ class Engine:
         self.cache_budget = cache_budget or CacheBudget.for_device(model.device)
         self.pools: dict[str, NamedPool] = {}
         self.lock = threading.RLock()
+        # Every generation on this engine, whatever memory it reads, decodes in this one batch.
+        self.batch = DecodeBatch(model, self.lock)
         self.eos_token_ids = sorted(set(model.config.eos_token_ids()) | self._tokenizer_eos())
 
     def _tokenizer_eos(self) -> set[int]:
@@ -283,35 +285,45 @@ class BatchGeneration:
 
     def _run(self, engine: Engine, pool: MemoryPool, encoded, params: SamplingParams) -> Iterator[list[str]]:
         prompt_tokens = encoded["attention_mask"].sum(1).tolist()
-        texts = [TextStream(engine.tokenizer, params.stop) for _ in prompt_tokens]
-        completion = [0 for _ in prompt_tokens]
-        ended: list[str | None] = [None for _ in prompt_tokens]  # a finish reason once a prompt ended
-        eos = set(engine.eos_token_ids)
+        self._texts = [TextStream(engine.tokenizer, params.stop) for _ in prompt_tokens]
+        self._completion = [0 for _ in prompt_tokens]
+        self._ended: list[str | None] = [None for _ in prompt_tokens]  # a finish reason once a prompt ended
+        self._eos = set(engine.eos_token_ids)
         step = pool.step
         try:
             ids, mask = encoded["input_ids"], encoded["attention_mask"]
             cache_bytes = engine.model.cache_nbytes(pool, ids.shape[0], ids.shape[1] + params.max_new_tokens)
             with engine.cache_budget.reserve(cache_bytes):
-                tokens = generation.stream(engine.model, ids, params, engine.eos_token_ids, mask, pool, lock=engine.lock)
-                for row_tokens in tokens:
-                    pieces = []
-                    for i, token in enumerate(row_tokens.tolist()):
-                        if ended[i]:  # finished rows get padding; a stop string ends a row before its EOS
-                            pieces.append("")
+                steps = decode(engine.model, ids, params, engine.eos_token_ids, mask, pool, batch=engine.batch)
+                with contextlib.closing(steps):
+                    for row_tokens in steps:
+                        if row_tokens is None:  # a prompt chunk went through: others may run now
+                            yield ["" for _ in self._texts]
                             continue
-                        completion[i] += 1
-                        pieces.append(texts[i].finish() if token in eos else texts[i].push(token))
-                        if texts[i].stopped:
-                            ended[i] = "stop"
-                    yield pieces
-                    if all(ended):
-                        return
-            ended = [reason or "length" for reason in ended]
-            yield [text.finish() for text in texts]  # the text held back for a stop string that never came
+                        yield self._pieces(row_tokens.tolist())
+                        if all(self._ended):
+                            return
+            self._ended = [reason or "length" for reason in self._ended]
+            yield [text.finish() for text in self._texts]  # the text held back for a stop string that never came
         finally:
             self.usages = [
-                Usage(p, c, reason or "cancelled", step) for p, c, reason in zip(prompt_tokens, completion, ended)
+                Usage(p, c, reason or "cancelled", step)
+                for p, c, reason in zip(prompt_tokens, self._completion, self._ended)
             ]
+
+    def _pieces(self, row_tokens: list[int]) -> list[str]:
+        """Each prompt's text for its next token; finished rows get padding, which shows as
+        nothing, and a stop string ends a row before its EOS."""
+        pieces = []
+        for i, (token, text) in enumerate(zip(row_tokens, self._texts)):
+            if self._ended[i]:
+                pieces.append("")
+                continue
+            self._completion[i] += 1
+            pieces.append(text.finish() if token in self._eos else text.push(token))
+            if text.stopped:
+                self._ended[i] = "stop"
+        return pieces
 
 
 class Generation:

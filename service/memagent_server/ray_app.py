@@ -159,6 +159,7 @@ class MemoryReplica:
         )
         self.metrics = Metrics(self.instruments)
         self.metrics.watch(self.store.resident, lambda: self.worker.pending)
+        engine.batch.on_step = self.metrics.decode_rows.observe
         self.servicer = MemoryServicer(self.store, self.worker, config.limits, self.metrics)
         self.tokens = config.tokens
 
