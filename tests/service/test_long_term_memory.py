@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 import memagent
 from memagent.client import Client, ClientError
 from memagent.store import MemoryStore, NewText
+from memagent.store.memory_store import run_to_end
 
 from .conftest import RunningServer
 
@@ -193,6 +194,23 @@ def test_eviction_to_disk_and_back_keeps_the_long_term_memory(engine, tmp_path):
     assert tight.get("t", "a").long_term_tokens == roomy.get("t", "a").long_term_tokens > 0
     for memory in ("a", "b"):
         assert pool_state(tight.export("t", memory).pool) == pool_state(roomy.export("t", memory).pool)
+
+
+def test_a_memory_evicted_during_a_write_reports_no_size_until_it_is_opened_again(engine, tmp_path):
+    store = MemoryStore(engine, tmp_path, device_bytes=1, snapshot_every=10_000, replay_seconds=float("inf"))
+    store.create("t", "m")
+    store.create("t", "other")
+    store.inject("t", "m", [NewText(NOTES[0])])
+    steps = store.inject_steps("t", "m", [NewText(t) for t in NOTES[1:4]])
+    next(steps)  # logged, one chunk applied
+    store.inject("t", "other", [NewText(NOTES[9])])  # room for one pool only: m goes to disk
+    assert store.get("t", "m").residency == "disk"
+    assert store.get("t", "m").long_term_tokens is None, "the pool it left lagged its log"
+    run_to_end(steps)  # the rest of the write waits in the log for the memory's next use
+    assert store.get("t", "m").long_term_tokens is None
+    store.export("t", "m")  # opened: replayed from the log
+    info = store.get("t", "m")
+    assert info.long_term_tokens == K * (info.step - 1)
 
 
 def test_serve_bounds_the_long_term_memory_and_get_reports_its_size(tmp_path):
