@@ -18,9 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from memagent.model.decoding import DecodeBatch, decode
+from memagent.model.long_term_memory import mismatch
 from memagent.model.memory_pool import MemoryPool
 from memagent.model.memoryllm import MemoryLLM
-from memagent.model.pool_file import load_pool, save_pool
+from memagent.model.pool_file import PoolFileError, load_pool, save_pool
 from memagent.sampling import SamplingParams, Usage
 from memagent.text_stream import TextStream
 
@@ -129,7 +130,17 @@ class Engine:
         name: str = "memoryllm",
         chunking: Chunking | None = None,
         cache_budget: CacheBudget | None = None,
+        max_long_term_tokens: int | None = None,
     ):
+        """`max_long_term_tokens`: with M+, the tokens each pool's long-term memory keeps per
+        layer (None: unbounded, as M+); applied to every pool this engine makes, loads or writes."""
+        slots = model.config.long_term_slots
+        if slots and max_long_term_tokens is not None and max_long_term_tokens < slots:
+            raise ValueError(
+                f"max_long_term_tokens ({max_long_term_tokens}) must be at least the {slots} "
+                "long-term tokens a read places per layer"
+            )
+        self.max_long_term_tokens = max_long_term_tokens
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -171,7 +182,12 @@ class Engine:
 
     def new_pool(self, seed: int = 0) -> MemoryPool:
         """An empty pool for this model; `seed` fixes its initial contents."""
-        return self.model.new_pool(seed=seed)
+        return self._bounded(self.model.new_pool(seed=seed))
+
+    def _bounded(self, pool: MemoryPool) -> MemoryPool:
+        if pool.long_term is not None:
+            pool.long_term.limit(self.max_long_term_tokens)
+        return pool
 
     @property
     def pool_nbytes(self) -> int:
@@ -179,8 +195,13 @@ class Engine:
         return self.model.pool.memory.nbytes
 
     def load_pool(self, path: str | Path) -> MemoryPool:
-        """A pool file saved by this model, on its device and in its dtype."""
-        return load_pool(path, self.fingerprint(), device=self.device, dtype=self.dtype)
+        """A pool file saved by this model, on its device and in its dtype (PoolFileError if it is
+        unreadable, another model's, or its long-term memory does not fit this model's)."""
+        pool = load_pool(path, self.fingerprint(), device=self.device, dtype=self.dtype)
+        problem = mismatch(pool.long_term, self.model.config.long_term, self.model.config.num_tokens)
+        if problem:
+            raise PoolFileError(f"{path}: {problem}")
+        return self._bounded(pool)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -195,7 +216,9 @@ class Engine:
         return WritePlan(len(ids), self.chunking.chunks(ids))
 
     def apply(self, pool: MemoryPool, chunks: Sequence[Sequence[int]], *, progress: bool = False) -> None:
-        """Write planned (or logged) chunks into `pool`, one step each."""
+        """Write planned (or logged) chunks into `pool`, one step each, under this engine's
+        long-term bound (a pool loaded from elsewhere may have been written under another)."""
+        self._bounded(pool)
         bar = tqdm(chunks, desc="writing", unit="chunk", disable=not progress or len(chunks) < 4)
         for chunk in bar:
             tensor = torch.tensor([list(chunk)], dtype=torch.long, device=self.device)

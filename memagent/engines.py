@@ -14,31 +14,58 @@ from memagent.model.memoryllm import MemoryLLM
 from memagent.model.shapes import shape_config
 
 RANDOM_PREFIX = "random:"
+# Long-term tokens per layer that each memory of our own models keeps (M+ models only): 256
+# writes' worth at the default's K = 64, and a read's scoring cost with it (README).
+MAX_LONG_TERM_TOKENS = 16384
 
 
-def load(source: str | Path | None = None, *, device: str = "cpu", dtype: torch.dtype | None = None) -> Engine:
+def load(
+    source: str | Path | None = None,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    max_long_term_tokens: int | None = None,
+) -> Engine:
     """An engine on the embedded default (no source), a released checkpoint (folder or hub id),
-    or `random:<shape>` (random weights of a named shape with the default's tokenizer; tests)."""
+    or `random:<shape>` (random weights of a named shape with the default's tokenizer; tests).
+
+    `max_long_term_tokens` bounds an M+ model's long-term memory per layer and memory; 0: no
+    bound; None: MAX_LONG_TERM_TOKENS for our own models, none for a released checkpoint
+    (which then keeps M+'s rules exactly)."""
     dtype = dtype or (torch.float32 if str(device) == "cpu" else torch.bfloat16)
+    own_bound = MAX_LONG_TERM_TOKENS if max_long_term_tokens is None else max_long_term_tokens or None
     if source is None:
-        return load_default_engine(device=device, dtype=dtype)
+        return load_default_engine(device=device, dtype=dtype, max_long_term_tokens=own_bound)
     if str(source).startswith(RANDOM_PREFIX):
         shape = str(source)[len(RANDOM_PREFIX) :]
         model = MemoryLLM.from_random(shape_config(shape), device=device, dtype=dtype)
-        return Engine(model, default_model.load_tokenizer(), name=str(source))
+        return Engine(model, default_model.load_tokenizer(), name=str(source), max_long_term_tokens=own_bound)
     from transformers import AutoTokenizer
 
     folder = resolve_checkpoint(source)
     model = MemoryLLM.from_pretrained(folder, device=device, dtype=dtype)
-    return Engine(model, AutoTokenizer.from_pretrained(str(folder)), name=str(source))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    return Engine(model, tokenizer, name=str(source), max_long_term_tokens=max_long_term_tokens or None)
 
 
-def load_default_engine(adapter: str | Path = default_model.ADAPTER_DIR, *, device="cpu", dtype=torch.float32) -> Engine:
+def load_default_engine(
+    adapter: str | Path = default_model.ADAPTER_DIR,
+    *,
+    device="cpu",
+    dtype=torch.float32,
+    max_long_term_tokens: int | None = MAX_LONG_TERM_TOKENS,
+) -> Engine:
     """The default model, writing text the way its adapter was trained: chunks of at most K
     tokens, short writes (a single tool-output line) taken as they are."""
     model, tokenizer = default_model.load_default(adapter, device=device, dtype=dtype)
     chunking = Chunking(max_chunk_tokens=model.config.num_tokens, repeat_short=False)
-    return Engine(model, tokenizer, name="memagent-default-smollm2-135m", chunking=chunking)
+    return Engine(
+        model,
+        tokenizer,
+        name="memagent-default-smollm2-135m",
+        chunking=chunking,
+        max_long_term_tokens=max_long_term_tokens,
+    )
 
 
 def load_base_engine(*, device="cpu", dtype=torch.float32) -> Engine:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -182,6 +182,7 @@ class DecodeBatch:
         self.lock = lock
         self.running: list[Decoding] = []
         self.steps = 0  # forward passes run (benchmarks and tests read it)
+        self.on_step: Callable[[int], None] | None = None  # told the rows of each forward pass (metrics)
 
     def join(self, decoding: Decoding) -> None:
         with self.lock:
@@ -209,6 +210,8 @@ class DecodeBatch:
         if not going:
             return
         self.steps += 1
+        if self.on_step is not None:
+            self.on_step(sum(d.rows for d, _ in going))
         if len(going) == 1 and going[0][0].graph_step is not None:
             decoding, token = going[0]
             decoding.logits = decoding.graph_step(token[:, None])

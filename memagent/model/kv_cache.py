@@ -39,7 +39,7 @@ class LayerCache:
 @dataclass(frozen=True)
 class LayerRead:
     """One cache's share of a read at one layer: its rows of the batch, the token slots [T] its
-    queries fill, and their mask [b, 1, T, M + S]."""
+    queries fill, and their mask (`memagent.model.attention.token_mask`)."""
 
     cache: LayerCache
     rows: slice

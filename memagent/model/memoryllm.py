@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memagent.model import generation, loading
-from memagent.model.attention import attend
+from memagent.model.attention import attend, token_mask
 from memagent.model.config import MemoryLLMConfig
 from memagent.model.kv_cache import KVCache, LayerRead
 from memagent.model.long_term_memory import LongTermMemory, LongTermRead
@@ -339,7 +339,8 @@ class MemoryLLM(nn.Module):
         size = max(1, PREFILL_QUERY_ROWS // B)
         parts = [slice(start, min(start + size, T)) for start in range(0, T, size)]
         # One mask per cache and chunk, shared by every layer.
-        masks = [[(c.attention_mask(s[p]), s[p]) for c, s in caches] for p in parts]
+        rep = self.config.num_attention_heads // self.config.num_key_value_heads
+        masks = [[(token_mask(c.attention_mask(s[p]), rep, x.dtype), s[p]) for c, s in caches] for p in parts]
         for i, layer in enumerate(self.model.layers):
             if recall is not None:
                 recall(i, x)

@@ -25,6 +25,7 @@ def test_create_get_list_delete(alice):
     created = alice.create("notes")
     assert (created.memory_id, created.step, created.entries, created.model) == ("notes", 0, 0, "random:tiny")
     assert created.pool_bytes > 0 and created.disk_bytes > 0
+    assert created.long_term_tokens == 0, "a model without long-term memory"
     assert alice.get("notes").created == created.created
     assert "notes" in [m.memory_id for m in alice.list()]
     alice.delete("notes")
