@@ -7,7 +7,7 @@ Stages: env (versions, GPU, attention backends), graphs (construction time, stea
 replay tokens/s), profile (3 decode steps: top kernels, attention's share), caches (new_cache
 time and memory at batch 1, 8, 32), prefill (peak memory of a 4k-token prompt), agreement
 (bf16 vs fp32 greedy tokens, random smollm2-135m shape), memories (aggregate decode of up to
-8 memories, one stream each, interleaved as a server does). A failing stage prints its error
+8 memories, one stream each, decoded on their own and in one batch). A failing stage prints its error
 and the rest still run; the exit status counts the failures.
 """
 
@@ -24,6 +24,7 @@ import torch
 
 from memagent.model import attention, memoryllm
 from memagent.model.cuda_graph import DecodeGraphs
+from memagent.model.decoding import DecodeBatch
 from memagent.model.generation import stream
 from memagent.model.memoryllm import MemoryLLM
 from memagent.model.shapes import shape_config
@@ -193,17 +194,20 @@ class Probe:
             model.inject(self.ids(self.args.write_tokens)[None], pool=pool)
         params = SamplingParams(max_new_tokens=new)
         prompt = self.ids(self.args.prompt_tokens, 1)
-        for _ in range(2):
-            streams = [stream(model, prompt, params, [], pool=pool) for pool in pools]
-            self.sync()
-            start = time.perf_counter()
-            for _ in range(new):
-                for s in streams:
-                    next(s)
-            self.sync()
-            took = time.perf_counter() - start
-        print(f"{count} memories, one batch-1 stream each, interleaved: {count * new / took:,.1f} tokens/s aggregate "
-              f"(second round; the engine batches rows of one memory, not across memories)")
+        for batched in (False, True):
+            for _ in range(2):
+                # Batched: one DecodeBatch, as an engine runs them; otherwise each stream alone.
+                batch = DecodeBatch(model, contextlib.nullcontext()) if batched else None
+                streams = [stream(model, prompt, params, [], pool=pool, batch=batch) for pool in pools]
+                self.sync()
+                start = time.perf_counter()
+                for _ in range(new):
+                    for s in streams:
+                        next(s)
+                self.sync()
+                took = time.perf_counter() - start
+            how = "decoded in one batch" if batched else "each decoded on its own"
+            print(f"{count} memories, one batch-1 stream each, {how}: {count * new / took:,.1f} tokens/s aggregate (second round)")
 
 
 STAGES = ["env", "graphs", "profile", "caches", "prefill", "agreement", "memories"]

@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from memagent.model import generation
+from memagent.model.decoding import DecodeBatch, decode
+from memagent.model.long_term_memory import mismatch
 from memagent.model.memory_pool import MemoryPool
 from memagent.model.memoryllm import MemoryLLM
-from memagent.model.pool_file import load_pool, save_pool
+from memagent.model.pool_file import PoolFileError, load_pool, save_pool
 from memagent.sampling import SamplingParams, Usage
 from memagent.text_stream import TextStream
 
@@ -129,7 +130,17 @@ class Engine:
         name: str = "memoryllm",
         chunking: Chunking | None = None,
         cache_budget: CacheBudget | None = None,
+        max_long_term_tokens: int | None = None,
     ):
+        """`max_long_term_tokens`: with M+, the tokens each pool's long-term memory keeps per
+        layer (None: unbounded, as M+); applied to every pool this engine makes, loads or writes."""
+        slots = model.config.long_term_slots
+        if slots and max_long_term_tokens is not None and max_long_term_tokens < slots:
+            raise ValueError(
+                f"max_long_term_tokens ({max_long_term_tokens}) must be at least the {slots} "
+                "long-term tokens a read places per layer"
+            )
+        self.max_long_term_tokens = max_long_term_tokens
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -137,6 +148,8 @@ class Engine:
         self.cache_budget = cache_budget or CacheBudget.for_device(model.device)
         self.pools: dict[str, NamedPool] = {}
         self.lock = threading.RLock()
+        # Every generation on this engine, whatever memory it reads, decodes in this one batch.
+        self.batch = DecodeBatch(model, self.lock)
         self.eos_token_ids = sorted(set(model.config.eos_token_ids()) | self._tokenizer_eos())
 
     def _tokenizer_eos(self) -> set[int]:
@@ -169,7 +182,12 @@ class Engine:
 
     def new_pool(self, seed: int = 0) -> MemoryPool:
         """An empty pool for this model; `seed` fixes its initial contents."""
-        return self.model.new_pool(seed=seed)
+        return self._bounded(self.model.new_pool(seed=seed))
+
+    def _bounded(self, pool: MemoryPool) -> MemoryPool:
+        if pool.long_term is not None:
+            pool.long_term.limit(self.max_long_term_tokens)
+        return pool
 
     @property
     def pool_nbytes(self) -> int:
@@ -177,8 +195,13 @@ class Engine:
         return self.model.pool.memory.nbytes
 
     def load_pool(self, path: str | Path) -> MemoryPool:
-        """A pool file saved by this model, on its device and in its dtype."""
-        return load_pool(path, self.fingerprint(), device=self.device, dtype=self.dtype)
+        """A pool file saved by this model, on its device and in its dtype (PoolFileError if it is
+        unreadable, another model's, or its long-term memory does not fit this model's)."""
+        pool = load_pool(path, self.fingerprint(), device=self.device, dtype=self.dtype)
+        problem = mismatch(pool.long_term, self.model.config.long_term, self.model.config.num_tokens)
+        if problem:
+            raise PoolFileError(f"{path}: {problem}")
+        return self._bounded(pool)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -193,7 +216,9 @@ class Engine:
         return WritePlan(len(ids), self.chunking.chunks(ids))
 
     def apply(self, pool: MemoryPool, chunks: Sequence[Sequence[int]], *, progress: bool = False) -> None:
-        """Write planned (or logged) chunks into `pool`, one step each."""
+        """Write planned (or logged) chunks into `pool`, one step each, under this engine's
+        long-term bound (a pool loaded from elsewhere may have been written under another)."""
+        self._bounded(pool)
         bar = tqdm(chunks, desc="writing", unit="chunk", disable=not progress or len(chunks) < 4)
         for chunk in bar:
             tensor = torch.tensor([list(chunk)], dtype=torch.long, device=self.device)
@@ -260,35 +285,45 @@ class BatchGeneration:
 
     def _run(self, engine: Engine, pool: MemoryPool, encoded, params: SamplingParams) -> Iterator[list[str]]:
         prompt_tokens = encoded["attention_mask"].sum(1).tolist()
-        texts = [TextStream(engine.tokenizer, params.stop) for _ in prompt_tokens]
-        completion = [0 for _ in prompt_tokens]
-        ended: list[str | None] = [None for _ in prompt_tokens]  # a finish reason once a prompt ended
-        eos = set(engine.eos_token_ids)
+        self._texts = [TextStream(engine.tokenizer, params.stop) for _ in prompt_tokens]
+        self._completion = [0 for _ in prompt_tokens]
+        self._ended: list[str | None] = [None for _ in prompt_tokens]  # a finish reason once a prompt ended
+        self._eos = set(engine.eos_token_ids)
         step = pool.step
         try:
             ids, mask = encoded["input_ids"], encoded["attention_mask"]
             cache_bytes = engine.model.cache_nbytes(pool, ids.shape[0], ids.shape[1] + params.max_new_tokens)
             with engine.cache_budget.reserve(cache_bytes):
-                tokens = generation.stream(engine.model, ids, params, engine.eos_token_ids, mask, pool, lock=engine.lock)
-                for row_tokens in tokens:
-                    pieces = []
-                    for i, token in enumerate(row_tokens.tolist()):
-                        if ended[i]:  # finished rows get padding; a stop string ends a row before its EOS
-                            pieces.append("")
+                steps = decode(engine.model, ids, params, engine.eos_token_ids, mask, pool, batch=engine.batch)
+                with contextlib.closing(steps):
+                    for row_tokens in steps:
+                        if row_tokens is None:  # a prompt chunk went through: others may run now
+                            yield ["" for _ in self._texts]
                             continue
-                        completion[i] += 1
-                        pieces.append(texts[i].finish() if token in eos else texts[i].push(token))
-                        if texts[i].stopped:
-                            ended[i] = "stop"
-                    yield pieces
-                    if all(ended):
-                        return
-            ended = [reason or "length" for reason in ended]
-            yield [text.finish() for text in texts]  # the text held back for a stop string that never came
+                        yield self._pieces(row_tokens.tolist())
+                        if all(self._ended):
+                            return
+            self._ended = [reason or "length" for reason in self._ended]
+            yield [text.finish() for text in self._texts]  # the text held back for a stop string that never came
         finally:
             self.usages = [
-                Usage(p, c, reason or "cancelled", step) for p, c, reason in zip(prompt_tokens, completion, ended)
+                Usage(p, c, reason or "cancelled", step)
+                for p, c, reason in zip(prompt_tokens, self._completion, self._ended)
             ]
+
+    def _pieces(self, row_tokens: list[int]) -> list[str]:
+        """Each prompt's text for its next token; finished rows get padding, which shows as
+        nothing, and a stop string ends a row before its EOS."""
+        pieces = []
+        for i, (token, text) in enumerate(zip(row_tokens, self._texts)):
+            if self._ended[i]:
+                pieces.append("")
+                continue
+            self._completion[i] += 1
+            pieces.append(text.finish() if token in self._eos else text.push(token))
+            if text.stopped:
+                self._ended[i] = "stop"
+        return pieces
 
 
 class Generation:
@@ -341,7 +376,8 @@ class NamedPool:
         return self.generate(self.engine.chat_prompt(messages), params, stream=stream, **options)
 
     def ask(self, question: str, params: SamplingParams | None = None, **options) -> str:
-        """A short answer to `question`, from what this memory holds (`SamplingParams.for_ask`)."""
+        """A short answer to `question`, from what this memory holds (`SamplingParams.for_ask`);
+        exactly "I don't know." (`memagent.abstention.ABSTENTION`) when it does not hold one."""
         prompt = self.engine.question_prompt(question)
         return self.generate(prompt, SamplingParams.for_ask(params, **options)).strip()
 

@@ -16,6 +16,9 @@ from memagent.model.shapes import shape_config
 
 RANDOM_PREFIX = "random:"
 SCHEMES = quantized.SCHEMES
+# Long-term tokens per layer that each memory of our own models keeps (M+ models only): 256
+# writes' worth at the default's K = 64, and a read's scoring cost with it (README).
+MAX_LONG_TERM_TOKENS = 16384
 
 
 def load(
@@ -24,27 +27,33 @@ def load(
     device: str = "cpu",
     dtype: torch.dtype | None = None,
     quantize: str | None = None,
+    max_long_term_tokens: int | None = None,
 ) -> Engine:
     """An engine on the embedded default (no source), a released checkpoint (folder or hub id),
     or `random:<shape>` (random weights of a named shape with the default's tokenizer; tests).
 
-    `quantize="int8"` (CPU, float32) reads through int8 weights; writes, pools and their
-    fingerprint stay the float model's (see `memagent.model.quantized`).
+    `max_long_term_tokens` bounds an M+ model's long-term memory per layer and memory; 0: no
+    bound; None: MAX_LONG_TERM_TOKENS for our own models, none for a released checkpoint
+    (which then keeps M+'s rules exactly). `quantize="int8"` (CPU, float32) reads through int8
+    weights; writes, pools and their fingerprint stay the float model's (`memagent.model.quantized`).
     """
     dtype = dtype or (torch.float32 if str(device) == "cpu" else torch.bfloat16)
     if quantize is not None and quantize not in SCHEMES:
         raise ValueError(f"unknown quantization {quantize!r}; known: {', '.join(SCHEMES)}")
+    own_bound = MAX_LONG_TERM_TOKENS if max_long_term_tokens is None else max_long_term_tokens or None
     if source is None:
-        return load_default_engine(device=device, dtype=dtype, quantize=quantize)
+        return load_default_engine(device=device, dtype=dtype, max_long_term_tokens=own_bound, quantize=quantize)
     if str(source).startswith(RANDOM_PREFIX):
         shape = str(source)[len(RANDOM_PREFIX) :]
-        model = MemoryLLM.from_random(shape_config(shape), device=device, dtype=dtype)
-        return Engine(_quantized(model, quantize), default_model.load_tokenizer(), name=str(source))
+        model = _quantized(MemoryLLM.from_random(shape_config(shape), device=device, dtype=dtype), quantize)
+        return Engine(model, default_model.load_tokenizer(), name=str(source), max_long_term_tokens=own_bound)
     from transformers import AutoTokenizer
 
     folder = resolve_checkpoint(source)
     model = MemoryLLM.from_pretrained(folder, device=device, dtype=dtype)
-    return Engine(_quantized(model, quantize), AutoTokenizer.from_pretrained(str(folder)), name=str(source))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = _quantized(model, quantize)
+    return Engine(model, tokenizer, name=str(source), max_long_term_tokens=max_long_term_tokens or None)
 
 
 def _quantized(model: MemoryLLM, scheme: str | None) -> MemoryLLM:
@@ -52,14 +61,25 @@ def _quantized(model: MemoryLLM, scheme: str | None) -> MemoryLLM:
 
 
 def load_default_engine(
-    adapter: str | Path = default_model.ADAPTER_DIR, *, device="cpu", dtype=torch.float32, quantize: str | None = None
+    adapter: str | Path = default_model.ADAPTER_DIR,
+    *,
+    device="cpu",
+    dtype=torch.float32,
+    max_long_term_tokens: int | None = MAX_LONG_TERM_TOKENS,
+    quantize: str | None = None,
 ) -> Engine:
     """The default model, writing text the way its adapter was trained: chunks of at most K
     tokens, short writes (a single tool-output line) taken as they are."""
     model, tokenizer = default_model.load_default(adapter, device=device, dtype=dtype)
     model = _quantized(model, quantize)
     chunking = Chunking(max_chunk_tokens=model.config.num_tokens, repeat_short=False)
-    return Engine(model, tokenizer, name="memagent-default-smollm2-135m", chunking=chunking)
+    return Engine(
+        model,
+        tokenizer,
+        name="memagent-default-smollm2-135m",
+        chunking=chunking,
+        max_long_term_tokens=max_long_term_tokens,
+    )
 
 
 def load_base_engine(*, device="cpu", dtype=torch.float32) -> Engine:

@@ -22,3 +22,22 @@ def pytest_collection_modifyitems(config, items):
 def tiny_engine() -> memagent.Engine:
     """Random weights of the `tiny` shape with the default's tokenizer (deterministic)."""
     return memagent.load("random:tiny")
+
+
+class CountedApplies:
+    """The engine's `apply`, counting the chunks it writes into pools (any thread's)."""
+
+    def __init__(self, engine: memagent.Engine, monkeypatch: pytest.MonkeyPatch):
+        self.chunks = 0
+        self._apply = engine.apply
+        monkeypatch.setattr(engine, "apply", self)
+
+    def __call__(self, pool, chunks, **options):
+        self.chunks += len(chunks)
+        return self._apply(pool, chunks, **options)
+
+
+@pytest.fixture
+def applies(tiny_engine, monkeypatch) -> CountedApplies:
+    """Counts the chunks `tiny_engine` writes while the test runs."""
+    return CountedApplies(tiny_engine, monkeypatch)

@@ -24,6 +24,7 @@ from langgraph.store.base import (
     SearchOp,
 )
 
+from memagent.abstention import is_abstention
 from memagent.integration import records as memory_records
 from memagent.integration.backend import ClosesBackend, LoggedText, MemoryBackend, connect
 
@@ -65,7 +66,8 @@ class MemAgentStore(ClosesBackend, BaseStore):
     - `get` and `search` without a query are exact: they read the memory's log, never the model.
     - `delete` forgets the key's entries: the memory is rebuilt without them.
     - `search(prefix, query=...)` answers from memory: one `SearchItem` per memory under the
-      prefix, key "recall", value `{"query": ..., "answer": <what the memory answers>}`.
+      prefix, key "recall", value `{"query": ..., "answer": <what the memory answers>,
+      "abstained": <True when the answer is "I don't know.">}`.
     - `list_namespaces` lists the memories (of the token's tenant, on a server).
 
     What cannot apply, and why: there is no vector index (`index=` on put and the `score` of
@@ -175,7 +177,8 @@ class MemAgentStore(ClosesBackend, BaseStore):
     def _recall(self, namespace: tuple[str, ...], query: str) -> SearchItem:
         now = datetime.now(UTC)
         answer = self._memory(namespace).ask(query)
-        return SearchItem(namespace, "recall", {"query": query, "answer": answer}, now, now, score=None)
+        value = {"query": query, "answer": answer, "abstained": is_abstention(answer)}
+        return SearchItem(namespace, "recall", value, now, now, score=None)
 
     def _list_namespaces(self, op: ListNamespacesOp) -> list[tuple[str, ...]]:
         spaces = [namespace_of(m) for m in self._memory_ids()]

@@ -24,7 +24,14 @@ def register(subparsers) -> None:
     p.add_argument("--model", help="released checkpoint folder or hub id, or random:<shape> (default: embedded model)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
-        "--quantize", choices=("int8",), help="int8: reads through int8 weights (CPU, about 1.4-2x the decode speed); writes and pools stay float"
+        "--quantize", choices=("int8",), help="int8: reads through int8 weights (CPU, faster decode); writes and pools stay float"
+    )
+    p.add_argument(
+        "--max-long-term-tokens",
+        type=int,
+        help="M+ models: long-term tokens each memory keeps per layer, the least recalled and oldest evicted "
+        "first; bounds a read's cost (default: 16384 for the embedded and random models, none for a released "
+        "checkpoint, which keeps M+'s own rules; 0: none)",
     )
     auth = p.add_mutually_exclusive_group()
     auth.add_argument(
@@ -144,7 +151,13 @@ def run(args: argparse.Namespace) -> int:
     tokens, tokens_file = _tokens(args, logging.getLogger("memagent_server"))
     if args.ray:
         return _run_on_ray(args, tokens)
-    engine = memagent.load(args.model, device=args.device, quantize=args.quantize)
+    try:
+        engine = memagent.load(
+            args.model, device=args.device, max_long_term_tokens=args.max_long_term_tokens, quantize=args.quantize
+        )
+    except ValueError as err:
+        print(f"memagent serve: {err}", file=sys.stderr)
+        return 2
     if args.cache_budget_mb is not None:
         engine.cache_budget.limit = _megabytes(args.cache_budget_mb)
     store = MemoryStore(
@@ -188,6 +201,7 @@ def _run_on_ray(args: argparse.Namespace, tokens: dict[str, str] | None) -> int:
         resident=args.resident,
         tokens=tokens,
         snapshot_every=args.snapshot_every,
+        max_long_term_tokens=args.max_long_term_tokens,
         max_pending=args.max_pending,
         max_pending_per_tenant=args.max_pending_per_tenant,
         gpus_per_replica=1.0 if args.device.startswith("cuda") else 0.0,

@@ -10,12 +10,13 @@ AUTO = "auto"
 
 
 def register(subparsers) -> None:
-    # The defaults are the run that made the shipped adapter (README, "Train it").
+    # The defaults are README's training command ("Train it").
     train = subparsers.add_parser(
         "train",
         help="train the embedded default's memory adapter",
         description="Train the memory adapter of the embedded default (SmolLM2-135M-Instruct): LoRA on its "
-        "projections plus the memory parts, on episodes that write facts, then unrelated text, then ask. "
+        "projections plus the memory parts, on episodes that write facts, then unrelated text, then ask "
+        "(and ask about facts never written, to answer \"I don't know.\"). "
         "Resumes from --run-dir; exports the adapter to RUN_DIR/adapter. Uses CUDA when present.",
     )
     train.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="checkpoints, log and exported adapter go here")
@@ -26,8 +27,16 @@ def register(subparsers) -> None:
     train.add_argument("--rank", type=int, default=8, help="LoRA rank")
     train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     train.add_argument("--max-facts", type=int, default=3, help="facts written per episode at the end of the schedule")
-    train.add_argument("--max-distractors", type=int, default=8, help="unrelated writes after the facts, at most")
+    train.add_argument(
+        "--max-distractors", type=int, default=32,
+        help="unrelated writes after the facts, at most (drawn log-uniformly from 0 to the schedule's limit)",
+    )  # fmt: skip
     train.add_argument("--ramp-steps", type=int, default=400, help="steps over which episodes grow to the maximum")
+    train.add_argument("--varied-share", type=float, default=0.5, help="share of facts in the varied forms (train/varied.py)")
+    train.add_argument(
+        "--abstain-share", type=float, default=0.3,
+        help="share of fact episodes that also ask about a fact never written (answer: \"I don't know.\")",
+    )  # fmt: skip
     train.add_argument("--seed", type=int, default=0, help="episodes and initialisation")
     train.add_argument("--device", default=AUTO, help=f"cpu, cuda, or {AUTO} (cuda when present)")
     train.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
@@ -97,7 +106,10 @@ def run_train(args: argparse.Namespace) -> int:
     model = default_trainable(args.num_tokens, args.num_blocks, config.adapter, device=_device(args.device))
     tokenizer = default_model.load_tokenizer()
     engine = Engine(model, tokenizer)
-    episodes = EpisodeMaker(tokenizer, engine.question_prompt, seed=args.seed, schedule=config.schedule)
+    episodes = EpisodeMaker(
+        tokenizer, engine.question_prompt, seed=args.seed, schedule=config.schedule,
+        varied_share=args.varied_share, abstain_share=args.abstain_share,
+    )  # fmt: skip
     trainer = Trainer(model, episodes, config, args.run_dir)
     if not args.fresh and trainer.resume():
         print(f"resuming from step {trainer.step}")

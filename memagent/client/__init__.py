@@ -12,9 +12,10 @@ for piece in client.generate("alice", "Alice's cat", max_new_tokens=16):
 from memagent.client.async_client import AsyncClient
 from memagent.client.sync_client import Client
 from memagent.client.streams import AsyncGenerationStream, GenerationStream
-from memagent.client.types import ClientError, Completion, Entry, ForgetResult, MemoryInfo, Receipt, Text
+from memagent.client.types import Answer, ClientError, Completion, Entry, ForgetResult, MemoryInfo, Receipt, Text
 
 __all__ = [
+    "Answer",
     "AsyncClient",
     "AsyncGenerationStream",
     "Client",

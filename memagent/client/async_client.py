@@ -10,7 +10,7 @@ import grpc
 
 import memagent.client.messages as m
 from memagent.client.streams import AsyncGenerationStream
-from memagent.client.types import Completion, Entry, ForgetResult, MemoryInfo, Receipt, Text
+from memagent.client.types import Answer, Completion, Entry, ForgetResult, MemoryInfo, Receipt, Text
 from memagent.sampling import SamplingParams
 from memagent.v1 import memagent_pb2 as pb
 from memagent.v1 import memagent_pb2_grpc
@@ -161,16 +161,16 @@ class AsyncClient:
         return self._stream(self._stub.Chat, request)
 
     async def ask(self, memory_id: str, question: str, params: SamplingParams | None = None, **options) -> str:
-        """A short answer to `question` from what the memory holds (`SamplingParams.for_ask`)."""
+        """A short answer to `question` from what the memory holds (`SamplingParams.for_ask`);
+        exactly "I don't know." when it does not hold one."""
         return (await self.ask_with_usage(memory_id, question, params, **options)).text
 
     async def ask_with_usage(
         self, memory_id: str, question: str, params: SamplingParams | None = None, **options
-    ) -> Completion:
-        """`ask`'s answer with its usage."""
+    ) -> Answer:
+        """`ask`'s answer with its usage and whether it abstained ("I don't know.")."""
         request = m.ask_request(memory_id, question, params, options)
-        response = await self._call(self._stub.Ask, request)
-        return Completion(response.answer, m.usage(response.usage))
+        return m.answer(await self._call(self._stub.Ask, request))
 
     def _stream(self, method, request) -> AsyncGenerationStream:
         metadata = m.routed(self._metadata, request.memory_id)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from memagent.client.types import ClientError, Text
+from memagent.client.types import Answer, ClientError, Text
 from memagent.sampling import SamplingParams, Usage
 from memagent.v1 import memagent_pb2 as pb
 
@@ -94,6 +94,10 @@ def ask_request(memory_id: str, question: str, params: SamplingParams | None, op
 
 def usage(u: pb.Usage) -> Usage:
     return Usage(u.prompt_tokens, u.generated_tokens, u.finish_reason, u.step)
+
+
+def answer(response: pb.AskResponse) -> Answer:
+    return Answer(response.answer, usage(response.usage), response.abstained)
 
 
 def text(item: str | Text, source: str | None = None, metadata: Mapping[str, str] | None = None) -> pb.Text:

@@ -48,6 +48,8 @@ class MemoryInfo:
     model: str
     residency: str  # "device", "host" or "disk"
     damage: str = ""  # why the memory refuses calls until an operator repairs it; empty when sound
+    # M+: tokens in the long-term memory's fullest layer; 0 without one; None until the server knows
+    long_term_tokens: int | None = 0
 
     @classmethod
     def from_proto(cls, m: pb.Memory) -> MemoryInfo:
@@ -63,6 +65,7 @@ class MemoryInfo:
             m.model,
             RESIDENCY.get(m.residency, "unknown"),
             m.damage,
+            m.long_term_tokens if m.HasField("long_term_tokens") else None,
         )
 
 
@@ -113,7 +116,17 @@ class Text:
 
 @dataclass(frozen=True)
 class Completion:
-    """A whole answer (`complete`, `ask_with_usage`) and how it was made."""
+    """A whole continuation (`complete`) and how it was made."""
 
     text: str
     usage: Usage
+
+
+@dataclass(frozen=True)
+class Answer:
+    """`ask_with_usage`'s answer, how it was made, and whether the memory said it does not
+    know (then `text` is exactly "I don't know.")."""
+
+    text: str
+    usage: Usage
+    abstained: bool = False

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from memagent.abstention import is_abstention
+
 RecallMode = Literal["always", "questions", "never"]
 
 # A question ends with "?" or opens with a question word or an inverted auxiliary.
@@ -25,3 +27,8 @@ def should_recall(mode: RecallMode, text: str) -> bool:
     """Whether automatic recall runs for `text` (the latest user message) under `mode` (the
     adapters' pydantic fields refuse any other mode when they are built)."""
     return bool(text.strip()) and (mode == "always" or (mode == "questions" and is_question(text)))
+
+
+def recalled(answer: str) -> str:
+    """What automatic recall adds to a chat: the memory's answer, or nothing when it said "I don't know."."""
+    return "" if is_abstention(answer) else answer

@@ -6,11 +6,27 @@ tokens (causal, padding hidden). The prefix is stored once, not once per row: it
 from one product of all rows' queries with the shared keys, and it needs no mask. The token
 range is short and carries the only mask. Each range gives a partial softmax; their
 log-sum-exps weigh them into the exact result.
+
+Queries are grouped per kv head without repeating keys: the query heads that share a kv head
+are folded into the time axis, so each kv head serves [rep * T] queries.
 """
 
 from __future__ import annotations
 
 import torch
+
+_fused_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+
+def token_mask(mask: torch.Tensor, rep: int, dtype: torch.dtype) -> torch.Tensor:
+    """`mask` [B, 1, T, S] bool (True where a query sees a token slot) as `attend` takes it:
+    for [rep * T] folded queries, additive (0 or -inf, in `dtype`) on the CPU, whose fused
+    kernel takes that form, boolean elsewhere. Made once per forward pass, used by every layer."""
+    B, _, T, S = mask.shape
+    folded = mask[:, :, None].expand(B, 1, rep, T, S).reshape(B, 1, rep * T, S)
+    if mask.device.type != "cpu":
+        return folded
+    return torch.zeros(folded.shape, dtype=dtype).masked_fill_(~folded, float("-inf"))
 
 
 def attend(
@@ -24,41 +40,52 @@ def attend(
     """Attention output [B, H, T, D].
 
     q: [B, H, T, D]; prefix_keys/values: [1, G, P, D] shared by all rows (or None);
-    keys/values: [B, G, S, D]; mask: [B, 1, T, S] bool, True where a query sees a token slot.
+    keys/values: [B, G, S, D]; mask: from `token_mask`.
     """
     B, H, T, D = q.shape
-    G, S = keys.shape[1], keys.shape[2]
+    G = keys.shape[1]
     rep = H // G
     scale = D**-0.5
-    # Grouped-query attention without repeating keys: each kv head serves [rep * T] queries.
     q = q.reshape(B, G, rep * T, D)
-    scores = (q @ keys.transpose(-1, -2)).float() * scale
-    scores = scores.view(B, G, rep, T, S).masked_fill(~mask[:, :, None], float("-inf")).view(B, G, rep * T, S)
-    lse = scores.logsumexp(-1, keepdim=True)  # a query always sees itself: finite
-    if prefix_keys is None:
-        out = (scores - lse).exp().to(values.dtype) @ values
-        return out.reshape(B, H, T, D)
-    # All rows' queries against the one shared prefix: [1, G, B * rep * T, D].
-    folded = q.transpose(0, 1).reshape(1, G, B * rep * T, D)
-    prefix_out, prefix_lse = _prefix_attention(folded, prefix_keys, prefix_values, scale)
-    prefix_out = prefix_out.view(G, B, rep * T, D).transpose(0, 1)
-    prefix_lse = prefix_lse.view(G, B, rep * T, 1).transpose(0, 1)
-    total = torch.logaddexp(lse, prefix_lse)  # [B, G, rep * T, 1]
-    out = (scores - total).exp().to(values.dtype) @ values
-    out = out + (prefix_lse - total).exp().to(prefix_out.dtype) * prefix_out
+    out, lse = _token_attention(q, keys, values, mask, scale)  # a query always sees itself: finite
+    if prefix_keys is not None:
+        # All rows' queries against the one shared prefix: [1, G, B * rep * T, D].
+        folded = q.transpose(0, 1).reshape(1, G, B * rep * T, D)
+        prefix_out, prefix_lse = _prefix_attention(folded, prefix_keys, prefix_values, scale)
+        prefix_out = prefix_out.view(G, B, rep * T, D).transpose(0, 1)
+        prefix_lse = prefix_lse.view(G, B, rep * T, 1).transpose(0, 1)
+        # The token range's share of the whole softmax: exp(lse) / (exp(lse) + exp(prefix_lse)).
+        share = torch.sigmoid(lse - prefix_lse).to(out.dtype)
+        out = torch.lerp(prefix_out, out, share)
     return out.reshape(B, H, T, D)
+
+
+def _token_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float):
+    """Masked softmax attention over the token slots: (output [B, G, M, D], lse [B, G, M, 1] float)."""
+    if q.device.type == "cpu":
+        out, lse = _fused_cpu(q, keys, values, attn_mask=mask, scale=scale)
+        return out, lse.float()[..., None]
+    scores = (q @ keys.transpose(-1, -2)).float() * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    lse = scores.logsumexp(-1, keepdim=True)
+    return (scores - lse).exp().to(values.dtype) @ values, lse
 
 
 def _prefix_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float):
     """Softmax attention over the whole prefix, no mask: (output [1, G, M, D], lse [1, G, M] float).
 
-    On CUDA in half precision this is flash attention, which splits the long key range over
-    the GPU's multiprocessors (a handful of decode queries would otherwise keep most idle,
-    and a batched matrix product of this shape gets a slow kernel). Elsewhere, two products.
+    A fused kernel where there is one: on CUDA in half precision flash attention, which splits
+    the long key range over the GPU's multiprocessors (a handful of decode queries would
+    otherwise keep most idle, and a batched matrix product of this shape gets a slow kernel);
+    on the CPU its flash kernel, which reads the keys once instead of three passes over the
+    scores (2-3x faster at decode shapes). Elsewhere, two products.
     """
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, keys, values, scale=scale)[:2]
         return out, lse[..., : q.shape[2]].float()
+    if q.device.type == "cpu":
+        out, lse = _fused_cpu(q, keys, values, scale=scale)
+        return out, lse.float()
     scores = (q @ keys.transpose(-1, -2)).float() * scale
     lse = scores.logsumexp(-1, keepdim=True)
     out = (scores - lse).exp().to(values.dtype) @ values

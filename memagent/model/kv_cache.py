@@ -12,6 +12,7 @@ without a host sync.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,6 +34,17 @@ class LayerCache:
         """Store k/v [B, kv_heads, T, D] at token slots [T]."""
         self.keys.index_copy_(2, slots, k)
         self.values.index_copy_(2, slots, v)
+
+
+@dataclass(frozen=True)
+class LayerRead:
+    """One cache's share of a read at one layer: its rows of the batch, the token slots [T] its
+    queries fill, and their mask (`memagent.model.attention.token_mask`)."""
+
+    cache: LayerCache
+    rows: slice
+    slots: torch.Tensor
+    mask: torch.Tensor
 
 
 class KVCache:

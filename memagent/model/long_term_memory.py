@@ -14,6 +14,15 @@ included; tests/fixtures/reference_mplus/README.md states them:
 - a read of layer l takes M tokens: the M best-scoring of stored then pending tokens, or, while
   the store holds fewer than M, the last M of its indices cycled, unscored. They are placed
   oldest first (ties: the later candidate first).
+
+Beyond M+, a store may be bounded (`limit`): after each merge a layer holding more than
+`max_tokens` keeps the rows with the highest recall frequencies, the youngest among equals. M+
+has no bound, so an unbounded store (the default here) follows its rules exactly.
+
+Where it lives: the tokens stay in host memory whatever the device, since a read needs only
+its M chosen tokens per layer, which it copies to the device through a page-locked buffer.
+Keys, ages and frequencies follow the pool: every read scores every key, so they sit beside
+the queries (a key is s numbers against a token's d), and choosing needs the ages there too.
 """
 
 from __future__ import annotations
@@ -27,6 +36,12 @@ from memagent.model.config import LongTermConfig
 from memagent.model.memory_pool import Dropped, fill
 
 _MERGE_THRESHOLD = 0.01  # a stored token lives while its recall frequency stays above this
+HOST = torch.device("cpu")
+
+
+def _take(t: torch.Tensor, index) -> torch.Tensor:
+    """`t[index]`, with an index tensor brought to `t`'s device first."""
+    return t[index.to(t.device) if isinstance(index, torch.Tensor) else index]
 
 
 @dataclass
@@ -41,7 +56,7 @@ class Rows:
         return self.tokens.shape[0]
 
     def __getitem__(self, index) -> "Rows":
-        return Rows(self.tokens[index], self.keys[index], self.ages[index])
+        return Rows(*(_take(t, index) for t in self.tensors()))
 
     def cat(self, other: "Rows") -> "Rows":
         return Rows(*(torch.cat([a, b]) for a, b in zip(self.tensors(), other.tensors())))
@@ -49,9 +64,9 @@ class Rows:
     def older(self, by: int) -> "Rows":
         return Rows(self.tokens, self.keys, self.ages + by)
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> "Rows":
-        """Move to `device`; cast tokens and keys (never ages) to `dtype`."""
-        return Rows(self.tokens.to(device, dtype), self.keys.to(device, dtype), self.ages.to(device))
+    def place(self, device=None, dtype: torch.dtype | None = None) -> "Rows":
+        """Tokens in host memory, keys and ages on `device`; tokens and keys (never ages) cast to `dtype`."""
+        return Rows(self.tokens.to(HOST, dtype), self.keys.to(device, dtype), self.ages.to(device))
 
     def clone(self) -> "Rows":
         return Rows(*(t.clone() for t in self.tensors()))
@@ -72,6 +87,7 @@ class LongTermMemory:
         pending: list[Rows],
         pool_ages: torch.Tensor,
         update_step: int = 0,
+        max_tokens: int | None = None,
     ):
         self.config = config
         self.tokens_per_write = tokens_per_write  # K
@@ -80,13 +96,14 @@ class LongTermMemory:
         self.pending = pending
         self.pool_ages = pool_ages  # [L, N] int64: the age of each pool token
         self.update_step = update_step  # grows by K per write; a merge resets it
+        self.max_tokens = max_tokens  # stored tokens per layer after a merge; None: unbounded, as M+
 
     @classmethod
     def empty(cls, config: LongTermConfig, tokens_per_write: int, memory: torch.Tensor) -> "LongTermMemory":
         """An empty long-term memory for a pool `memory` [L, N, d]."""
         L, N, d = memory.shape
         none = Rows(
-            memory.new_zeros(0, d),
+            torch.zeros(0, d, dtype=memory.dtype, device=HOST),
             memory.new_zeros(0, config.selector_hidden_dim),
             torch.zeros(0, dtype=torch.long, device=memory.device),
         )
@@ -106,6 +123,11 @@ class LongTermMemory:
     def sizes(self) -> list[int]:
         """Stored tokens per layer."""
         return [len(rows) for rows in self.stored]
+
+    @property
+    def size(self) -> int:
+        """Tokens the fullest layer holds, stored and pending."""
+        return max(len(stored) + len(pending) for stored, pending in zip(self.stored, self.pending))
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -135,14 +157,23 @@ class LongTermMemory:
         by_age = ages[chosen].sort(dim=-1, descending=True, stable=True).indices
         return chosen.gather(-1, by_age)
 
-    def tokens(self, layer: int, chosen: torch.Tensor) -> torch.Tensor:
-        """The tokens [B, M, d] at candidate indices `chosen` [B, M]."""
+    def tokens(self, layer: int, chosen: torch.Tensor, device=None) -> torch.Tensor:
+        """The tokens [B, M, d] at candidate indices `chosen` [B, M], on `device` (default: `chosen`'s).
+
+        Gathered in host memory; only these B * M tokens cross to the device."""
+        device = torch.device(device) if device is not None else chosen.device
         stored, pending = self.stored[layer].tokens, self.pending[layer].tokens
+        chosen = chosen.to(HOST)
         n = len(stored)
         if not len(pending):
-            return stored[chosen]
-        from_store = (chosen < n)[..., None]
-        return torch.where(from_store, stored[chosen.clamp(max=n - 1)], pending[(chosen - n).clamp(min=0)])
+            picked = stored[chosen]
+        else:
+            from_store = (chosen < n)[..., None]
+            picked = torch.where(from_store, stored[chosen.clamp(max=n - 1)], pending[(chosen - n).clamp(min=0)])
+        if device.type != "cuda":
+            return picked.to(device)
+        # Page-locked, the copy runs asynchronously; the stream orders it before any use.
+        return picked.pin_memory().to(device, non_blocking=True)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -161,7 +192,7 @@ class LongTermMemory:
             dropped_ages = self.pool_ages.gather(1, index)
             self.pool_ages = torch.cat([self.pool_ages[kept].view(L, -1), new_ages], dim=1)
             for layer in range(L):
-                moved = Rows(dropped.tokens[layer], keys[layer], dropped_ages[layer]).to(self.pool_ages.device)
+                moved = Rows(dropped.tokens[layer], keys[layer], dropped_ages[layer]).place(self.pool_ages.device)
                 self.pending[layer] = self.pending[layer].cat(moved)
         self.update_step += K
         if self.update_step >= self.config.update_ltm_frequency * K:
@@ -181,7 +212,34 @@ class LongTermMemory:
                 frequency = frequency + c.decay_frequency
             self.stored[layer], self.frequencies[layer] = rows, frequency
             self.pending[layer] = arriving[:0]
+            self._bound(layer)
         self.update_step = 0
+
+    # -- the bound -------------------------------------------------------------------------
+
+    def limit(self, max_tokens: int | None) -> None:
+        """Bound every layer's store to `max_tokens` (None: unbounded), now and after every merge.
+
+        A store already within the bound is unchanged, so setting the same bound again (each
+        write does) changes nothing. At least M, so that a full store is always scored."""
+        if max_tokens is not None and max_tokens < self.slots:
+            raise ValueError(
+                f"a long-term memory bound of {max_tokens} tokens per layer is below the {self.slots} a read places"
+            )
+        self.max_tokens = max_tokens
+        for layer in range(self.num_layers):
+            self._bound(layer)
+
+    def _bound(self, layer: int) -> None:
+        """Evict beyond `max_tokens`: the lowest recall frequencies go first, the oldest among
+        equals (and, among those, the later row); the rest keep their order."""
+        rows, frequency = self.stored[layer], self.frequencies[layer]
+        if self.max_tokens is None or len(rows) <= self.max_tokens:
+            return
+        youngest_first = rows.ages.argsort(stable=True).to(frequency.device)
+        ranked = youngest_first[frequency[youngest_first].argsort(descending=True, stable=True)]
+        keep = ranked[: self.max_tokens].sort().values
+        self.stored[layer], self.frequencies[layer] = rows[keep], frequency[keep]
 
     # -- whole-store operations --------------------------------------------------------------
 
@@ -202,12 +260,14 @@ class LongTermMemory:
             [rows.clone() for rows in self.pending],
             self.pool_ages.clone(),
             self.update_step,
+            self.max_tokens,
         )
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "LongTermMemory":
-        """Move every tensor to `device` and cast tokens and keys to `dtype`, in place."""
-        self.stored = [rows.to(device, dtype) for rows in self.stored]
-        self.pending = [rows.to(device, dtype) for rows in self.pending]
+        """Move keys, ages and frequencies to `device` (the tokens stay in host memory) and cast
+        tokens and keys to `dtype`, in place."""
+        self.stored = [rows.place(device, dtype) for rows in self.stored]
+        self.pending = [rows.place(device, dtype) for rows in self.pending]
         self.frequencies = [f.to(device) for f in self.frequencies]
         self.pool_ages = self.pool_ages.to(device)
         return self
@@ -216,6 +276,11 @@ class LongTermMemory:
     def nbytes(self) -> int:
         tensors = [t for rows in self.stored + self.pending for t in rows.tensors()] + self.frequencies
         return sum(t.nbytes for t in tensors) + self.pool_ages.nbytes
+
+    @property
+    def host_nbytes(self) -> int:
+        """Bytes of the tokens, which stay in host memory wherever the pool is."""
+        return sum(rows.tokens.nbytes for rows in self.stored + self.pending)
 
     # -- files: the released checkpoint's names, plus the state a checkpoint does not carry ---
 
@@ -250,7 +315,8 @@ class LongTermMemory:
 
         A released checkpoint holds only the store (`ltm.{l}`, `ltm_keys.{l}`, `ltm_ages.{l}`,
         `ltm_recall_frequencies.{l}`, all float32; ages truncated to whole numbers as M+ does):
-        nothing is pending, every pool age is 0. Raises ValueError on missing or misshapen tensors.
+        nothing is pending, every pool age is 0. Raises ValueError on missing, misshapen or
+        inconsistent tensors (values that no sequence of writes makes).
         """
         memory_ages = state.pop("pool_ages", None)
         update_step = int(state.pop("ltm_update_step", torch.tensor(0)))
@@ -275,8 +341,7 @@ class LongTermMemory:
                     f"{prefix} layer {layer}: tokens {tuple(tokens.shape)}, keys {tuple(keys.shape)} and ages "
                     f"{tuple(ages.shape)} do not fit hidden size {d} and key size {s}"
                 )
-            dtype, device = memory.dtype, memory.device
-            return Rows(tokens.to(device, dtype), keys.to(device, dtype), ages.to(device, torch.long))
+            return Rows(tokens, keys, ages.to(torch.long)).place(memory.device, memory.dtype)
 
         for layer in range(L):
             long_term.stored[layer] = rows("ltm", layer)
@@ -286,7 +351,43 @@ class LongTermMemory:
             long_term.frequencies[layer] = frequency.to(memory.device, torch.float64)
             if f"ltm_pending.{layer}" in state:
                 long_term.pending[layer] = rows("ltm_pending", layer)
+        long_term._check()
         return long_term
+
+    def _check(self) -> None:
+        """Raise ValueError where the state is not one that writes make."""
+        K, F = self.tokens_per_write, self.config.update_ltm_frequency
+        if not 0 <= self.update_step < F * K or self.update_step % K:
+            raise ValueError(f"ltm_update_step {self.update_step} is not a multiple of {K} below {F * K}")
+        if bool((self.pool_ages < 0).any()):
+            raise ValueError("pool_ages holds negative ages")
+        for layer, (stored, pending) in enumerate(zip(self.stored, self.pending)):
+            if len(pending) > self.update_step:
+                raise ValueError(
+                    f"layer {layer} has {len(pending)} pending tokens, more than the {self.update_step} "
+                    "written since the last merge"
+                )
+            for name, rows in (("ltm", stored), ("ltm_pending", pending)):
+                if not (rows.tokens.isfinite().all() and rows.keys.isfinite().all()):
+                    raise ValueError(f"{name} layer {layer} holds values that are not finite")
+                if bool((rows.ages < 0).any()):
+                    raise ValueError(f"{name} layer {layer} holds negative ages")
+            if not self.frequencies[layer].isfinite().all():
+                raise ValueError(f"ltm_recall_frequencies.{layer} holds values that are not finite")
+
+
+def mismatch(long_term: LongTermMemory | None, config: LongTermConfig | None, tokens_per_write: int) -> str | None:
+    """Why a pool's long-term memory does not fit a model with `config` (None without one), or None."""
+    if config is None:
+        return None if long_term is None else "it holds a long-term memory; this model has none"
+    if long_term is None:
+        return "its long-term memory is missing; this model has one"
+    if long_term.config != config or long_term.tokens_per_write != tokens_per_write:
+        return (
+            f"its long-term memory was made with {long_term.config} and K = {long_term.tokens_per_write}; "
+            f"this model's is {config} with K = {tokens_per_write}"
+        )
+    return None
 
 
 @dataclass

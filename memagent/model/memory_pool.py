@@ -166,3 +166,10 @@ class MemoryPool:
         cached = sum(t.nbytes for t in self.prefix_kv.keys + self.prefix_kv.values) if self.prefix_kv else 0
         long_term = self.long_term.nbytes if self.long_term is not None else 0
         return self.memory.nbytes + cached + long_term
+
+    @property
+    def off_device_nbytes(self) -> int:
+        """Of `nbytes`, those in host memory while the pool is on another device: its long-term tokens."""
+        if self.long_term is None or self.memory.device.type == "cpu":
+            return 0
+        return self.long_term.host_nbytes

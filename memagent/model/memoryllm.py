@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from memagent.model import generation, loading
-from memagent.model.attention import attend
+from memagent.model.attention import attend, token_mask
 from memagent.model.config import MemoryLLMConfig
-from memagent.model.kv_cache import KVCache, LayerCache
+from memagent.model.kv_cache import KVCache, LayerRead
 from memagent.model.long_term_memory import LongTermMemory, LongTermRead
 from memagent.model.lora import writing
 from memagent.model.quantized import float_weights
@@ -75,21 +75,22 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        mask: torch.Tensor,
-        cache: LayerCache | None = None,
-        slots: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        reads: Sequence[LayerRead] = (),
         n_queries: int | None = None,
     ) -> torch.Tensor:
-        """With a cache: a read (keys from the memory prefix and the cache's token slots).
+        """With `reads`: a read, each cache's rows attending its memory prefix and token slots.
         Without: a write's self-attention over x under `mask` [1, 1, T, S]."""
         k, v = self.project_kv(x, cos, sin)
         if n_queries is not None:
             x, cos, sin = x[:, -n_queries:], cos[:, -n_queries:], sin[:, -n_queries:]
         q = apply_rope(self._heads(self.q_proj(x), self.num_heads), cos, sin)
         B, H, T, D = q.shape
-        if cache is not None:
-            cache.update(slots, k, v)
-            y = attend(q, cache.prefix_keys, cache.prefix_values, cache.keys, cache.values, mask)
+        if reads:
+            # Rows of several requests (each reading its own memory) share the projections
+            # above and below; only attention runs per cache.
+            ys = [self._attend_cache(q[r.rows], k[r.rows], v[r.rows], r) for r in reads]
+            y = torch.cat(ys) if len(ys) > 1 else ys[0]
         else:
             # Grouped-query attention without copying keys: fold each group's query heads into
             # the time axis so every kv head serves [rep * T] queries.
@@ -100,6 +101,12 @@ class Attention(nn.Module):
         # reshape, not view: fused CUDA kernels return a transposed, non-contiguous buffer.
         y = y.reshape(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
         return self.o_proj(y)
+
+    @staticmethod
+    def _attend_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, read: LayerRead) -> torch.Tensor:
+        cache = read.cache
+        cache.update(read.slots, k, v)
+        return attend(q, cache.prefix_keys, cache.prefix_values, cache.keys, cache.values, read.mask)
 
 
 class MLP(nn.Module):
@@ -122,9 +129,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, cache=None, slots=None, n_queries=None) -> torch.Tensor:
+    def forward(self, x, cos, sin, mask=None, reads=(), n_queries=None) -> torch.Tensor:
         """Outputs for the last `n_queries` positions of x (all when None)."""
-        h = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, slots, n_queries)
+        h = self.self_attn(self.input_layernorm(x), cos, sin, mask, reads, n_queries)
         if n_queries is not None:
             x = x[:, -n_queries:]
         x = x + h
@@ -365,27 +372,39 @@ class MemoryLLM(nn.Module):
         self,
         input_ids: torch.Tensor,
         positions: torch.Tensor,
-        slots: torch.Tensor,
-        cache: KVCache,
+        caches: Sequence[tuple[KVCache, torch.Tensor]],
         recall: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
-        """Final hidden states [B, T, d] for tokens at RoPE `positions` [B, T], cache `slots` [T].
+        """Final hidden states [B, T, d] for tokens at RoPE `positions` [B, T].
 
-        Long inputs go through each layer in chunks of about PREFILL_QUERY_ROWS queries (rows x
-        tokens), which bounds the attention scores and activations of one step. Chunks run
-        layer by layer, not model by model, so `recall(i, x)` (M+), run before layer i, sees that
-        layer's input x for the whole prompt, as M+'s retrieval needs.
+        `caches` pairs each cache with the slots [T] its tokens fill; the rows of `input_ids` are
+        the caches' rows in order, so requests reading different memories share one forward
+        pass. Long inputs go through each layer in chunks of about PREFILL_QUERY_ROWS queries
+        (rows x tokens), which bounds the attention scores and activations of one step. Chunks
+        run layer by layer, not model by model, so `recall(i, x)` (M+), run before layer i,
+        sees that layer's input x for the whole prompt, as M+'s retrieval needs.
         """
         B, T = input_ids.shape
         x = self.model.embed_tokens(input_ids)
-        cos, sin = self.rotary(positions, x.dtype, seq_len=cache.prefix_length + cache.max_tokens)
+        bounds = [0]
+        for cache, _ in caches:
+            bounds.append(bounds[-1] + cache.batch_size)
+        rows = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+        # Per cache: dynamic RoPE scales with the cache's length, which differs between requests.
+        rotary = [self.rotary(positions[r], x.dtype, seq_len=c.prefix_length + c.max_tokens) for (c, _), r in zip(caches, rows)]
+        cos, sin = (torch.cat(t) if len(t) > 1 else t[0] for t in zip(*rotary))
         size = max(1, PREFILL_QUERY_ROWS // B)
         parts = [slice(start, min(start + size, T)) for start in range(0, T, size)]
-        masks = [cache.attention_mask(slots[part]) for part in parts]  # one per chunk, shared by every layer
-        for i, (layer, layer_cache) in enumerate(zip(self.model.layers, cache.layers)):
+        # One mask per cache and chunk, shared by every layer.
+        rep = self.config.num_attention_heads // self.config.num_key_value_heads
+        masks = [[(token_mask(c.attention_mask(s[p]), rep, x.dtype), s[p]) for c, s in caches] for p in parts]
+        for i, layer in enumerate(self.model.layers):
             if recall is not None:
                 recall(i, x)
-            out = [layer(x[:, p], cos[:, p], sin[:, p], m, layer_cache, slots[p]) for p, m in zip(parts, masks)]
+            out = []
+            for p, part in zip(parts, masks):
+                reads = [LayerRead(c.layers[i], r, s, m) for (c, _), r, (m, s) in zip(caches, rows, part)]
+                out.append(layer(x[:, p], cos[:, p], sin[:, p], reads=reads))
             x = torch.cat(out, dim=1) if len(out) > 1 else out[0]
         return self.model.norm(x)
 
@@ -413,28 +432,47 @@ class MemoryLLM(nn.Module):
         With M+ each layer first recalls its long-term tokens. Leaves the cache's decode cursor
         just after the prompt.
         """
-        T = input_ids.shape[1]
+        chunks = list(self.prefill_chunks(input_ids, attention_mask, cache))
+        return torch.cat(chunks, dim=1) if len(chunks) > 1 else chunks[0]
+
+    def prefill_chunks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache) -> Iterator[torch.Tensor]:
+        """`prefill` one chunk of about PREFILL_QUERY_ROWS queries at a time, through every
+        layer: yields each chunk's hidden states, so a caller can let other work run between
+        them. With M+ the prompt is one chunk: each layer's recall reads the whole prompt.
+        """
+        B, T = input_ids.shape
         valid = attention_mask.bool()
         first = cache.long_term_slots  # the prompt's first token slot
         slots = torch.arange(first, first + T, device=input_ids.device)
         cache.mark(slots, valid)
         positions = cache.prefix_length + (attention_mask.long().cumsum(1) - 1).clamp(min=0)
         recall = None if cache.long_term is None else functools.partial(self._recall, cache, valid)
-        hidden = self.read(input_ids, positions, slots, cache, recall)
-        cache.next_slot.fill_(first + T)
-        cache.next_position.copy_(positions[:, -1:] + 1)
-        return hidden
+        size = T if recall is not None else max(1, PREFILL_QUERY_ROWS // B)
+        for start in range(0, T, size):
+            part = slice(start, min(start + size, T))
+            hidden = self.read(input_ids[:, part], positions[:, part], [(cache, slots[part])], recall)
+            if part.stop == T:
+                cache.next_slot.fill_(first + T)
+                cache.next_position.copy_(positions[:, -1:] + 1)
+            yield hidden
 
     def decode_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits [B, V] for one new token per row [B, 1], at the cache's cursor, which advances.
 
         Nothing here reads a tensor back to the host: the step can be captured or compiled.
         """
-        slot = cache.next_slot
-        cache.mark(slot, torch.ones_like(tokens, dtype=torch.bool))
-        logits = self.lm_head(self.read(tokens, cache.next_position, slot, cache))[:, -1]
-        cache.advance()
-        return logits
+        return self.decode_rows(tokens, [cache])
+
+    def decode_rows(self, tokens: torch.Tensor, caches: Sequence[KVCache]) -> torch.Tensor:
+        """`decode_step` for the rows of several caches at once (each request reading its own
+        memory): tokens [R, 1] are the caches' rows in order; logits [R, V]."""
+        for cache in caches:
+            cache.mark(cache.next_slot, torch.ones(cache.batch_size, 1, dtype=torch.bool, device=tokens.device))
+        positions = torch.cat([c.next_position for c in caches]) if len(caches) > 1 else caches[0].next_position
+        hidden = self.read(tokens, positions, [(c, c.next_slot) for c in caches])
+        for cache in caches:
+            cache.advance()
+        return self.lm_head(hidden[:, -1])
 
     def forward(
         self,

@@ -67,6 +67,23 @@ def save_pool(pool: MemoryPool, path: str | Path, fingerprint: str) -> None:
     write_atomically(Path(path), pool_to_bytes(pool, fingerprint))
 
 
+def long_term_size(path: str | Path) -> int | None:
+    """`LongTermMemory.size` of a pool file, from its header alone (no tensor is read); None
+    for a pool without long-term memory. Raises PoolFileError if the file is unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if "long_term" not in (f.metadata() or {}):
+                return None
+            per_layer: dict[str, int] = {}
+            for name in f.keys():
+                kind, _, layer = name.rpartition(".")
+                if kind in ("ltm", "ltm_pending"):
+                    per_layer[layer] = per_layer.get(layer, 0) + f.get_slice(name).get_shape()[0]
+    except Exception as err:
+        raise PoolFileError(f"{path}: not a readable pool file ({err})") from err
+    return max(per_layer.values(), default=0)
+
+
 def load_pool(path: str | Path, fingerprint: str, *, device="cpu", dtype: torch.dtype | None = None) -> MemoryPool:
     """Read a pool written by `save_pool` for the model with `fingerprint`."""
     try:

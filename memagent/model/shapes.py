@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from memagent.model.config import MemoryLLMConfig
 
+TINY = dict(
+    vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, num_tokens=8, num_blocks=8,
+    tie_word_embeddings=True, eos_token_id=2, pad_token_id=2, bos_token_id=1,
+)
+
 SHAPES: dict[str, dict] = {
-    "tiny": dict(
-        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, num_tokens=8, num_blocks=8,
-        tie_word_embeddings=True, eos_token_id=2, pad_token_id=2, bos_token_id=1,
-    ),
+    "tiny": TINY,
+    # tiny with M+'s long-term memory (N = 48 pool tokens, M = 16 recalled per layer): M+ in
+    # tests of the service. Recall frequencies neither decay nor prune, so only a bound limits it.
+    "tiny-mplus": dict(TINY, long_term=dict(num_ltm_blocks=2, selector_hidden_dim=16, decay_frequency=0.0)),
     "smollm2-135m": dict(
         vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
         num_attention_heads=9, num_key_value_heads=3, num_tokens=64, num_blocks=16,

@@ -17,8 +17,14 @@ they are there the write is applied and acknowledged even if the snapshot after 
 log replays it). A write with a request id that the log already holds is answered with the
 receipts it got the first time and not applied again.
 
-The store is not thread-safe. The service drives it from a single worker thread, which also
-applies each memory's writes in the order they arrived and lets no read see a half-done write.
+Every call that runs forward passes (a write, a forget's rebuild, an import's or a reopened
+memory's replay, a read's start) also comes as a step generator (`inject_steps`, ...): one
+forward pass per step, its result the generator's return value. A server drives them a step
+at a time, so other memories' work runs in between; the plain calls drive them to the end.
+
+The store is not thread-safe. The service drives it from a single worker thread, and runs the
+calls on one memory one at a time, in the order they arrived (steps of calls on other
+memories interleave), so no read sees a half-done write.
 
 With `shared=True` several stores (one per server) share the data directory: each memory is
 found on storage when asked for, every call first makes sure this store holds the memory's
@@ -36,9 +42,10 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 from memagent import engine as engine_module
 from memagent.engine import Engine
@@ -70,6 +77,9 @@ from memagent.store.write_ahead_log import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Steps = Generator[None, None, T]  # one forward pass per step; the call's result once it ends
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 PRIVATE = 0o700  # memory folders: their texts are the tenant's
@@ -114,6 +124,9 @@ class MemoryInfo:
     model: str
     residency: str  # "device", "host" or "disk"
     damage: str = ""  # why the memory refuses calls until repaired; empty when it is sound
+    # M+: long-term tokens in the fullest layer (0 without long-term memory); None until known
+    # (a memory not opened since the server started and without a snapshot of its whole log).
+    long_term_tokens: int | None = 0
 
 
 @dataclass(frozen=True)
@@ -137,6 +150,8 @@ class DurablePool:
         self.snapshots = snapshots
         self.pool: MemoryPool | None = None
         self.unsnapshotted = 0  # entries applied to the pool since its last snapshot
+        self.applying = False  # between the steps of a write: the pool lags the log, never snapshot it
+        self.long_term_size: int | None = None  # as of the pool this store last held complete
         self.lease: Lease | None = None  # held on shared storage only
 
     @property
@@ -155,13 +170,17 @@ class DurablePool:
 class Generation:
     """One read's text pieces as they are decoded (maybe empty); closing it stops decoding.
 
-    The engine's generation starts on the first step, so the pool is on the device for its
-    prefill. `usage` is None until the iteration ended, then the engine's.
+    The first steps make the pool ready (one empty piece per chunk a reopened memory replays);
+    then the engine's generation starts, with the pool on the device for its prefill. `started`
+    turns true once its first step ran: from then on the read no longer looks at the pool, so
+    writes to the memory may run between its steps. `usage` is None until the iteration ended,
+    then the engine's.
     """
 
-    def __init__(self, start: Callable[[], engine_module.Generation]):
+    def __init__(self, ready: Steps[MemoryPool], start: Callable[[MemoryPool], engine_module.Generation]):
         self.usage: Usage | None = None
-        self._steps = self._run(start)
+        self.started = False
+        self._steps = self._run(ready, start)
 
     def __iter__(self) -> Iterator[str]:
         return self._steps
@@ -172,10 +191,13 @@ class Generation:
     def close(self) -> None:
         self._steps.close()
 
-    def _run(self, start: Callable[[], engine_module.Generation]) -> Iterator[str]:
-        generation = start()
+    def _run(self, ready: Steps[MemoryPool], start: Callable[[MemoryPool], engine_module.Generation]) -> Iterator[str]:
+        pool = yield from _as_pieces(ready)
+        generation = start(pool)
         try:
-            yield from generation
+            for piece in generation:
+                self.started = True
+                yield piece
         finally:
             generation.close()
             self.usage = generation.usage
@@ -274,15 +296,21 @@ class MemoryStore:
         return self.info(memory)
 
     def fork(self, tenant: str, memory_id: str, new_memory_id: str) -> MemoryInfo:
+        return run_to_end(self.fork_steps(tenant, memory_id, new_memory_id))
+
+    def fork_steps(self, tenant: str, memory_id: str, new_memory_id: str) -> Steps[MemoryInfo]:
         source = self._memory(tenant, memory_id)
         key = self._new_key(tenant, new_memory_id, adding=_disk_bytes(source))
-        pool = self._ready(source)
+        pool = yield from self._ready(source)
         header = replace(source.wal.header.rewrite(source.wal.next_entry_id), created=time.time())
         return self.info(self._materialize(key, header, list(source.wal.entries), pool))
 
     def export(self, tenant: str, memory_id: str) -> ExportedState:
+        return run_to_end(self.export_steps(tenant, memory_id))
+
+    def export_steps(self, tenant: str, memory_id: str) -> Steps[ExportedState]:
         memory = self._memory(tenant, memory_id)
-        pool = self._ready(memory)
+        pool = yield from self._ready(memory)
         wal = memory.wal
         return ExportedState(
             memory_id,
@@ -296,6 +324,11 @@ class MemoryStore:
 
     def import_state(self, tenant: str, memory_id: str, log_bytes: bytes, pool_bytes: bytes | None) -> MemoryInfo:
         """A new memory from an export: its log, and its pool (replayed from the log when absent)."""
+        return run_to_end(self.import_steps(tenant, memory_id, log_bytes, pool_bytes))
+
+    def import_steps(
+        self, tenant: str, memory_id: str, log_bytes: bytes, pool_bytes: bytes | None
+    ) -> Steps[MemoryInfo]:
         key = self._new_key(tenant, memory_id, adding=len(log_bytes) + len(pool_bytes or b""))
         try:
             header, entries = decode_complete(log_bytes)
@@ -316,7 +349,7 @@ class MemoryStore:
                 raise CorruptState(f"imported pool is at step {pool.step} but its log ends at step {log_step}")
         else:
             pool = self.engine.new_pool(seed=header.seed)
-            self._replay(pool, entries)
+            yield from self._replay(pool, entries)
         return self.info(self._materialize(key, header, entries, pool))
 
     def info(self, memory: DurablePool) -> MemoryInfo:
@@ -335,7 +368,19 @@ class MemoryStore:
             wal.header.model,
             self.residency.tier(memory.key),
             str(wal.damage or ""),
+            self._long_term_size(memory),
         )
+
+    def _long_term_size(self, memory: DurablePool) -> int | None:
+        if self.engine.model.config.long_term is None:
+            return 0
+        if memory.pool is not None:
+            memory.long_term_size = memory.pool.long_term.size
+        elif memory.wal.step == 0:  # nothing written
+            return 0
+        elif memory.long_term_size is None:
+            memory.long_term_size = memory.snapshots.long_term_size(memory.wal.header.log_id, memory.wal.step)
+        return memory.long_term_size
 
     # -- writing and forgetting ------------------------------------------------------------
 
@@ -346,11 +391,19 @@ class MemoryStore:
 
         `request_id` (optional, the client's) makes the call idempotent: sent again, it gets the
         receipts of the first time and writes nothing."""
+        return run_to_end(self.inject_steps(tenant, memory_id, texts, request_id=request_id))
+
+    def inject_steps(
+        self, tenant: str, memory_id: str, texts: Sequence[NewText], *, request_id: str = ""
+    ) -> Steps[list[Receipt]]:
+        """`inject`, one chunk per step. Closed before its log append, it wrote nothing; after,
+        its entries are durable: it stops applying them and drops the pool, and the memory's
+        next use replays them from the log."""
         memory = self._memory(tenant, memory_id)
         if request_id and request_id in memory.wal.by_request:
             return _receipts_again(memory.wal.by_request[request_id], texts, request_id)
         plans = [self.engine.plan_write(t.text) for t in texts]
-        pool = self._ready(memory)
+        pool = yield from self._ready(memory)
         entries, step, entry_id, now = [], pool.step, memory.wal.next_entry_id, time.time()
         for text, plan in zip(texts, plans):
             step += len(plan.chunks)
@@ -372,18 +425,27 @@ class MemoryStore:
         with self._fenced(memory):
             memory.wal.append(entries)
         receipts = []
+        memory.applying = True
         try:
             for entry in entries:
-                start = time.perf_counter()
-                self._apply(pool, entry.chunks)
-                ms = (time.perf_counter() - start) * 1000
-                receipts.append(Receipt(entry.entry_id, entry.tokens, len(entry.chunks), pool.step, ms))
-        except BaseException:
+                seconds = 0.0
+                for chunk in entry.chunks:
+                    if memory.pool is not pool:  # evicted meanwhile: its next use replays the log
+                        break
+                    seconds += self._apply(self.residency.use(memory.key, pool), chunk)
+                    yield
+                else:  # written whole: its time prices replays
+                    self._measured(seconds)
+                receipts.append(Receipt(entry.entry_id, entry.tokens, len(entry.chunks), entry.step, seconds * 1000))
+        except BaseException:  # an error, or closed between steps (cancelled)
             self._close_pool(memory)  # the entries are logged: the next use replays them
             raise
-        memory.unsnapshotted += len(entries)
-        if self._snapshot_due(memory):
-            self._try_snapshot(memory)
+        finally:
+            memory.applying = False
+        if memory.pool is pool:
+            memory.unsnapshotted += len(entries)
+            if self._snapshot_due(memory):
+                self._try_snapshot(memory)
         return receipts
 
     def entries(self, tenant: str, memory_id: str) -> list[LogEntry]:
@@ -396,6 +458,11 @@ class MemoryStore:
         A latent pool cannot unlearn one fact, so the pool is rebuilt from scratch: the result is
         the pool a memory would have had if it had never been told the forgotten entries.
         """
+        return run_to_end(self.forget_steps(tenant, memory_id, entry_ids))
+
+    def forget_steps(self, tenant: str, memory_id: str, entry_ids: Sequence[int]) -> Steps[MemoryInfo]:
+        """`forget`, one chunk of the rebuild per step; the log is rewritten after the last, so
+        closed before, it changed nothing."""
         memory = self._memory(tenant, memory_id)
         doomed = set(entry_ids)
         if not doomed:
@@ -404,7 +471,7 @@ class MemoryStore:
         if missing:
             raise EntryNotFound(f"memory {memory_id!r} has no entries {quote(sorted(missing))}")
         pool = self.engine.new_pool(seed=memory.wal.header.seed)
-        kept = self._replay(pool, [e for e in memory.wal.entries if e.entry_id not in doomed])
+        kept = yield from self._replay(pool, [e for e in memory.wal.entries if e.entry_id not in doomed])
         self._rewrite(memory, kept, pool)
         return self.info(memory)
 
@@ -413,7 +480,7 @@ class MemoryStore:
     def generate(self, tenant: str, memory_id: str, prompt: str, params: SamplingParams | None = None) -> Generation:
         memory = self._memory(tenant, memory_id)
         params = params or SamplingParams()
-        return Generation(lambda: self.engine.generate(self._ready(memory), prompt, params))
+        return Generation(self._ready(memory), lambda pool: self.engine.generate(pool, prompt, params))
 
     def chat(
         self, tenant: str, memory_id: str, messages: Sequence[Mapping[str, str]], params: SamplingParams | None = None
@@ -490,13 +557,13 @@ class MemoryStore:
                         f"log entry {entry.entry_id} has token id {max(chunk)}; this model's vocabulary has {vocab}"
                     )
 
-    def _ready(self, memory: DurablePool) -> MemoryPool:
-        """The memory's pool, on the device: loaded (snapshot + log tail) if it was on disk."""
+    def _ready(self, memory: DurablePool) -> Steps[MemoryPool]:
+        """The memory's pool, on the device: loaded (snapshot + log tail, a chunk per step) if it was on disk."""
         if memory.pool is None:
-            memory.pool = self._load(memory)
+            memory.pool = yield from self._load(memory)
         return self.residency.use(memory.key, memory.pool)
 
-    def _load(self, memory: DurablePool) -> MemoryPool:
+    def _load(self, memory: DurablePool) -> Steps[MemoryPool]:
         header, entries = memory.wal.header, memory.wal.entries
         if header.fingerprint != self.fingerprint:
             raise ModelMismatch(
@@ -506,15 +573,19 @@ class MemoryStore:
         pool = memory.snapshots.load(header.log_id, entries, device=self.engine.device, dtype=self.engine.dtype)
         pool = pool or self.engine.new_pool(seed=header.seed)
         tail = [e for e in entries if e.step > pool.step]
-        self._replay(pool, tail)
+        yield from self._replay(pool, tail)
         memory.unsnapshotted = len(tail)
         return pool
 
-    def _replay(self, pool: MemoryPool, entries: Sequence[LogEntry]) -> list[LogEntry]:
-        """Apply logged entries' chunks to `pool`; returns them with the steps they now end at."""
+    def _replay(self, pool: MemoryPool, entries: Sequence[LogEntry]) -> Steps[list[LogEntry]]:
+        """Apply logged entries' chunks to `pool`, one per step; returns them with the steps they now end at."""
         replayed = []
         for entry in entries:
-            self._apply(pool, entry.chunks)
+            seconds = 0.0
+            for chunk in entry.chunks:
+                seconds += self._apply(pool, chunk)
+                yield
+            self._measured(seconds)
             replayed.append(replace(entry, step=pool.step))
         return replayed
 
@@ -527,10 +598,14 @@ class MemoryStore:
             return
         memory.unsnapshotted = 0
 
-    def _apply(self, pool: MemoryPool, chunks: Sequence[Sequence[int]]) -> None:
+    def _apply(self, pool: MemoryPool, chunk: Sequence[int]) -> float:
+        """Write one chunk (one forward pass) into `pool`; the seconds it took."""
         start = time.perf_counter()
-        self.engine.apply(pool, chunks)
-        seconds = time.perf_counter() - start
+        self.engine.apply(pool, [chunk])
+        return time.perf_counter() - start
+
+    def _measured(self, seconds: float) -> None:
+        """One entry's write time, into the moving average that prices a log tail's replay."""
         weight = 0.1 if self._seconds_per_write else 1.0  # the first measurement sets it
         self._seconds_per_write += weight * (seconds - self._seconds_per_write)
 
@@ -542,7 +617,7 @@ class MemoryStore:
         return tail >= self.snapshot_every or (tail > 0 and tail * self._seconds_per_write > self.replay_seconds)
 
     def _snapshot_due(self, memory: DurablePool) -> bool:
-        return self._worth_snapshot(memory.unsnapshotted)
+        return not memory.applying and self._worth_snapshot(memory.unsnapshotted)
 
     def _try_snapshot(self, memory: DurablePool) -> None:
         """Snapshot after the log already holds everything: a failure (disk full) costs only a
@@ -675,13 +750,36 @@ class MemoryStore:
     def _close_pool(self, memory: DurablePool) -> None:
         self.residency.discard(memory.key)
         memory.pool = None
+        memory.long_term_size = None  # the pool may have missed logged writes
 
     def _evict(self, key: tuple[str, str]) -> None:
         memory = self.tenants.get(key[0], {}).get(key[1])
         if memory is not None and memory.pool is not None:
             if self._snapshot_due(memory):
                 self._try_snapshot(memory)
+            lags = memory.applying or memory.pool.long_term is None  # mid-write, a pool lags its log
+            memory.long_term_size = None if lags else memory.pool.long_term.size
             memory.pool = None
+
+
+def run_to_end(steps: Steps[T]) -> T:
+    """The result of a step generator, driven to its end."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def _as_pieces(steps: Steps[T]) -> Generator[str, None, T]:
+    """A step generator as empty text pieces, for a read's first steps."""
+    with contextlib.closing(steps):
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+            yield ""
 
 
 def _disk_bytes(memory: DurablePool) -> int:

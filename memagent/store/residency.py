@@ -4,6 +4,8 @@ The most recently used pools stay on the device up to a byte budget; older ones 
 memory (when the device is not the host) up to a second budget, and beyond it are evicted to
 disk (the store snapshots them first). A pool in use is never moved out by its own use.
 Host copies live in page-locked memory, which moves to and from a GPU about twice as fast.
+An M+ pool's long-term tokens stay in host memory on every tier: they count against the host
+budget, not the device's.
 
 Without a device budget, a CUDA device gets DEVICE_SHARE of the memory free when the
 residency is created (after the model is loaded); the rest is left to decode caches and
@@ -88,17 +90,24 @@ class Residency:
     def _on(self, tier: str) -> list[Hashable]:
         return [k for k in self.pools if self.tier(k) == tier]
 
+    def _nbytes(self, key: Hashable, tier: str) -> int:
+        """Bytes pool `key` holds on `tier` (a pool on the device keeps some in host memory)."""
+        pool = self.pools[key]
+        on_device = self.tier(key) == DEVICE
+        if tier == DEVICE:
+            return pool.nbytes - pool.off_device_nbytes if on_device else 0
+        return pool.off_device_nbytes if on_device else pool.nbytes
+
     def _fit(self, tier: str, budget: int | None, keep: Hashable) -> None:
         if budget is None:
             return
-        keys = self._on(tier)
-        used = sum(self.pools[k].nbytes for k in keys)
-        for key in keys:  # oldest first
+        used = sum(self._nbytes(k, tier) for k in self.pools)
+        for key in self._on(tier):  # oldest first
             if used <= budget:
                 return
             if key == keep:
                 continue
-            used -= self.pools[key].nbytes
+            used -= self._nbytes(key, tier)
             if tier == DEVICE and self.host_bytes != 0:
                 self.pools[key].to("cpu", pin=True)
             else:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from memagent.model.memory_pool import MemoryPool
-from memagent.model.pool_file import PoolFileError, load_pool, pool_to_bytes, write_atomically
+from memagent.model.pool_file import PoolFileError, load_pool, long_term_size, pool_to_bytes, write_atomically
 from memagent.store.write_ahead_log import LogEntry, LogHeader
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,17 @@ class Snapshots:
         }:
             return f"it was taken at entry {check.entry_id}, step {check.step}, which this log does not hold"
         return None
+
+    def long_term_size(self, log_id: str, step: int) -> int | None:
+        """The long-term memory size of the snapshot of log `log_id` if it was taken at `step`
+        (read from its header), else None."""
+        check = read_check(self.check_path(log_id))
+        if check is None or (check.log_id, check.step) != (log_id, step):
+            return None
+        try:
+            return long_term_size(self.path(log_id))
+        except PoolFileError:
+            return None
 
     def remove_stale(self, log_id: str) -> None:
         keep = {self.path(log_id), self.check_path(log_id)}

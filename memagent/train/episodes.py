@@ -1,20 +1,30 @@
 """Training episodes: the writes a memory receives and the text it must then predict.
 
 An episode is a pure function of (seed, step), so a resumed run sees exactly the episodes
-it would have seen. Three objectives, as in the MemoryLLM paper:
-- recall: write one or more facts (separately or as one paragraph), ask about each;
-- retention: after the facts, k unrelated writes (other facts, general text), k growing
-  with a schedule, so knowledge must survive the random drops of later writes;
+it would have seen. Four objectives, the first three as in the MemoryLLM paper:
+- recall: write one or more facts (separately or as one paragraph), ask about each; a share
+  of the facts comes in the varied forms of `varied.py` (exact strings, nested JSON, chats,
+  sentences holding two facts), the rest from the template relations of `corpus.py`;
+- retention: after the facts, k unrelated writes (other facts of the same kinds, general
+  text), k drawn log-uniformly up to a limit that grows with a schedule, so knowledge must
+  survive the random drops of many later writes while most episodes stay cheap;
+- abstention: in a share of episodes, a question about a fact that was never written, whose
+  answer is exactly "I don't know.";
 - continuation: write a chunk of general text, predict the text that follows it.
-Every read also predicts a plain chunk of general text, which keeps general ability.
+Every read also predicts a plain chunk of general text, which keeps general ability. No
+answer of the outside evaluation set (`memagent/evaluation/data`) is ever drawn.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
-from memagent.train.corpus import FactSampler, prose_tokens
+from memagent.abstention import ABSTENTION
+from memagent.evaluation.outside import outside_answers
+from memagent.train.corpus import Fact, FactSampler, prose_tokens
+from memagent.train.varied import VariedSampler
 
 
 @dataclass
@@ -42,15 +52,59 @@ class Schedule:
         progress = min(1.0, step / max(1, self.ramp_steps))
         return 1 + round(progress * (self.max_facts - 1)), round(progress * self.max_distractors)
 
+    @staticmethod
+    def distractors(rng: random.Random, limit: int) -> int:
+        """0..limit unrelated writes, log-uniform: as many episodes with 1-3 as with 10-30."""
+        return min(limit, int(math.exp(rng.uniform(0.0, math.log(limit + 1)))) - 1) if limit else 0
+
+
+class FactDraw:
+    """Facts for one episode from both samplers, every subject and answer distinct, so each
+    question has one right answer and a never-told question none among the writes."""
+
+    def __init__(self, templates: FactSampler, varied: VariedSampler, varied_share: float, rng: random.Random):
+        self.templates, self.varied, self.varied_share, self.rng = templates, varied, varied_share, rng
+        self.drawn: list[Fact] = []
+
+    def write(self, *, tool: bool | None = None) -> list[Fact]:
+        """The facts of one write (two for a sentence holding two), distinct from all drawn."""
+        while True:
+            if self.rng.random() < self.varied_share:
+                group = self.varied.facts()
+            else:
+                group = [self.templates.fact(tool=tool)]
+            if all(self._apart(fact, other) for fact in group for other in self.drawn):
+                self.drawn += group
+                return group
+
+    @staticmethod
+    def _apart(fact: Fact, other: Fact) -> bool:
+        apart = fact.subject != other.subject and fact.answer != other.answer
+        return apart and fact.answer not in other.text and other.answer not in fact.text
+
 
 class EpisodeMaker:
-    def __init__(self, tokenizer, question_prompt, *, split="train", seed=0, schedule: Schedule | None = None, text_tokens=64):
+    def __init__(
+        self,
+        tokenizer,
+        question_prompt,
+        *,
+        split="train",
+        seed=0,
+        schedule: Schedule | None = None,
+        text_tokens=64,
+        varied_share=0.5,
+        abstain_share=0.3,
+    ):
         self.tokenizer = tokenizer
         self.question_prompt = question_prompt
         self.split = split
         self.seed = seed
         self.schedule = schedule or Schedule()
         self.text_tokens = text_tokens
+        self.varied_share = varied_share  # share of facts in the varied forms
+        self.abstain_share = abstain_share  # share of fact episodes that also ask a never-told question
+        self.excluded = outside_answers()
         self.end = tokenizer.eos_token
         self.text = prose_tokens(tokenizer, split)
 
@@ -70,7 +124,9 @@ class EpisodeMaker:
 
     def __call__(self, step: int) -> Episode:
         rng = random.Random(self.seed * 1_000_003 + step)
-        facts = FactSampler(self.split, seed=rng.randrange(2**32))
+        templates = FactSampler(self.split, seed=rng.randrange(2**32))
+        varied = VariedSampler(self.split, rng.randrange(2**32), self.excluded)
+        draw = FactDraw(templates, varied, self.varied_share, rng)
         episode = Episode()
         if rng.random() < 0.2:
             chunk = self.text_chunk(rng, 2 * self.text_tokens)
@@ -78,19 +134,22 @@ class EpisodeMaker:
             episode.targets.append(self.text_target(chunk[self.text_tokens :], prompt_tokens=1))
             return episode
         max_facts, max_distractors = self.schedule.at(step)
-        n_facts, n_distractors = rng.randint(1, max_facts), rng.randint(0, max_distractors)
+        n_facts, n_distractors = rng.randint(1, max_facts), self.schedule.distractors(rng, max_distractors)
         # Half the time the facts land in a pool that already holds something.
         if rng.random() < 0.5:
             episode.writes.append((self.text_chunk(rng), False))
-        pool_facts = facts.distinct(n_facts + n_distractors, tool=True if rng.random() < 0.25 else None)
-        taught, others = pool_facts[:n_facts], pool_facts[n_facts:]
+        tool = True if rng.random() < 0.25 else None
+        taught = [draw.write(tool=tool) for _ in range(n_facts)]
         if n_facts > 1 and rng.random() < 0.3:
-            episode.writes.append((self.encode(" ".join(f.text for f in taught)), True))
+            episode.writes.append((self.encode(" ".join(group[0].text for group in taught)), True))
         else:
-            episode.writes += [(self.encode(f.text), True) for f in taught]
-        for other in others:
-            unrelated = self.encode(other.text) if rng.random() < 0.5 else self.text_chunk(rng)
+            episode.writes += [(self.encode(group[0].text), True) for group in taught]
+        for _ in range(n_distractors):
+            unrelated = self.encode(draw.write(tool=tool)[0].text) if rng.random() < 0.5 else self.text_chunk(rng)
             episode.writes.append((unrelated, False))
-        episode.targets += [self.qa_target(f.question, f.answer) for f in taught]
+        episode.targets += [self.qa_target(f.question, f.answer) for group in taught for f in group]
+        if rng.random() < self.abstain_share:
+            never_told = rng.choice(draw.write(tool=tool))
+            episode.targets.append(self.qa_target(never_told.question, ABSTENTION))
         episode.targets.append(self.text_target(self.text_chunk(rng)))
         return episode

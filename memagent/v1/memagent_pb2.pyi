@@ -22,7 +22,7 @@ RESIDENCY_HOST: Residency
 RESIDENCY_DISK: Residency
 
 class Memory(_message.Message):
-    __slots__ = ("memory_id", "step", "entries", "tokens_written", "pool_bytes", "disk_bytes", "create_time", "update_time", "model", "residency", "damage")
+    __slots__ = ("memory_id", "step", "entries", "tokens_written", "pool_bytes", "disk_bytes", "create_time", "update_time", "model", "residency", "damage", "long_term_tokens")
     MEMORY_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class Memory(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RESIDENCY_FIELD_NUMBER: _ClassVar[int]
     DAMAGE_FIELD_NUMBER: _ClassVar[int]
+    LONG_TERM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     memory_id: str
     step: int
     entries: int
@@ -45,7 +46,8 @@ class Memory(_message.Message):
     model: str
     residency: Residency
     damage: str
-    def __init__(self, memory_id: _Optional[str] = ..., step: _Optional[int] = ..., entries: _Optional[int] = ..., tokens_written: _Optional[int] = ..., pool_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., residency: _Optional[_Union[Residency, str]] = ..., damage: _Optional[str] = ...) -> None: ...
+    long_term_tokens: int
+    def __init__(self, memory_id: _Optional[str] = ..., step: _Optional[int] = ..., entries: _Optional[int] = ..., tokens_written: _Optional[int] = ..., pool_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., residency: _Optional[_Union[Residency, str]] = ..., damage: _Optional[str] = ..., long_term_tokens: _Optional[int] = ...) -> None: ...
 
 class CreateRequest(_message.Message):
     __slots__ = ("memory_id",)
@@ -336,9 +338,11 @@ class AskRequest(_message.Message):
     def __init__(self, memory_id: _Optional[str] = ..., question: _Optional[str] = ..., options: _Optional[_Union[SamplingOptions, _Mapping]] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("answer", "usage")
+    __slots__ = ("answer", "usage", "abstained")
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    ABSTAINED_FIELD_NUMBER: _ClassVar[int]
     answer: str
     usage: Usage
-    def __init__(self, answer: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    abstained: bool
+    def __init__(self, answer: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., abstained: _Optional[bool] = ...) -> None: ...

@@ -175,6 +175,12 @@ class MemoryServiceServicer:
 
     def Inject(self, request, context):
         """Writes. Each text becomes one log entry, fsynced before the reply, then written into the pool.
+        The calls on one memory run one at a time in arrival order (a read sees a write whole or
+        not at all); a long write runs a chunk at a time, so calls on other memories go on
+        meanwhile. A deadline or cancellation stops a write between chunks: one that stops before
+        its log append wrote nothing; after it, its texts are durable and are applied (exactly
+        once) when the memory is next used, so ListEntries shows them and a retry with the same
+        request_id gets their receipts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,7 +194,8 @@ class MemoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEntries(self, request, context):
-        """The log of what a memory was told, and forgetting part of it (the pool is rebuilt from the rest).
+        """The log of what a memory was told, and forgetting part of it (the pool is rebuilt from the
+        rest, a chunk at a time; stopped before its end, a Forget changes nothing).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

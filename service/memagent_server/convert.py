@@ -30,6 +30,7 @@ def memory(info: MemoryInfo) -> pb.Memory:
         model=info.model,
         residency=RESIDENCY[info.residency],
         damage=info.damage,
+        long_term_tokens=info.long_term_tokens,
     )
 
 

@@ -49,6 +49,12 @@ class Metrics:
             ["method"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
+        self.decode_rows = make.histogram(
+            "memagent_decode_step_rows",
+            "Rows decoded per forward pass, over every memory (continuous batching)",
+            [],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
         self.tokens_written = make.counter("memagent_tokens_written", "Tokens written into memories")
         self.tokens_generated = make.counter("memagent_tokens_generated", "Tokens generated")
         self.resident = make.gauge("memagent_memories_resident", "Open memories by where their pool is", ["tier"])

@@ -13,14 +13,15 @@ from pathlib import Path
 
 class ServerProcess:
     """Starts the server with `--port 0 --metrics-port -1` plus `options`, and `--tokens tokens`
-    or else `--no-auth`; its JSON logs go to `log`, where the "serving" line gives the address."""
+    or else `--no-auth`; its JSON logs go to `log`, where the "serving" line gives the address.
+    `model` None serves the embedded default."""
 
     def __init__(
         self,
         data_dir: Path,
         log: Path,
         *options: str,
-        model: str = "random:tiny",
+        model: str | None = "random:tiny",
         tokens: Path | None = None,
         timeout: float = 180,
     ):
@@ -28,7 +29,7 @@ class ServerProcess:
         auth = ["--tokens", str(tokens)] if tokens else ["--no-auth"]
         command = [
             sys.executable, "-c", "from memagent.cli import main; main()", "serve",
-            "--model", model, *auth, "--port", "0", "--metrics-port", "-1",
+            *(["--model", model] if model else []), *auth, "--port", "0", "--metrics-port", "-1",
             "--data-dir", str(data_dir), *options,
         ]  # fmt: skip
         with open(self.log, "w") as stderr:  # the child keeps its own copy of the descriptor

@@ -64,6 +64,7 @@ class RayConfig:
     resident: int = 8  # pools one replica keeps loaded
     tokens: dict[str, str] | None = None  # bearer token -> tenant; None: no authentication
     snapshot_every: int = 64
+    max_long_term_tokens: int | None = None  # as for `memagent.load`
     max_pending: int = 256
     max_pending_per_tenant: int | None = None  # None: half of max_pending
     cpus_per_replica: float = 1.0
@@ -142,7 +143,7 @@ class MemoryReplica:
     """One replica: an engine, a store on the shared data directory, the servicer."""
 
     def __init__(self, config: RayConfig):
-        engine = memagent.load(config.model, device=config.device)
+        engine = memagent.load(config.model, device=config.device, max_long_term_tokens=config.max_long_term_tokens)
         context = serve.get_replica_context()
         self.store = MemoryStore(
             engine,
@@ -158,6 +159,7 @@ class MemoryReplica:
         )
         self.metrics = Metrics(self.instruments)
         self.metrics.watch(self.store.resident, lambda: self.worker.pending)
+        engine.batch.on_step = self.metrics.decode_rows.observe
         self.servicer = MemoryServicer(self.store, self.worker, config.limits, self.metrics)
         self.tokens = config.tokens
 

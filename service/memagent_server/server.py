@@ -105,6 +105,7 @@ class Server:
         self.worker = EngineWorker(config.max_pending, config.max_pending_per_tenant)
         self.gate = ShutdownGate()
         self.metrics.watch(store.resident, lambda: self.worker.pending, lambda: self.gate.active)
+        store.engine.batch.on_step = self.metrics.decode_rows.observe
         self.servicer = MemoryServicer(store, self.worker, config.limits, self.metrics)
         self.port = 0
         self.metrics_port: int | None = None

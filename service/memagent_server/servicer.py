@@ -1,14 +1,20 @@
-"""MemoryService: each RPC checks its request, runs a store call on the engine worker, answers."""
+"""MemoryService: each RPC checks its request, runs a store call on the engine worker, answers.
+
+A call on a memory first waits its turn on that memory (memory_order.py), then runs on the
+worker, long calls a step at a time; past the caller's deadline, or once the caller went away,
+it stops between steps.
+"""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Generator
 
-import grpc
-
+from memagent.abstention import is_abstention
 from memagent.sampling import ASK_DEFAULTS, SamplingParams
 from memagent.store import Generation, MemoryStore
 from memagent.store.errors import quote
@@ -18,6 +24,7 @@ from memagent.v1 import memagent_pb2_grpc
 from memagent_server import convert
 from memagent_server.auth import current_tenant
 from memagent_server.limits import LimitExceeded, Limits
+from memagent_server.memory_order import MemoryOrder
 from memagent_server.metrics import Metrics
 from memagent_server.status import answers_with_status
 from memagent_server.worker import EngineWorker
@@ -31,31 +38,47 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
         self.worker = worker
         self.limits = limits
         self.metrics = metrics
+        self.order = MemoryOrder()
 
     def _sampling(self, options: pb.SamplingOptions, defaults: SamplingParams | None = None) -> SamplingParams:
         return self.limits.sampling(convert.sampling(options, defaults or SamplingParams()))
 
-    async def _call(self, fn, *args, **kwargs):
-        """Run a store call on the worker in the caller's turn, holding a place in the bounded queue."""
+    @contextlib.asynccontextmanager
+    async def _turn(self, *memory_ids: str) -> AsyncIterator[str]:
+        """The caller's tenant, once its call holds a place in the bounded queue and its turn on
+        `memory_ids` came (after the calls before it on them)."""
         tenant = current_tenant()
         with self.worker.admit(tenant):
-            return await self.worker.run(tenant, fn, *args, **kwargs)
+            async with self.order.hold(tenant, *memory_ids):
+                yield tenant
+
+    async def _call(self, context, memory_ids: tuple[str, ...], fn: Callable, *args, **kwargs):
+        """A store call `fn(tenant, *args, **kwargs)` on the worker, in its turn."""
+        async with self._turn(*memory_ids) as tenant:
+            return await self.worker.call(tenant, functools.partial(fn, tenant, *args, **kwargs), _deadline(context))
+
+    async def _steps(self, context, memory_ids: tuple[str, ...], steps: Callable[..., Generator], *args, **kwargs):
+        """A store call's step generator (`MemoryStore.inject_steps`, ...) on the worker, a step a turn."""
+        async with self._turn(*memory_ids) as tenant:
+            return await self.worker.run_steps(tenant, steps(tenant, *args, **kwargs), _deadline(context))
 
     # -- memories --------------------------------------------------------------------------
 
     @answers_with_status
     async def Create(self, request: pb.CreateRequest, context) -> pb.Memory:
-        return convert.memory(await self._call(self.store.create, current_tenant(), request.memory_id))
+        memory_id = request.memory_id
+        return convert.memory(await self._call(context, (memory_id,), self.store.create, memory_id))
 
     @answers_with_status
     async def Get(self, request: pb.GetRequest, context) -> pb.Memory:
-        return convert.memory(await self._call(self.store.get, current_tenant(), request.memory_id))
+        memory_id = request.memory_id
+        return convert.memory(await self._call(context, (memory_id,), self.store.get, memory_id))
 
     @answers_with_status
     async def List(self, request: pb.ListRequest, context) -> pb.ListResponse:
         size = self.limits.page_size(request.page_size)
         after = _decode_token(self.limits.page_token(request.page_token))
-        infos = await self._call(self.store.list, current_tenant(), after=after, limit=size + 1)
+        infos = await self._call(context, (), self.store.list, after=after, limit=size + 1)
         more = len(infos) > size
         infos = infos[:size]
         token = _encode_token(infos[-1].memory_id) if more else ""
@@ -63,21 +86,23 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
 
     @answers_with_status
     async def Delete(self, request: pb.DeleteRequest, context) -> pb.DeleteResponse:
-        await self._call(self.store.delete, current_tenant(), request.memory_id)
+        await self._call(context, (request.memory_id,), self.store.delete, request.memory_id)
         return pb.DeleteResponse()
 
     @answers_with_status
     async def Reset(self, request: pb.ResetRequest, context) -> pb.Memory:
-        return convert.memory(await self._call(self.store.reset, current_tenant(), request.memory_id))
+        memory_id = request.memory_id
+        return convert.memory(await self._call(context, (memory_id,), self.store.reset, memory_id))
 
     @answers_with_status
     async def Fork(self, request: pb.ForkRequest, context) -> pb.Memory:
-        info = await self._call(self.store.fork, current_tenant(), request.memory_id, request.new_memory_id)
-        return convert.memory(info)
+        ids = (request.memory_id, request.new_memory_id)
+        return convert.memory(await self._steps(context, ids, self.store.fork_steps, *ids))
 
     @answers_with_status
     async def Export(self, request: pb.ExportRequest, context) -> AsyncIterator[pb.StateChunk]:
-        state = await self._call(self.store.export, current_tenant(), request.memory_id)
+        memory_id = request.memory_id
+        state = await self._steps(context, (memory_id,), self.store.export_steps, memory_id)
         yield pb.StateChunk(
             header=pb.StateHeader(
                 memory_id=state.memory_id,
@@ -116,7 +141,9 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
                 (log if part == "log" else pool).write(chunk.log or chunk.pool)
             if header is None:
                 raise ValueError("empty import: send a header, then the log (and the pool)")
-            info = await self.worker.run(tenant, _import_spooled, self.store, tenant, header.memory_id, log, pool)
+            async with self.order.hold(tenant, header.memory_id):
+                steps = _import_spooled(self.store, tenant, header.memory_id, log, pool)
+                info = await self.worker.run_steps(tenant, steps, _deadline(context))
         return convert.memory(info)
 
     # -- writes ----------------------------------------------------------------------------
@@ -125,21 +152,23 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
     async def Inject(self, request: pb.InjectRequest, context) -> pb.InjectResponse:
         texts = self.limits.texts(request.texts)
         request_id = self.limits.request_id(request.request_id)
-        tenant = current_tenant()
-        receipts = await self._call(self.store.inject, tenant, request.memory_id, texts, request_id=request_id)
+        memory_id = request.memory_id
+        receipts = await self._steps(
+            context, (memory_id,), self.store.inject_steps, memory_id, texts, request_id=request_id
+        )
         self.metrics.tokens_written.inc(sum(r.tokens for r in receipts))
         return pb.InjectResponse(receipts=[convert.receipt(r) for r in receipts])
 
     @answers_with_status
     async def InjectStream(self, requests: AsyncIterator[pb.InjectStreamRequest], context) -> pb.InjectResponse:
-        tenant = current_tenant()
         receipts = []
         async for i, request in _enumerate(requests):
             try:
                 text = self.limits.text(request.text, f"message {i}")
                 request_id = self.limits.request_id(request.request_id)
-                written = await self._call(
-                    self.store.inject, tenant, request.memory_id, [text], request_id=request_id
+                memory_id = request.memory_id
+                written = await self._steps(
+                    context, (memory_id,), self.store.inject_steps, memory_id, [text], request_id=request_id
                 )
             except Exception as err:
                 if receipts:  # say what the earlier messages did; they are durable
@@ -155,7 +184,8 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
     async def ListEntries(self, request: pb.ListEntriesRequest, context) -> pb.ListEntriesResponse:
         size = self.limits.page_size(request.page_size)
         after = _decode_entry_token(self.limits.page_token(request.page_token))
-        entries = await self._call(self.store.entries, current_tenant(), request.memory_id)
+        memory_id = request.memory_id
+        entries = await self._call(context, (memory_id,), self.store.entries, memory_id)
         page = [e for e in entries if e.entry_id > after][: size + 1]
         token = _encode_token(str(page[size - 1].entry_id)) if len(page) > size else ""
         return pb.ListEntriesResponse(entries=[convert.entry(e) for e in page[:size]], next_page_token=token)
@@ -164,7 +194,8 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
     async def Forget(self, request: pb.ForgetRequest, context) -> pb.ForgetResponse:
         start = time.perf_counter()
         entry_ids = self.limits.entry_ids(request.entry_ids)
-        info = await self._call(self.store.forget, current_tenant(), request.memory_id, entry_ids)
+        memory_id = request.memory_id
+        info = await self._steps(context, (memory_id,), self.store.forget_steps, memory_id, entry_ids)
         ms = (time.perf_counter() - start) * 1000
         return pb.ForgetResponse(forgotten=len(set(request.entry_ids)), memory=convert.memory(info), ms=ms)
 
@@ -196,19 +227,24 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
         params = self._sampling(request.options, ASK_DEFAULTS)
         question = self.limits.prompt(request.question, "question")
         text, usage = await self._collect(context, self.store.ask, request.memory_id, question, params)
-        return pb.AskResponse(answer=text.strip(), usage=usage)
+        return pb.AskResponse(answer=text.strip(), usage=usage, abstained=is_abstention(text))
 
     async def _stream(self, context, start_fn, memory_id: str, *args) -> AsyncIterator[pb.GenerateResponse]:
-        """Text pieces as they are decoded, then the usage; stops between steps at the deadline."""
-        tenant, start = current_tenant(), time.perf_counter()
+        """Text pieces as they are decoded, then the usage; stops between steps at the deadline.
+
+        The read holds its memory until its start (replay, prefill) ran: from then on it reads
+        its own copy of the memory, and the memory's next call may run between its steps."""
+        tenant, start, deadline = current_tenant(), time.perf_counter(), _deadline(context)
         with self.worker.admit(tenant):
-            generation: Generation = await self.worker.run(tenant, start_fn, tenant, memory_id, *args)
-            async for piece in self.worker.steps(tenant, generation, generation.close):
-                remaining = context.time_remaining()
-                if remaining is not None and remaining <= 0:
-                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded during generation")
-                if piece:
-                    yield pb.GenerateResponse(text=piece)
+            async with contextlib.AsyncExitStack() as turn:
+                await turn.enter_async_context(self.order.hold(tenant, memory_id))
+                begin = functools.partial(start_fn, tenant, memory_id, *args)
+                generation: Generation = await self.worker.call(tenant, begin, deadline)
+                async for piece in self.worker.steps(tenant, generation, generation.close, deadline):
+                    if generation.started:
+                        await turn.aclose()
+                    if piece:
+                        yield pb.GenerateResponse(text=piece)
         self.metrics.tokens_generated.inc(generation.usage.completion_tokens)
         yield pb.GenerateResponse(usage=convert.usage(generation.usage, (time.perf_counter() - start) * 1000))
 
@@ -222,16 +258,22 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
         return "".join(pieces), usage
 
 
+def _deadline(context) -> float | None:
+    """The caller's deadline as a `time.monotonic()` time, if it set one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
 def _spool(store: MemoryStore):
     """An unnamed file on the store's disk, gone when closed (or when the process ends)."""
     return tempfile.TemporaryFile(dir=store.root)
 
 
-def _import_spooled(store: MemoryStore, tenant: str, memory_id: str, log, pool):
-    """On the worker: one import at a time is read back into memory, to be checked and written."""
+def _import_spooled(store: MemoryStore, tenant: str, memory_id: str, log, pool) -> Generator:
+    """Steps on the worker: one import at a time is read back into memory, to be checked, replayed and written."""
     log.seek(0)
     pool.seek(0)
-    return store.import_state(tenant, memory_id, log.read(), pool.read() or None)
+    return (yield from store.import_steps(tenant, memory_id, log.read(), pool.read() or None))
 
 
 async def _enumerate(items: AsyncIterator):

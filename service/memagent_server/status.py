@@ -27,7 +27,7 @@ from memagent.store import (
 )
 from memagent.engine import CacheBudgetExceeded
 from memagent.store.errors import MemoryDamaged, QuotaExceeded
-from memagent_server.worker import QueueFull
+from memagent_server.worker import DeadlinePassed, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (LeaseLost, grpc.StatusCode.ABORTED),  # another replica took the memory over: retry
     (InvalidName, grpc.StatusCode.INVALID_ARGUMENT),
     (CorruptState, grpc.StatusCode.INVALID_ARGUMENT),
+    (DeadlinePassed, grpc.StatusCode.DEADLINE_EXCEEDED),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (CacheBudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from memagent import MemoryLLM
 from memagent.model.cuda_graph import DecodeGraphs
-from memagent.model.generation import next_token
+from memagent.model.decoding import next_token
 from memagent.model.shapes import shape_config
 from memagent.sampling import SamplingParams
 from tests.conftest import FIXTURES, REFERENCE_CASES

@@ -5,7 +5,7 @@ import torch
 
 from memagent import MemoryLLM
 from memagent.model.shapes import shape_config
-from memagent.model.generation import left_align
+from memagent.model.decoding import left_align
 from memagent.sampling import SamplingParams
 from memagent.text_stream import TextStream
 

@@ -11,7 +11,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from memagent import MemoryLLM
 from memagent.model import memoryllm
 from memagent.model.cuda_graph import DecodeGraphs, length_bucket
-from memagent.model.generation import generate, next_token, stream
+from memagent.model.decoding import next_token
+from memagent.model.generation import generate, stream
 from memagent.model.lora import build_lora_linear
 from memagent.model.rope import RotaryEmbedding
 from memagent.model.shapes import shape_config

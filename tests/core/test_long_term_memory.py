@@ -185,3 +185,63 @@ def test_the_long_term_memory_follows_the_model_to_another_dtype():
     model.inject(torch.arange(80, 90)[None])
     assert lt.sizes() == [24, 24]
     assert torch.isfinite(model(torch.arange(5, 12)[None]).logits).all()
+
+
+def test_a_bounded_store_evicts_the_least_recalled_then_the_oldest_and_keeps_its_order():
+    lt = store(ages=[5, 9, 1, 7, 3, 9], frequencies=[2.0, 2, 2, 1, 2, 2], decay=0.0)
+    lt.limit(12)
+    assert lt.sizes() == [6], "a store within its bound is left alone"
+    write(lt, 100.0)
+    assert lt.sizes() == [10]
+    # Ages are now [9, 13, 5, 11, 7, 13] + 4 new at 0. A bound of 8 evicts the 1.0 row (3), then
+    # the later of the two oldest (5).
+    lt.limit(8)
+    assert lt.stored[0].tokens[:, 0].tolist() == [0.0, 1, 2, 4, 100, 101, 102, 103]
+    assert lt.frequencies[0].tolist() == [2.0] * 8
+    write(lt, 200.0)  # every merge keeps the bound: here the four oldest go
+    assert lt.stored[0].tokens[:, 0].tolist() == [100.0, 101, 102, 103, 200, 201, 202, 203]
+
+
+def test_a_bound_below_what_a_read_places_is_refused():
+    lt = store(ages=[0], frequencies=[1.0])
+    with pytest.raises(ValueError, match="below the 8 a read places"):
+        lt.limit(7)
+    lt.limit(None)
+    assert lt.max_tokens is None
+
+
+@torch.no_grad()
+def test_tokens_stay_in_host_memory_and_a_read_moves_only_its_m_tokens():
+    model = mplus_tiny()
+    for start in (20, 40, 60, 80):
+        model.inject(torch.arange(start, start + 10)[None])
+    pool = model.pool.clone()
+    lt = pool.long_term
+    pool.to("meta")  # stands in for an accelerator: no data, only placement
+    assert pool.memory.device.type == lt.stored[0].keys.device.type == lt.pool_ages.device.type == "meta"
+    assert {rows.tokens.device.type for rows in lt.stored + lt.pending} == {"cpu"}
+    assert pool.off_device_nbytes == lt.host_nbytes == sum(r.tokens.nbytes for r in lt.stored + lt.pending) > 0
+    chosen = torch.tensor([[0, 3, 5] + [1] * 13])
+    picked = lt.tokens(0, chosen, device="meta")
+    assert picked.device.type == "meta" and picked.shape == (1, 16, 64)
+
+
+@torch.no_grad()
+def test_an_engine_bounds_every_pool_it_makes_loads_or_writes(tmp_path):
+    tokenizer = default_model.load_tokenizer()
+    with pytest.raises(ValueError, match="at least the 16"):
+        Engine(mplus_tiny(), tokenizer, max_long_term_tokens=15)
+    engine = Engine(mplus_tiny(), tokenizer, max_long_term_tokens=16)
+    pool = engine.pool("alice")
+    for i in range(8):
+        pool.inject(f"Note {i}: the deploy key for service {i} is K-{i * 37}.", progress=False)
+    assert pool.pool.long_term.sizes() == [16, 16] and pool.pool.long_term.max_tokens == 16
+    pool.save(tmp_path / "alice.safetensors")
+    assert engine.load_pool(tmp_path / "alice.safetensors").long_term.max_tokens == 16
+    unbounded = Engine(engine.model, tokenizer)
+    grown = unbounded.new_pool()
+    for i in range(8):
+        unbounded.write(grown, f"Note {i}: the deploy key for service {i} is K-{i * 37}.", progress=False)
+    assert grown.long_term.sizes()[0] > 16
+    engine.write(grown, "One more note.", progress=False)  # another engine's pool, under this bound
+    assert grown.long_term.sizes() == [16, 16]

@@ -6,7 +6,15 @@ import pytest
 
 import memagent
 from memagent import default_model
-from memagent.evaluation.recall import held_out_facts, is_correct, measure_retention, unrelated_writes
+from memagent.evaluation.outside import never_told_questions, outside_writes
+from memagent.evaluation.recall import (
+    Retention,
+    held_out_facts,
+    is_correct,
+    measure_outside,
+    measure_retention,
+    unrelated_writes,
+)
 from memagent.evaluation.report import plot, table
 from memagent.model.loading import CheckpointError
 from memagent.train.corpus import Fact
@@ -38,9 +46,37 @@ def test_report_writes_a_table_and_a_plot(tmp_path):
         "ppl_base": 10.0, "ppl_empty_pool": 10.5, "ppl_used_pool": 11.0,
     }
     text = table(results)
-    assert "| recall | 100% | 75% |" in text and "(+5.0%)" in text
+    assert "| recall | 100% | 75% |" in text and "(+5.0%)" in text and "outside" not in text  # older results
     plot(results, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 1000
+    outside = {
+        "outside_facts": 3, "outside_never_told": 2, "outside_recall": {0: 2 / 3, 5: 1 / 3},
+        "outside_refused": {0: 0.0, 5: 1 / 3}, "outside_abstained": {0: 0.5, 5: 1.0},
+        "never_written_abstained": {0: 0.0, 5: 0.5}, "refused": {0: 0.0, 5: 0.0},
+    }
+    text = table(results | outside)
+    assert "| outside set: recall | 67% | 33% |" in text
+    assert "| outside set: never-told questions answered \"I don't know.\" | 50% | 100% |" in text
+    assert "3 hand-written facts and 2 never-told questions" in text
+    plot(results | outside, tmp_path / "plot.png")
+
+
+def test_the_outside_set_counts_right_answers_refusals_and_abstentions(tiny_engine):
+    writes = outside_writes()[:2]
+    retention = measure_outside(tiny_engine, writes, never_told_questions(), [0, 2], seed=5)
+    told = sum(len(w.facts) for w in writes)
+    assert [len(retention.recall[k]) for k in (0, 2)] == [told, told] and len(retention.abstained[0]) == len(writes)
+    assert not any(retention.refused[0])  # a random model does not say "I don't know."
+
+
+def test_abstaining_counts_only_for_i_dont_know():
+    fact = Fact("colour", "person:A B", "A B's favourite colour is teal.", "What is A B's favourite colour?", "teal")
+    retention = Retention([0])
+    for reply in ("teal", "I don't know.", "crimson"):
+        retention.told(0, reply, fact)
+        retention.never_told(0, reply, fact)
+    assert retention.recall[0] == [True, False, False] and retention.refused[0] == [False, True, False]
+    assert retention.never_written[0] == [True, False, False] and retention.abstained[0] == [False, True, False]
 
 
 def test_a_missing_base_file_says_what_to_install(monkeypatch):
@@ -56,3 +92,10 @@ def test_the_shipped_default_recalls_held_out_facts():
     assert sum(retention.recall[0]) >= 4
     assert sum(retention.recall[5]) >= 3
     assert sum(retention.never_written[0]) <= 1
+
+
+@pytest.mark.slow
+def test_the_shipped_default_answers_some_outside_facts_and_refuses_none():
+    engine = memagent.load()
+    retention = measure_outside(engine, outside_writes()[:8], never_told_questions(), [0], seed=11)
+    assert sum(retention.recall[0]) >= 2 and not any(retention.refused[0])

@@ -80,7 +80,7 @@ def test_search_with_a_query_answers_from_each_memory(store, users):
     assert [r.namespace[-1] for r in results] == ["alice", "bob"]
     for result in results:
         expected = store.backend.using(memory_id(result.namespace)).ask("What food does the user like?")
-        assert result.key == "recall" and result.value == {"query": "What food does the user like?", "answer": expected}
+        assert result.key == "recall" and result.value == {"query": "What food does the user like?", "answer": expected, "abstained": False}
 
 
 def test_list_namespaces_by_prefix_suffix_and_depth(store, users):

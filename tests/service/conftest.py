@@ -21,7 +21,11 @@ ALICE, BOB = list(TOKENS)
 class RunningServer:
     def __init__(self, engine, data_dir: Path, **config):
         self.store = MemoryStore(
-            engine, data_dir, snapshot_every=config.pop("snapshot_every", 4), quota=config.pop("quota", TenantQuota())
+            engine,
+            data_dir,
+            snapshot_every=config.pop("snapshot_every", 4),
+            replay_seconds=config.pop("replay_seconds", 2.0),
+            quota=config.pop("quota", TenantQuota()),
         )
         host = config.pop("host", "127.0.0.1")
         self.server = Server(self.store, ServerConfig(host=host, port=0, **config))

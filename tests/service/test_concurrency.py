@@ -63,3 +63,36 @@ async def test_many_clients_many_writes(server):
                 assert set(seen) <= {0} | {e.step for e in entries}
             info = await client.get(memory)
             assert (info.entries, info.step) == (len(mine), entries[-1].step)
+
+
+def _step_rows(server) -> tuple[float, float]:
+    """(forward passes that decoded one row, all forward passes) from the server's /metrics."""
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{server.server.metrics_port}/metrics").read().decode()
+    values = {}
+    for line in body.splitlines():
+        if line.startswith("memagent_decode_step_rows_bucket{le=\"1.0\"}") or line.startswith("memagent_decode_step_rows_count"):
+            values[line.split()[0]] = float(line.split()[1])
+    return values['memagent_decode_step_rows_bucket{le="1.0"}'], values["memagent_decode_step_rows_count"]
+
+
+async def test_generations_on_different_memories_share_forward_passes(server):
+    memories = [f"batched-{i}" for i in range(4)]
+    async with AsyncClient(server.address, ALICE) as client:
+        for i, memory in enumerate(memories):
+            await client.create(memory)
+            await client.inject(memory, f"Memory {i} says the rollout is on day {i + 3}.")
+        alone = [(await client.complete(m, "The rollout", max_new_tokens=24)).text for m in memories]
+        single_before, total_before = _step_rows(server)
+        streams = [client.generate(m, "The rollout", max_new_tokens=24) for m in memories]
+        firsts = [await anext(aiter(s)) for s in streams]  # every stream is running before any ends
+        texts = await asyncio.gather(*[_rest(s) for s in streams])
+    single, total = _step_rows(server)
+    assert [f + t for f, t in zip(firsts, texts)] == alone  # batched, each answer as alone
+    assert total - total_before < 4 * 24 - 4  # fewer forward passes than tokens
+    assert total - total_before > single - single_before  # some passes decoded several memories
+
+
+async def _rest(stream) -> str:
+    return "".join([piece async for piece in stream])

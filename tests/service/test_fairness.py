@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import grpc
 import pytest
-from memagent_server.worker import EngineWorker
+from memagent_server.worker import DeadlinePassed, EngineWorker
 
 from memagent.client import ClientError
 from memagent.store import TenantQuota
@@ -73,6 +74,45 @@ def test_a_queued_task_whose_caller_left_is_skipped():
     asyncio.run(scenario())
     worker.shutdown()
     assert ran == ["stays"]
+
+
+def test_a_long_calls_steps_let_other_calls_run_between_them():
+    worker = EngineWorker(max_pending=16)
+    ran: list[str] = []
+    gate = threading.Event()
+
+    def three_steps():
+        for i in range(3):
+            ran.append(f"alice step {i}")
+            yield
+        return "written"
+
+    async def scenario():
+        blocker = asyncio.ensure_future(worker.run("carol", gate.wait))
+        await asyncio.sleep(0.05)
+        long = asyncio.ensure_future(worker.run_steps("alice", three_steps()))
+        short = asyncio.ensure_future(worker.run("bob", ran.append, "bob"))
+        await asyncio.sleep(0.05)
+        gate.set()
+        return (await asyncio.gather(blocker, long, short))[1]
+
+    assert asyncio.run(scenario()) == "written"
+    worker.shutdown()
+    assert ran == ["alice step 0", "bob", "alice step 1", "alice step 2"]
+
+
+def test_a_task_whose_deadline_passed_is_not_run():
+    worker = EngineWorker(max_pending=16)
+    ran: list[str] = []
+
+    async def scenario():
+        with pytest.raises(DeadlinePassed):
+            await worker.call("alice", lambda: ran.append("late"), deadline=time.monotonic() - 1)
+        await worker.call("alice", lambda: ran.append("in time"), deadline=time.monotonic() + 60)
+
+    asyncio.run(scenario())
+    worker.shutdown()
+    assert ran == ["in time"]
 
 
 @pytest.fixture(scope="module")

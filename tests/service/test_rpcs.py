@@ -8,12 +8,15 @@ import grpc
 import pytest
 from safetensors.torch import load as load_tensors
 
-from memagent.client import AsyncClient, ClientError, Completion, Text
+from memagent.abstention import ABSTENTION
+from memagent.client import Answer, AsyncClient, ClientError, Completion, Text
 from memagent.sampling import ASK_DEFAULTS, SamplingParams, Usage
 from memagent.v1 import memagent_pb2 as pb
 from memagent.v1 import memagent_pb2_grpc
 
-from .conftest import ALICE
+from tests.abstaining import abstaining_engine
+
+from .conftest import ALICE, TOKENS, RunningServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -22,6 +25,7 @@ def test_create_get_list_delete(alice):
     created = alice.create("notes")
     assert (created.memory_id, created.step, created.entries, created.model) == ("notes", 0, 0, "random:tiny")
     assert created.pool_bytes > 0 and created.disk_bytes > 0
+    assert created.long_term_tokens == 0, "a model without long-term memory"
     assert alice.get("notes").created == created.created
     assert "notes" in [m.memory_id for m in alice.list()]
     alice.delete("notes")
@@ -115,6 +119,7 @@ def test_the_clients_keep_the_usage(alice):
 
     answer = alice.ask_with_usage("usage-kept", "What is the cat called?")
     assert answer.text == alice.ask("usage-kept", "What is the cat called?") and "\n" not in answer.text
+    assert answer.abstained is False
     assert answer.usage.completion_tokens <= ASK_DEFAULTS.max_new_tokens and answer.usage.step == 1
     long = alice.ask_with_usage("usage-kept", "What is the cat called?", max_new_tokens=2, stop=["never seen"])
     assert long.usage.completion_tokens <= 2
@@ -134,6 +139,25 @@ async def test_the_async_client_keeps_the_usage(server):
         answer = await client.ask_with_usage("usage-async", "Who keeps bees?")
         assert answer.text == await client.ask("usage-async", "Who keeps bees?")
         assert answer.usage.completion_tokens <= ASK_DEFAULTS.max_new_tokens
+
+
+@pytest.fixture(scope="module")
+def abstaining_server(tmp_path_factory):
+    running = RunningServer(abstaining_engine(), tmp_path_factory.mktemp("abstaining"), tokens=TOKENS, metrics_port=0)
+    yield running
+    running.stop()
+
+
+async def test_ask_says_when_it_abstained(abstaining_server):
+    with abstaining_server.client(ALICE) as client:
+        client.create("never-told")
+        client.inject("never-told", "Raul drives a blue bus.")
+        answer = client.ask_with_usage("never-told", "Who drives a red van?")
+        assert (answer.text, answer.abstained) == (ABSTENTION, True)
+        assert client.ask("never-told", "Who drives a red van?") == ABSTENTION
+    async with AsyncClient(abstaining_server.address, ALICE) as client:
+        answer = await client.ask_with_usage("never-told", "Who drives a red van?")
+        assert answer == Answer(ABSTENTION, answer.usage, abstained=True) and answer.usage.completion_tokens > 0
 
 
 def test_bad_options_are_refused_before_sending(alice):

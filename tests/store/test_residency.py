@@ -13,9 +13,14 @@ from memagent.store.residency import Residency
 class FakePool:
     """Stands in for a MemoryPool on a device this machine may not have."""
 
-    def __init__(self, nbytes: int = 100):
-        self.nbytes = nbytes
+    def __init__(self, nbytes: int = 100, long_term_tokens_nbytes: int = 0):
+        self.nbytes = nbytes + long_term_tokens_nbytes
+        self.long_term_tokens_nbytes = long_term_tokens_nbytes  # in host memory on every tier
         self.memory = types.SimpleNamespace(device=torch.device("cpu"), pinned=False)
+
+    @property
+    def off_device_nbytes(self) -> int:
+        return self.long_term_tokens_nbytes if self.memory.device.type != "cpu" else 0
 
     def to(self, device, *, pin=False):
         self.memory.device = torch.device(device)
@@ -35,6 +40,17 @@ def test_device_then_host_then_disk():
     assert pools["b"].memory.pinned, "host copies go to page-locked memory"
     residency.use("b", pools["b"])  # back on the device on use
     assert residency.tier("b") == "device" and residency.counts() == {"device": 2, "host": 1}
+
+
+def test_long_term_tokens_count_against_the_host_budget_not_the_devices():
+    evicted = []
+    residency = Residency("cuda", evicted.append, device_bytes=200, host_bytes=250)
+    pools = {name: FakePool(100, long_term_tokens_nbytes=100) for name in "abc"}
+    residency.use("a", pools["a"])
+    residency.use("b", pools["b"])
+    assert [residency.tier(k) for k in "ab"] == ["device", "device"], "200 bytes on the device, 200 in host memory"
+    residency.use("c", pools["c"])  # a moves to the host: 400 bytes there with b and c's tokens; a goes to disk
+    assert [residency.tier(k) for k in "abc"] == ["disk", "device", "device"] and evicted == ["a"]
 
 
 def test_cuda_and_cuda_0_are_the_same_device():

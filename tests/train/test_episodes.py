@@ -1,16 +1,21 @@
 """Episodes: reproducible per step, losses only on what must be predicted."""
 
+import random
+
 import pytest
 
 from memagent import default_model
-from memagent.train.episodes import EpisodeMaker, Schedule
+from memagent.abstention import ABSTENTION
+from memagent.train.corpus import FactSampler
+from memagent.train.episodes import EpisodeMaker, FactDraw, Schedule
+from memagent.train.varied import VariedSampler
 from memagent.train.trainer import batch_targets
 
 
 @pytest.fixture(scope="module")
 def maker():
     tokenizer = default_model.load_tokenizer()
-    return EpisodeMaker(tokenizer, lambda q: f"Q: {q}\nA: ", schedule=Schedule(max_facts=3, max_distractors=4, ramp_steps=10))
+    return EpisodeMaker(tokenizer, lambda q: f"Q: {q}\nA: ", schedule=Schedule(max_facts=3, max_distractors=12, ramp_steps=10))
 
 
 def test_an_episode_is_a_function_of_its_step(maker):
@@ -37,8 +42,38 @@ def test_answers_are_in_the_writes_not_the_prompts(maker):
         for target in episode.targets:
             if target.kind == "qa":
                 answer = decode(target.completion[:-1]).strip()  # the end-of-turn token closes the answer
-                assert answer and answer in written
+                assert answer and (answer in written or answer == ABSTENTION)
                 assert answer not in decode(target.prompt)
+
+
+def test_unrelated_writes_are_mostly_few_and_sometimes_many():
+    rng = random.Random(0)
+    draws = [Schedule.distractors(rng, 32) for _ in range(2000)]
+    assert min(draws) == 0 and max(draws) == 32 - 1 or max(draws) == 32
+    assert sorted(draws)[len(draws) // 2] <= 6 and sum(d >= 16 for d in draws) > 100
+    assert Schedule.distractors(rng, 0) == 0
+
+
+def test_a_share_of_episodes_asks_about_a_fact_never_written(maker):
+    questions = [t for s in range(200) for t in maker(s).targets if t.kind == "qa"]
+    abstentions = [t for t in questions if maker.tokenizer.decode(t.completion[:-1]) == ABSTENTION]
+    assert 0.05 < len(abstentions) / len(questions) < 0.4
+
+
+def test_each_drawn_fact_differs_in_subject_and_answer_from_every_write():
+    rng = random.Random(3)
+    for seed in range(40):
+        draw = FactDraw(FactSampler("train", seed), VariedSampler("train", seed), 0.5, rng)
+        written = [f for _ in range(8) for f in draw.write()]
+        never_told = draw.write()[0]  # what an episode asks without writing it
+        for fact in written:
+            assert fact.subject != never_told.subject and fact.answer != never_told.answer
+            assert never_told.answer not in fact.text
+
+
+def test_varied_forms_make_up_their_share(maker):
+    texts = [maker.tokenizer.decode(ids) for s in range(200, 260) for ids, learn in maker(s).writes if learn]
+    assert sum(t.startswith(("User: ", '{"')) or "Assistant:" in t for t in texts) > 5
 
 
 def test_labels_cover_only_completions(maker):

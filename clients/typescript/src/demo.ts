@@ -1,5 +1,5 @@
 // node dist/demo.js [memory-id]: create a memory, write into it, stream a continuation, ask, list
-// entries; prints JSON lines. Reads $MEMAGENT_SERVER and $MEMAGENT_TOKEN.
+// entries, get its size; prints JSON lines. Reads $MEMAGENT_SERVER and $MEMAGENT_TOKEN.
 import { MemAgentClient } from "./index";
 
 async function main(): Promise<void> {
@@ -12,8 +12,11 @@ async function main(): Promise<void> {
     const generation = client.generate(memory, "Kim's bike is", { max_new_tokens: 8 });
     const text = await generation.text();
     console.log(JSON.stringify({ text, usage: generation.usage }));
-    console.log(JSON.stringify({ answer: await client.ask(memory, "What colour is Kim's bike?") }));
+    const { answer, abstained } = await client.askWithUsage(memory, "What colour is Kim's bike?");
+    console.log(JSON.stringify({ answer, abstained }));
     console.log(JSON.stringify({ entries: (await client.entries(memory)).map((e) => [e.text, e.source, e.metadata]) }));
+    const { step, long_term_tokens } = await client.get(memory);
+    console.log(JSON.stringify({ memory: { step, long_term_tokens } }));
   } finally {
     client.close();
   }

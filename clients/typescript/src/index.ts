@@ -5,6 +5,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as loader from "@grpc/proto-loader";
 
 import type { ProtoGrpcType } from "./generated/memagent";
+import type { AskResponse__Output } from "./generated/memagent/v1/AskResponse";
 import type { ChatMessage } from "./generated/memagent/v1/ChatMessage";
 import type { Entry__Output } from "./generated/memagent/v1/Entry";
 import type { GenerateResponse__Output } from "./generated/memagent/v1/GenerateResponse";
@@ -14,7 +15,7 @@ import type { Receipt__Output } from "./generated/memagent/v1/Receipt";
 import type { SamplingOptions } from "./generated/memagent/v1/SamplingOptions";
 import type { Usage__Output } from "./generated/memagent/v1/Usage";
 
-export type { ChatMessage, Entry__Output as Entry, Memory__Output as Memory, Receipt__Output as Receipt };
+export type { AskResponse__Output as Answer, ChatMessage, Entry__Output as Entry, Memory__Output as Memory, Receipt__Output as Receipt };
 export type { SamplingOptions, Usage__Output as Usage };
 
 const PROTO_DIR = path.join(__dirname, "..", "proto");
@@ -136,9 +137,14 @@ export class MemAgentClient {
     return (await this.unary<{ forgotten: number }>("Forget", { memory_id, entry_ids })).forgotten;
   }
 
-  /** A short answer from what the memory holds. */
+  /** A short answer from what the memory holds; exactly "I don't know." when it holds none. */
   async ask(memory_id: string, question: string, options: SamplingOptions = {}): Promise<string> {
-    return (await this.unary<{ answer: string }>("Ask", { memory_id, question, options })).answer;
+    return (await this.askWithUsage(memory_id, question, options)).answer;
+  }
+
+  /** `ask`'s answer with its usage and `abstained`: true when the answer is "I don't know.". */
+  askWithUsage(memory_id: string, question: string, options: SamplingOptions = {}): Promise<AskResponse__Output> {
+    return this.unary<AskResponse__Output>("Ask", { memory_id, question, options });
   }
 
   /** The continuation of `prompt`, streamed. */

@@ -12,7 +12,7 @@ from llama_index.core.memory.types import BaseMemory
 
 from memagent.integration import records as memory_records
 from memagent.integration.fields import MemoryConnection
-from memagent.integration.recall import RecallMode, should_recall
+from memagent.integration.recall import RecallMode, recalled, should_recall
 
 RECALL_PREFIX = "Long-term memory, on the latest user message: "
 
@@ -138,14 +138,14 @@ class MemAgentMemory(MemoryConnection, BaseMemory):
     def get(self, input: Optional[str] = None, **kwargs: Any) -> List[ChatMessage]:
         recent = self._recent()
         question = input or latest_user_text(recent)
-        recalled = self.backend.ask(question) if should_recall(self.recall, question) else ""
-        return self._with_recall(recent, recalled)
+        answer = self.backend.ask(question) if should_recall(self.recall, question) else ""
+        return self._with_recall(recent, recalled(answer))
 
     async def aget(self, input: Optional[str] = None, **kwargs: Any) -> List[ChatMessage]:
         recent = self._recent()
         question = input or latest_user_text(recent)
-        recalled = await self.backend.aask(question) if should_recall(self.recall, question) else ""
-        return self._with_recall(recent, recalled)
+        answer = await self.backend.aask(question) if should_recall(self.recall, question) else ""
+        return self._with_recall(recent, recalled(answer))
 
     def get_all(self) -> List[ChatMessage]:
         return list(self._messages)
@@ -178,7 +178,7 @@ class MemAgentMemory(MemoryConnection, BaseMemory):
         return self._messages[start:]
 
     @staticmethod
-    def _with_recall(recent: List[ChatMessage], recalled: str) -> List[ChatMessage]:
-        if not recalled:
+    def _with_recall(recent: List[ChatMessage], answer: str) -> List[ChatMessage]:
+        if not answer:
             return recent
-        return [ChatMessage(role=MessageRole.SYSTEM, content=RECALL_PREFIX + recalled), *recent]
+        return [ChatMessage(role=MessageRole.SYSTEM, content=RECALL_PREFIX + answer), *recent]

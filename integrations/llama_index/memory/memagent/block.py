@@ -11,7 +11,7 @@ from llama_index.core.memory.memory import BaseMemoryBlock
 from llama_index.memory.memagent.base import RECALL_PREFIX, latest_user_text, message_records
 from memagent.integration.backend import MemoryBackend
 from memagent.integration.fields import MemoryConnection
-from memagent.integration.recall import RecallMode, should_recall
+from memagent.integration.recall import RecallMode, recalled, should_recall
 
 
 class MemAgentMemoryBlock(MemoryConnection, BaseMemoryBlock[str]):
@@ -53,8 +53,8 @@ class MemAgentMemoryBlock(MemoryConnection, BaseMemoryBlock[str]):
         question = latest_user_text(messages or [])
         if not should_recall(self.recall, question):
             return ""
-        recalled = await self._backend_for(block_kwargs.get("session_id")).aask(question)
-        return RECALL_PREFIX + recalled if recalled else ""
+        answer = recalled(await self._backend_for(block_kwargs.get("session_id")).aask(question))
+        return RECALL_PREFIX + answer if answer else ""
 
     async def _aput(self, messages: List[ChatMessage]) -> None:
         for message in messages:

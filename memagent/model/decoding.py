@@ -1,0 +1,252 @@
+"""Decoding many requests at once: each request's rows read their own memory, all rows share
+one forward pass per step (continuous batching).
+
+A `Decoding` is one request: its prompt, its cache (over its memory's prefix), how it samples,
+and the tokens decoded for it that its reader has not taken yet. A `DecodeBatch` steps every
+joined request together: requests join after their prefill and leave when they end or are
+closed, between steps. Rows never see each other (attention runs per cache; only the
+projections are shared), and each request samples with its own generator, so a request's
+tokens are the same alone or in a batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from memagent.model.cuda_graph import DecodeGraphs
+from memagent.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from memagent.model.memory_pool import MemoryPool
+    from memagent.model.memoryllm import MemoryLLM
+
+GRAPH_MIN_NEW_TOKENS = 8  # shorter answers decode eagerly: a capture or prefix copy would not pay off
+EOS_CHECK_EVERY = 8
+# Tokens a request may have decoded but not yet taken; beyond them it sits steps out, so a slow
+# reader costs the batch no work and holds no unbounded buffer.
+MAX_AHEAD = 4
+
+
+def left_align(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pad_id: int):
+    """Move each row's real tokens to the right end, whatever side the caller padded."""
+    if attention_mask is None:
+        return input_ids, torch.ones_like(input_ids)
+    mask = attention_mask.bool()
+    if (mask.sum(1) == 0).any():
+        raise ValueError("every prompt needs at least one token")
+    # A stable sort of the mask moves padding (False) first and keeps the tokens' order.
+    order = torch.sort(mask.int(), dim=1, stable=True).indices
+    ids = torch.gather(input_ids, 1, order)
+    aligned = torch.gather(mask, 1, order)
+    return ids.masked_fill(~aligned, pad_id), aligned.long()
+
+
+def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    """One token id per row from logits [B, V], on the logits' device (no host sync)."""
+    if not params.do_sample:
+        return logits.argmax(-1)
+    logits = logits.float() / params.temperature
+    if params.top_k:
+        kth = torch.topk(logits, min(params.top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token once the ones before it already cover top_p; the first always stays.
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= params.top_p
+        logits = logits.masked_fill(drop_sorted.scatter(1, order, drop_sorted), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+
+
+def eos_check_interval(device: torch.device) -> int:
+    """Steps between checks that every row has ended: each check waits for the device."""
+    return 1 if device.type == "cpu" else EOS_CHECK_EVERY
+
+
+class Decoding:
+    """One request's rows: prefilled by `prefill`, then decoded by a `DecodeBatch`.
+
+    Decoding ends after max_new_tokens or once every row has produced one of `eos_token_ids`,
+    which is checked every `eos_check_every` tokens (each check waits for the device; default:
+    every token on the CPU, every EOS_CHECK_EVERY on an accelerator), so up to that many
+    all-pad tokens may follow the last EOS. Rows that ended repeat pad.
+
+    On CUDA (or with `graphs` given) answers of at least GRAPH_MIN_NEW_TOKENS tokens borrow a
+    static step from `graphs` (default: the model's shared CUDA graphs) unless `cuda_graph` is
+    False; the step replays while the request decodes alone.
+    """
+
+    def __init__(
+        self,
+        model: MemoryLLM,
+        input_ids: torch.Tensor,
+        params: SamplingParams,
+        eos_token_ids: Sequence[int] = (),
+        attention_mask: torch.Tensor | None = None,
+        pool: MemoryPool | None = None,
+        *,
+        cuda_graph: bool = True,
+        graphs: DecodeGraphs | None = None,
+        eos_check_every: int | None = None,
+    ):
+        self.model = model
+        self.params = params
+        self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        ids, mask = left_align(input_ids.to(model.device), attention_mask, self.pad_id)
+        self.input_ids, self.attention_mask = ids, mask.to(model.device)
+        self.pool = pool or model.pool
+        self.generator = None
+        if params.do_sample:
+            self.generator = torch.Generator(device=model.device)
+            self.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+        self.eos = torch.tensor(list(eos_token_ids), dtype=torch.long, device=model.device)
+        self.check_every = eos_check_every or eos_check_interval(model.device)
+        if graphs is None and cuda_graph and model.device.type == "cuda":
+            graphs = DecodeGraphs.of(model)
+        self.graphs = graphs if cuda_graph and params.max_new_tokens >= GRAPH_MIN_NEW_TOKENS else None
+        self.finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=model.device)
+        self.produced = 0
+        self.done = False
+        self.ready: deque[torch.Tensor] = deque()  # decoded tokens [B] the reader has not taken
+        self.cache = None
+        self.graph_step = None  # a captured step of this request's shape, replayed while it runs alone
+        self.logits: torch.Tensor | None = None  # [B, V]: the next token's, once prefilled
+        self._held = contextlib.ExitStack()
+
+    @property
+    def rows(self) -> int:
+        return self.input_ids.shape[0]
+
+    def prefill(self, lock: contextlib.AbstractContextManager) -> Iterator[None]:
+        """Run the prompt through a new cache, one chunk per hold of `lock`; yields between chunks."""
+        B, T = self.input_ids.shape
+        max_tokens = T + self.params.max_new_tokens
+        with lock, torch.inference_mode():
+            if self.graphs is not None:
+                # Under the lock: a capture must not interleave with other model calls.
+                memory = self.pool if self.pool.initialized else None
+                self.graph_step = self._held.enter_context(self.graphs.borrow(memory, B, max_tokens))
+            self.cache = self.graph_step.cache if self.graph_step else self.model.new_cache(self.pool, B, max_tokens)
+        hidden = None
+        for chunk in _locked(self.model.prefill_chunks(self.input_ids, self.attention_mask, self.cache), lock):
+            if hidden is not None:
+                yield
+            hidden = chunk
+        with lock, torch.inference_mode():
+            self.logits = self.model.lm_head(hidden[:, -1])
+
+    def sample(self) -> torch.Tensor:
+        """The next token of every row [B], from the logits of the last step; ends the decoding
+        after its last token."""
+        token = next_token(self.logits, self.params, self.generator).masked_fill(self.finished, self.pad_id)
+        self.finished |= torch.isin(token, self.eos)
+        self.produced += 1
+        self.ready.append(token)
+        last = self.produced == self.params.max_new_tokens
+        self.done = last or (self.produced % self.check_every == 0 and bool(self.finished.all()))
+        return token
+
+    def close(self) -> None:
+        """Give back what the request holds (a borrowed static step)."""
+        self.done = True
+        self._held.close()
+
+
+def _locked(items: Iterator, lock: contextlib.AbstractContextManager) -> Iterator:
+    """Each item of `items` computed under `lock` (and inference mode), released in between."""
+    while True:
+        with lock, torch.inference_mode():
+            item = next(items, _END)
+        if item is _END:
+            return
+        yield item
+
+
+_END = object()
+
+
+class DecodeBatch:
+    """The requests decoding on one model, stepped together: each step samples one token for
+    every request (that is not MAX_AHEAD tokens ahead of its reader) and runs one forward pass
+    over all of their rows. `lock` guards the model; readers on any thread call `next_token`,
+    which steps the batch only when their own request has nothing decoded yet.
+    """
+
+    def __init__(self, model: MemoryLLM, lock: contextlib.AbstractContextManager):
+        self.model = model
+        self.lock = lock
+        self.running: list[Decoding] = []
+        self.steps = 0  # forward passes run (benchmarks and tests read it)
+        self.on_step: Callable[[int], None] | None = None  # told the rows of each forward pass (metrics)
+
+    def join(self, decoding: Decoding) -> None:
+        with self.lock:
+            self.running.append(decoding)
+
+    def leave(self, decoding: Decoding) -> None:
+        with self.lock:
+            if decoding in self.running:
+                self.running.remove(decoding)
+
+    def next_token(self, decoding: Decoding) -> torch.Tensor | None:
+        """`decoding`'s next tokens [B], or None once it has ended and everything was taken."""
+        with self.lock, torch.inference_mode():
+            while not decoding.ready:
+                if decoding.done or decoding not in self.running:
+                    return None
+                self._step()
+            return decoding.ready.popleft()
+
+    def _step(self) -> None:
+        stepping = [d for d in self.running if len(d.ready) < MAX_AHEAD]
+        tokens = [d.sample() for d in stepping]
+        going = [(d, t) for d, t in zip(stepping, tokens) if not d.done]
+        self.running = [d for d in self.running if not d.done]
+        if not going:
+            return
+        self.steps += 1
+        if self.on_step is not None:
+            self.on_step(sum(d.rows for d, _ in going))
+        if len(going) == 1 and going[0][0].graph_step is not None:
+            decoding, token = going[0]
+            decoding.logits = decoding.graph_step(token[:, None])
+            return
+        batch = torch.cat([t for _, t in going])[:, None] if len(going) > 1 else going[0][1][:, None]
+        logits = self.model.decode_rows(batch, [d.cache for d, _ in going])
+        for (decoding, _), part in zip(going, logits.split([d.rows for d, _ in going])):
+            decoding.logits = part
+
+
+def decode(
+    model: MemoryLLM,
+    input_ids: torch.Tensor,
+    params: SamplingParams,
+    eos_token_ids: Sequence[int] = (),
+    attention_mask: torch.Tensor | None = None,
+    pool: MemoryPool | None = None,
+    *,
+    batch: DecodeBatch | None = None,
+    lock: contextlib.AbstractContextManager = contextlib.nullcontext(),
+    **options,
+) -> Iterator[torch.Tensor | None]:
+    """A request's life: None after each prefill chunk but the last (others may run then),
+    then its next tokens [B] per step, decoded in `batch` (default: a batch of its own, under
+    `lock`). Closing the iterator ends the request between steps. `options` go to `Decoding`.
+    """
+    batch = batch or DecodeBatch(model, lock)
+    decoding = Decoding(model, input_ids, params, eos_token_ids, attention_mask, pool, **options)
+    try:
+        yield from decoding.prefill(batch.lock)
+        batch.join(decoding)
+        while (token := batch.next_token(decoding)) is not None:
+            yield token
+    finally:
+        batch.leave(decoding)
+        decoding.close()
+
+

@@ -1,0 +1,188 @@
+"""Continuous batching: requests on different memories decode in one batch, and each request's
+tokens are the same as when it runs alone."""
+
+import threading
+
+import pytest
+import torch
+
+from memagent import MemoryLLM
+from memagent.model import decoding
+from memagent.model.decoding import DecodeBatch, decode
+from memagent.model.memoryllm import PREFILL_QUERY_ROWS
+from memagent.model.config import MemoryLLMConfig
+from memagent.model.shapes import SHAPES
+from memagent.sampling import SamplingParams
+from tests.conftest import FIXTURES
+
+GREEDY = SamplingParams(max_new_tokens=12)
+SAMPLED = SamplingParams(max_new_tokens=12, do_sample=True, temperature=0.9, top_k=20, seed=7)
+
+
+@pytest.fixture(scope="module")
+def model() -> MemoryLLM:
+    """Tiny, with an output layer of its own: tied random embeddings only echo the last token."""
+    return MemoryLLM.from_random(MemoryLLMConfig(**dict(SHAPES["tiny"], tie_word_embeddings=False, vocab_size=512)), seed=3)
+
+
+def pools(model, n=3):
+    """`n` memories written with different texts (and one left empty)."""
+    made = [model.new_pool(seed=i) for i in range(n)]
+    for i, pool in enumerate(made[1:], 1):
+        for j in range(i + 1):
+            model.inject(torch.arange(5 + 7 * i + j, 30 + 7 * i + j)[None], pool=pool)
+    return made
+
+
+def prompt(i: int, length: int = 6) -> torch.Tensor:
+    return torch.arange(100 + 11 * i, 100 + 11 * i + length)[None] % 500
+
+
+def alone(model, pool, ids, params) -> list[list[int]]:
+    steps = decode(model, ids, params, (), None, pool)
+    return torch.stack([t for t in steps if t is not None], 1).tolist()
+
+
+def together(model, requests, *, join_after: dict[int, int] | None = None) -> list[list[list[int]]]:
+    """Run requests (pool, ids, params) in one batch, their readers taking turns; request i joins
+    once request 0 has taken `join_after[i]` steps."""
+    batch = DecodeBatch(model, threading.RLock())
+    join_after = join_after or {}
+    streams = [None] * len(requests)
+    tokens = [[] for _ in requests]
+    step = 0
+    while True:
+        for i, (pool, ids, params) in enumerate(requests):
+            if streams[i] is None and join_after.get(i, 0) <= step:
+                streams[i] = decode(model, ids, params, (), None, pool, batch=batch)
+        live = [i for i, s in enumerate(streams) if s is not None]
+        progressed = False
+        for i in live:
+            token = next(streams[i], "end")
+            if isinstance(token, torch.Tensor):
+                tokens[i].append(token)
+                progressed = True
+            elif token is None:
+                progressed = True
+        step += 1
+        if not progressed and all(s is not None for s in streams):
+            break
+    return [torch.stack(t, 1).tolist() for t in tokens], batch
+
+
+@pytest.mark.parametrize("params", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_each_request_gets_the_tokens_it_gets_alone(model, params):
+    memories = pools(model)
+    requests = [(memories[i % 3], prompt(i), params) for i in range(5)]  # two memories read twice
+    expected = [alone(model, *r) for r in requests]
+    got, batch = together(model, requests)
+    assert got == expected
+    # One forward pass per step for all five (alone: 5 x 12); each arrival may add one while
+    # the others are a token ahead.
+    assert batch.steps <= params.max_new_tokens + len(requests) - 1
+
+
+def test_requests_join_and_leave_between_steps(model):
+    memories = pools(model)
+    requests = [
+        (memories[0], prompt(0), SamplingParams(max_new_tokens=10)),
+        (memories[1], prompt(1, 9), SamplingParams(max_new_tokens=3)),  # leaves early
+        (memories[2], torch.cat([prompt(2), prompt(3)]), SamplingParams(max_new_tokens=8)),  # two rows
+        (memories[1], prompt(4), SAMPLED),
+    ]
+    expected = [alone(model, *r) for r in requests]
+    got, _ = together(model, requests, join_after={2: 2, 3: 5})
+    assert got == expected
+
+
+def test_a_closed_request_leaves_and_the_others_go_on_unchanged(model):
+    memories = pools(model)
+    requests = [(memories[i], prompt(i), GREEDY) for i in range(3)]
+    expected = [alone(model, *r) for r in requests]
+    batch = DecodeBatch(model, threading.RLock())
+    streams = [decode(model, ids, params, (), None, pool, batch=batch) for pool, ids, params in requests]
+    tokens = [[next(s) for _ in range(3)] for s in streams]
+    streams[1].close()
+    assert len(batch.running) == 2
+    for i in (0, 2):
+        tokens[i] += list(streams[i])
+        assert torch.stack(tokens[i], 1).tolist() == expected[i]
+
+
+def test_a_reader_that_stops_taking_tokens_holds_at_most_max_ahead(model):
+    memories = pools(model, 2)
+    batch = DecodeBatch(model, threading.RLock())
+    idle = decode(model, prompt(0), GREEDY, (), None, memories[0], batch=batch)
+    busy = decode(model, prompt(1), GREEDY, (), None, memories[1], batch=batch)
+    first = next(idle)  # prefilled and in the batch; then nobody reads it
+    list(busy)
+    assert len(batch.running[0].ready) == decoding.MAX_AHEAD
+    assert torch.stack([first] + list(idle), 1).tolist() == alone(model, memories[0], prompt(0), GREEDY)
+
+
+def test_long_prompts_prefill_in_chunks_that_others_can_step_between(model):
+    memories = pools(model, 2)
+    long_prompt = (torch.arange(PREFILL_QUERY_ROWS * 2 + 10) % 500)[None]
+    batch = DecodeBatch(model, threading.RLock())
+    short = decode(model, prompt(0), GREEDY, (), None, memories[0], batch=batch)
+    first = next(short)
+    steps = decode(model, long_prompt, GREEDY, (), None, memories[1], batch=batch)
+    assert next(steps) is None and next(steps) is None  # two chunks done, the third to come
+    between = next(short)  # the short request decodes while the long prompt waits
+    rest = [t for t in steps if t is not None]
+    assert torch.stack(rest, 1).tolist() == alone(model, memories[1], long_prompt, GREEDY)
+    assert torch.stack([first, between] + list(short), 1).tolist() == alone(model, memories[0], prompt(0), GREEDY)
+
+
+def test_the_engine_batches_generations_on_different_memories(tiny_engine):
+    names = ["batch-a", "batch-b", "batch-c"]
+    for i, name in enumerate(names):
+        tiny_engine.pool(name).inject(f"Memory {name} holds fact number {i} about the deployment." * (i + 1))
+    prompts = ["The deployment", "Fact number", "Memory holds"]
+    expected = [tiny_engine.pool(n).generate(p, max_new_tokens=10) for n, p in zip(names, prompts)]
+    generations = [tiny_engine.pool(n).generate(p, stream=True, max_new_tokens=10) for n, p in zip(names, prompts)]
+    steps_before = tiny_engine.batch.steps
+    texts = ["", "", ""]
+    live = set(range(3))
+    while live:
+        for i in sorted(live):
+            piece = next(generations[i], None)
+            if piece is None:
+                live.discard(i)
+            else:
+                texts[i] += piece
+    assert texts == expected
+    assert tiny_engine.batch.steps - steps_before <= 10 + 2
+
+
+def test_readers_on_many_threads_share_steps(tiny_engine):
+    names = [f"threads-{i}" for i in range(4)]
+    for name in names:
+        tiny_engine.pool(name).inject(f"{name} keeps the key under the mat.")
+    expected = [tiny_engine.pool(n).generate("The key", max_new_tokens=16) for n in names]
+    results = [None] * 4
+    start = threading.Barrier(4)
+
+    def read(i):
+        generation = tiny_engine.pool(names[i]).generate("The key", stream=True, max_new_tokens=16)
+        start.wait()
+        results[i] = "".join(generation)
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == expected
+
+
+def test_mplus_requests_batch_with_their_own_long_term_reads():
+    model = MemoryLLM.from_pretrained(FIXTURES / "reference_mplus" / "mha_sdpa" / "checkpoint")
+    vocab, K = model.config.vocab_size, model.config.num_tokens
+    memories = [model.pool, model.pool.clone()]  # as released: a long-term store already holds tokens
+    for j in range(3):  # the copy moves on: its store and pending tokens differ
+        model.inject((torch.arange(K + 3) * (j + 2))[None] % vocab, pool=memories[1])
+    requests = [(memories[i % 2], prompt(i) % vocab, GREEDY) for i in range(3)]
+    expected = [alone(model, *r) for r in requests]
+    got, _ = together(model, requests)
+    assert got == expected
