@@ -5,7 +5,7 @@ loopback with --model, random:tiny unless given, or the one at --server). Each l
 repeats until --asks asks on B have been timed, one after another.
 
     python bench/interference_bench.py
-    python bench/interference_bench.py --model embedded --asks 20
+    python bench/interference_bench.py --model "" --asks 20   # the embedded default
 """
 
 from __future__ import annotations
