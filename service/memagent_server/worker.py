@@ -20,8 +20,8 @@ import asyncio
 import contextlib
 import functools
 import threading
-from collections import Counter, deque
 import time
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
