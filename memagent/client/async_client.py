@@ -109,8 +109,7 @@ class AsyncClient:
         *,
         request_id: str | None = None,
     ) -> Receipt:
-        texts = [m.text(text, source, metadata)]
-        request = pb.InjectRequest(memory_id=memory_id, texts=texts, request_id=request_id or "")
+        request = m.inject_request(memory_id, text, source, metadata, request_id)
         return Receipt.from_proto((await self._call(self._stub.Inject, request)).receipts[0])
 
     async def inject_many(

@@ -106,6 +106,12 @@ def text(item: str | Text, source: str | None = None, metadata: Mapping[str, str
     return pb.Text(text=item, source=source or "", metadata=metadata or {})
 
 
+def inject_request(
+    memory_id: str, item: str, source: str | None, metadata: Mapping[str, str] | None, request_id: str | None
+) -> pb.InjectRequest:
+    return pb.InjectRequest(memory_id=memory_id, texts=[text(item, source, metadata)], request_id=request_id or "")
+
+
 def inject_stream(
     memory_id: str, texts: Iterable[str | Text], request_id: str | None = None
 ) -> Iterator[pb.InjectStreamRequest]:

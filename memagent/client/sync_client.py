@@ -118,8 +118,7 @@ class Client:
 
         `request_id` (yours, unique per write, at most 128 bytes) makes a retry safe: if the
         server already applied a write with this id, it answers with that write's receipt."""
-        texts = [m.text(text, source, metadata)]
-        request = pb.InjectRequest(memory_id=memory_id, texts=texts, request_id=request_id or "")
+        request = m.inject_request(memory_id, text, source, metadata, request_id)
         return Receipt.from_proto(self._call(self._stub.Inject, request).receipts[0])
 
     def inject_many(

@@ -157,6 +157,9 @@ class Decoding:
         self._held.close()
 
 
+_END = object()
+
+
 def _locked(items: Iterator, lock: contextlib.AbstractContextManager) -> Iterator:
     """Each item of `items` computed under `lock` (and inference mode), released in between."""
     while True:
@@ -165,9 +168,6 @@ def _locked(items: Iterator, lock: contextlib.AbstractContextManager) -> Iterato
         if item is _END:
             return
         yield item
-
-
-_END = object()
 
 
 class DecodeBatch:
