@@ -85,13 +85,21 @@ def load_tokenizer():
     return AutoTokenizer.from_pretrained(str(base_checkpoint()))
 
 
-def load_default(adapter: str | Path = ADAPTER_DIR, *, device="cpu", dtype=torch.float32):
-    """The embedded default model (base + trained adapter) and its tokenizer."""
+def load_default(adapter: str | Path = ADAPTER_DIR, *, device="cpu", dtype=torch.float32, long_term: bool = True):
+    """The embedded default model (base + trained adapter) and its tokenizer.
+
+    `long_term=False` leaves its long-term memory out (same pool, no retriever): what the
+    evaluation compares against.
+    """
     adapter = Path(adapter)
     if not (adapter / ADAPTER_WEIGHTS).exists():
         raise CheckpointError(f"{adapter}: no trained memory adapter ({ADAPTER_WEIGHTS}) found")
     config = MemoryLLMConfig.from_json(adapter / "config.json")
     state = base_state() | load_file(adapter / ADAPTER_WEIGHTS)
+    if not long_term and config.long_term is not None:
+        config.num_blocks -= config.long_term.num_ltm_blocks
+        config.long_term = None
+        state = {k: v for k, v in state.items() if not k.startswith("retriever.")}
     return MemoryLLM.from_state(config, state, device=device, dtype=dtype), load_tokenizer()
 
 

@@ -67,10 +67,12 @@ def load_default_engine(
     dtype=torch.float32,
     max_long_term_tokens: int | None = MAX_LONG_TERM_TOKENS,
     quantize: str | None = None,
+    long_term: bool = True,
 ) -> Engine:
     """The default model, writing text the way its adapter was trained: chunks of at most K
-    tokens, short writes (a single tool-output line) taken as they are."""
-    model, tokenizer = default_model.load_default(adapter, device=device, dtype=dtype)
+    tokens, short writes (a single tool-output line) taken as they are. `long_term=False`:
+    without its long-term memory (comparisons)."""
+    model, tokenizer = default_model.load_default(adapter, device=device, dtype=dtype, long_term=long_term)
     model = _quantized(model, quantize)
     chunking = Chunking(max_chunk_tokens=model.config.num_tokens, repeat_short=False)
     return Engine(

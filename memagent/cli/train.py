@@ -16,12 +16,17 @@ def register(subparsers) -> None:
         help="train the embedded default's memory adapter",
         description="Train the memory adapter of the embedded default (SmolLM2-135M-Instruct): LoRA on its "
         "projections plus the memory parts, on episodes that write facts, then unrelated text, then ask "
-        "(and ask about facts never written, to answer \"I don't know.\"). "
+        "(and ask about facts never written, to answer \"I don't know.\"); then the retriever of its "
+        "long-term memory, on streams of facts and text the trained model writes. "
         "Resumes from --run-dir; exports the adapter to RUN_DIR/adapter. Uses CUDA when present.",
     )
     train.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="checkpoints, log and exported adapter go here")
-    train.add_argument("--steps", type=int, default=1250, help="optimizer steps in all")
-    train.add_argument("--max-minutes", type=float, default=88, help="stop and export after this much wall time")
+    train.add_argument("--steps", type=int, default=750, help="optimizer steps in all")
+    train.add_argument(
+        "--max-minutes", type=float, default=74,
+        help="wall time for both phases: the adapter stops early enough to leave --retriever-minutes",
+    )  # fmt: skip
+    train.add_argument("--retriever-minutes", type=float, default=12, help="wall time of the retriever phase")
     train.add_argument("--num-tokens", type=int, default=64, help="K: memory tokens per write")
     train.add_argument("--num-blocks", type=int, default=16, help="the pool holds N = K * num_blocks tokens")
     train.add_argument("--rank", type=int, default=8, help="LoRA rank")
@@ -31,7 +36,7 @@ def register(subparsers) -> None:
         "--max-distractors", type=int, default=32,
         help="unrelated writes after the facts, at most (drawn log-uniformly from 0 to the schedule's limit)",
     )  # fmt: skip
-    train.add_argument("--ramp-steps", type=int, default=400, help="steps over which episodes grow to the maximum")
+    train.add_argument("--ramp-steps", type=int, default=300, help="steps over which episodes grow to the maximum")
     train.add_argument("--varied-share", type=float, default=0.5, help="share of facts in the varied forms (train/varied.py)")
     train.add_argument(
         "--abstain-share", type=float, default=0.3,
@@ -94,13 +99,14 @@ def run_train(args: argparse.Namespace) -> int:
     from memagent import default_model
     from memagent.engine import Engine
     from memagent.train import default_trainable
-    from memagent.train.adapter import AdapterShape, export_difference
+    from memagent.train.adapter import AdapterShape, export_adapter, export_difference
     from memagent.train.episodes import EpisodeMaker, Schedule
+    from memagent.train.retriever import DEFAULT_LONG_TERM, RetrieverConfig, export_with_retriever, train_retriever
     from memagent.train.trainer import TrainConfig, Trainer
 
     _threads(args.threads)
     config = TrainConfig(
-        steps=args.steps, lr=args.lr, max_minutes=args.max_minutes, seed=args.seed,
+        steps=args.steps, lr=args.lr, max_minutes=args.max_minutes - args.retriever_minutes, seed=args.seed,
         schedule=Schedule(args.max_facts, args.max_distractors, args.ramp_steps), adapter=AdapterShape(rank=args.rank, alpha=2.0 * args.rank),
     )
     model = default_trainable(args.num_tokens, args.num_blocks, config.adapter, device=_device(args.device))
@@ -114,10 +120,16 @@ def run_train(args: argparse.Namespace) -> int:
     if not args.fresh and trainer.resume():
         print(f"resuming from step {trainer.step}")
     trainer.train()
+    adapter = export_adapter(model, Path(args.run_dir) / "adapter")
     sample = torch.tensor([tokenizer("Project Falcon is led by Marta.")["input_ids"]], device=model.device)
-    difference = export_difference(model, Path(args.run_dir) / "adapter", default_model.base_state(), sample)
+    difference = export_difference(model, adapter, default_model.base_state(), sample)
     print(f"the exported adapter reproduces the trained model's logits within {difference:.1e}")
-    print(f"adapter exported to {Path(args.run_dir) / 'adapter'}; copy it to {default_model.ADAPTER_DIR} to ship it")
+
+    trained, _ = default_model.load_default(adapter, device=model.device)
+    retriever_config = RetrieverConfig(minutes=args.retriever_minutes, seed=args.seed)
+    retriever = train_retriever(trained, episodes, DEFAULT_LONG_TERM, retriever_config, args.run_dir, resume=not args.fresh)
+    export_with_retriever(adapter, retriever, DEFAULT_LONG_TERM)
+    print(f"adapter exported to {adapter}; copy it to {default_model.ADAPTER_DIR} to ship it")
     return 0
 
 

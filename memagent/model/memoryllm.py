@@ -152,6 +152,14 @@ class CausalLMOutput:
     long_term_order: torch.Tensor | None = None  # M+: [B, L, M] candidate index of each long-term prefix slot
 
 
+def chunk_size(batch: int, length: int) -> int:
+    """Tokens per row in one chunk of a long input: about PREFILL_QUERY_ROWS queries in all.
+
+    A pass that records gradients (training) takes the whole input at once: each chunk writes
+    the cache in place, which autograd saved for the chunks before it."""
+    return length if torch.is_grad_enabled() else max(1, PREFILL_QUERY_ROWS // batch)
+
+
 class MemoryLLM(nn.Module):
     """The model plus a default memory pool (`self.pool`); every read/write can name another."""
 
@@ -393,7 +401,7 @@ class MemoryLLM(nn.Module):
         # Per cache: dynamic RoPE scales with the cache's length, which differs between requests.
         rotary = [self.rotary(positions[r], x.dtype, seq_len=c.prefix_length + c.max_tokens) for (c, _), r in zip(caches, rows)]
         cos, sin = (torch.cat(t) if len(t) > 1 else t[0] for t in zip(*rotary))
-        size = max(1, PREFILL_QUERY_ROWS // B)
+        size = chunk_size(B, T)
         parts = [slice(start, min(start + size, T)) for start in range(0, T, size)]
         # One mask per cache and chunk, shared by every layer.
         rep = self.config.num_attention_heads // self.config.num_key_value_heads
@@ -447,7 +455,7 @@ class MemoryLLM(nn.Module):
         cache.mark(slots, valid)
         positions = cache.prefix_length + (attention_mask.long().cumsum(1) - 1).clamp(min=0)
         recall = None if cache.long_term is None else functools.partial(self._recall, cache, valid)
-        size = T if recall is not None else max(1, PREFILL_QUERY_ROWS // B)
+        size = T if recall is not None else chunk_size(B, T)
         for start in range(0, T, size):
             part = slice(start, min(start + size, T))
             hidden = self.read(input_ids[:, part], positions[:, part], [(cache, slots[part])], recall)

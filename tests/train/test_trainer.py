@@ -75,3 +75,16 @@ def test_exported_adapter_reproduces_the_trained_model(maker, tmp_path):
     base_state = MemoryLLM.from_random(shape_config("tiny"), seed=0).state_dict()
     ids = torch.tensor([maker.encode("Project Falcon is led by Marta.")])
     assert export_difference(trainer.model, tmp_path / "exported", base_state, ids) < 1e-4
+
+
+def test_a_read_longer_than_one_prefill_chunk_trains(maker, tmp_path):
+    """Rows x tokens beyond PREFILL_QUERY_ROWS: inference prefills such a read in chunks, which
+    write the cache in place; a training pass must take it whole, or backward fails."""
+    from memagent.model.memoryllm import PREFILL_QUERY_ROWS
+
+    trainer = tiny_trainer(maker, tmp_path, repeat=3)
+    ids = torch.randint(3, 100, (5, PREFILL_QUERY_ROWS // 4))
+    pool = trainer.model.new_pool()
+    pool.write(trainer.model.new_memory(ids[:1, :8], None))
+    trainer.model(ids, pool=pool).logits.sum().backward()
+    assert trainer.model.bos_embedding.grad.abs().sum() > 0
