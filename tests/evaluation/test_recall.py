@@ -8,6 +8,7 @@ import torch
 
 import memagent
 from memagent import default_model
+from memagent.cli import build_parser, main
 from memagent.engine import Engine, NamedPool
 from memagent.evaluation.outside import never_told_questions, outside_writes
 from memagent.evaluation.recall import (
@@ -157,6 +158,18 @@ def test_report_writes_every_row_and_the_plot(tmp_path):
     assert "| never-told control answered \"I don't know.\" | " + " | ".join(["100%"] * 8) + " |" in text
     plot(results, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(("option", "value"), [("--facts", "0"), ("--gap", "-1"), ("--facts", "ten")])
+def test_eval_refuses_a_count_it_cannot_stream(capsys, option, value):
+    with pytest.raises(SystemExit):
+        main(["eval", option, value])
+    assert f"{value!r} is not a whole number of at least" in capsys.readouterr().err
+
+
+def test_eval_defaults_measure_up_to_200_writes():
+    args = build_parser().parse_args(["eval"])
+    assert args.distractors == [0, 1, 5, 10, 20, 50, 100, 200] and args.gap == 1 and args.facts == 60
 
 
 def test_abstaining_counts_only_for_i_dont_know():
