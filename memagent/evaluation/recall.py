@@ -58,7 +58,8 @@ def prose_writes(count: int, seed: int, avoid: Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class Question:
-    """A question asked `k` writes after its fact was written (or would have been)."""
+    """A question asked `k` writes after its fact was written (for a never-told one: after the
+    write it comes with)."""
 
     text: str
     k: int
@@ -76,36 +77,35 @@ class Stream:
 
 
 def stream(
-    writes: Sequence[Write], never_told: Sequence[Question], ks: Sequence[int], *, gap: int, seed: int
+    writes: Sequence[Write], never_told: Sequence[tuple[str, Fact | None]], ks: Sequence[int], *, gap: int, seed: int
 ) -> Stream:
     """Write i at position i * (gap + 1), prose between and after; its facts asked at every k,
-    and never_told[i % len] (its `k` set here, cycling over ks) once."""
+    and never-told question i (cycling over `never_told`: question, its fact if any) at k = ks[i % len(ks)]."""
     ks = sorted(ks)
     at = [i * (gap + 1) for i in range(len(writes))]
     total = at[-1] + max(ks) + 1
-    avoid = [f.answer for w in writes for f in w.facts] + [q.fact.answer for q in never_told if q.fact]
+    avoid = [f.answer for w in writes for f in w.facts] + [f.answer for _, f in never_told if f]
     prose = iter(prose_writes(total - len(writes), seed, avoid))
     texts = {p: w.text for p, w in zip(at, writes)}
     due: dict[int, list[Question]] = defaultdict(list)
     for i, (p, write) in enumerate(zip(at, writes)):
         for k in ks:
             due[p + k + 1] += [Question(f.question, k, f, True) for f in write.facts]
-        control = never_told[i % len(never_told)]
+        question, fact = never_told[i % len(never_told)]
         k = ks[i % len(ks)]
-        due[p + k + 1].append(Question(control.text, k, control.fact, False))
+        due[p + k + 1].append(Question(question, k, fact, False))
     return Stream(ks, [texts.get(p) or next(prose) for p in range(total)], dict(due))
 
 
 def fact_stream(told: Sequence[Fact], never_told: Sequence[Fact], ks: Sequence[int], *, gap: int, seed: int) -> Stream:
     writes = [Write(f.relation, f.text, (f,)) for f in told]
-    controls = [Question(f.question, 0, f, False) for f in never_told]
-    return stream(writes, controls, ks, gap=gap, seed=seed)
+    return stream(writes, [(f.question, f) for f in never_told], ks, gap=gap, seed=seed)
 
 
 def outside_stream(
     writes: Sequence[Write], never_told: Sequence[str], ks: Sequence[int], *, gap: int, seed: int
 ) -> Stream:
-    return stream(writes, [Question(q, 0, None, False) for q in never_told], ks, gap=gap, seed=seed)
+    return stream(writes, [(q, None) for q in never_told], ks, gap=gap, seed=seed)
 
 
 @dataclass
