@@ -138,8 +138,20 @@ ROWS = [
 ]
 
 
+def by_k(series: dict) -> dict[int, float]:
+    """A per-k series with int keys (JSON gives strings)."""
+    return {int(k): v for k, v in series.items()}
+
+
 def _rows(r: dict, pct) -> list[str]:
-    return ["| " + label + " | " + " | ".join(pct(v) for v in r[key].values()) + " |" for key, label in ROWS if key in r]
+    """A row per series present; "–" where it has no value for a k (a never-told question at every k
+    needs as many facts as ks)."""
+    ks, rows = by_k(r["recall"]), []
+    for key, label in ROWS:
+        if key in r:
+            cells = by_k(r[key])
+            rows.append("| " + label + " | " + " | ".join(pct(cells[k]) if k in cells else "–" for k in ks) + " |")
+    return rows
 
 
 def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -166,25 +178,27 @@ def plot(r: dict, path: Path) -> None:
     def percent_with_errors(rates, sizes):
         low, high = zip(*(wilson_interval(v, m) for v, m in zip(rates, sizes)))
         values = [100 * v for v in rates]
-        return values, [[v - 100 * lo for v, lo in zip(values, low)], [100 * hi - v for v, hi in zip(values, high)]]
-
-    def sizes(key, default):
-        return [int(m) for m in r[key].values()] if key in r else [default] * len(ks)
+        # max(0, ...): at a rate of 0 or 1 the interval's near end is the rate itself, up to rounding.
+        below = [max(0.0, v - 100 * lo) for v, lo in zip(values, low)]
+        return values, [below, [max(0.0, 100 * hi - v) for v, hi in zip(values, high)]]
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     outside_n = r.get("outside_facts", n)
-    never_n, outside_never_n = sizes("never_told_n", n), sizes("outside_never_told_n", r.get("outside_never_told", n))
-    for series, style, label, count in [
-        ("recall", "o-", "memagent default: told fact, with long-term memory", [n] * len(ks)),
-        ("recall_no_long_term", "o--", "memagent default: told fact, without long-term memory", [n] * len(ks)),
-        ("never_written_abstained", "s:", "never-told question: \"I don't know.\"", never_n),
-        ("outside_recall", "^-", f"outside set ({outside_n} hand-written facts): recall", [outside_n] * len(ks)),
-        ("outside_abstained", "v:", "outside set: never-told, \"I don't know.\"", outside_never_n),
+    # Questions per point: the facts, or (older results files lack the counts) one per fact and k.
+    never_n, outside_never_n = by_k(r.get("never_told_n", {})), by_k(r.get("outside_never_told_n", {}))
+    outside_never = r.get("outside_never_told", n)
+    for series, style, label, counts, count in [
+        ("recall", "o-", "memagent default: told fact, with long-term memory", {}, n),
+        ("recall_no_long_term", "o--", "memagent default: told fact, without long-term memory", {}, n),
+        ("never_written_abstained", "s:", "never-told question: \"I don't know.\"", never_n, n),
+        ("outside_recall", "^-", f"outside set ({outside_n} hand-written facts): recall", {}, outside_n),
+        ("outside_abstained", "v:", "outside set: never-told, \"I don't know.\"", outside_never_n, outside_never),
     ]:
         if series not in r:
             continue
-        values, errors = percent_with_errors(list(r[series].values()), count)
-        ax.errorbar(at(ks), values, yerr=errors, fmt=style, capsize=3, label=label)
+        points = by_k(r[series])
+        values, errors = percent_with_errors(list(points.values()), [counts.get(k, count) for k in points])
+        ax.errorbar(at(list(points)), values, yerr=errors, fmt=style, capsize=3, label=label)
     paper = [k for k in PAPER if ks[0] <= k <= ks[-1]]
     ax.plot(at(paper), [100 * PAPER[k] for k in paper], "k*", ms=10, label=PAPER_LABEL)
     for key, style, color, label in [

@@ -172,6 +172,19 @@ def test_eval_defaults_measure_up_to_200_writes():
     assert args.distractors == [0, 1, 5, 10, 20, 50, 100, 200] and args.gap == 1 and args.facts == 60
 
 
+def test_report_marks_ks_without_never_told_questions(tmp_path):
+    """Fewer facts than ks: some ks get no never-told question (JSON keys are strings)."""
+    results = RESULTS | {
+        "recall": {"0": 1.0, "1": 0.5, "3": 0.5}, "never_written": {"0": 0.0, "1": 0.0},
+        "never_written_abstained": {"0": 1.0, "1": 0.0}, "never_told_n": {"0": 1, "1": 1},
+        "outside_facts": 100, "outside_never_told": 50, "outside_recall": {"0": 1.0, "1": 0.5, "3": 0.0},
+        "outside_abstained": {"0": 0.0, "1": 0.0, "3": 0.0}, "outside_never_told_n": {"0": 28, "1": 28, "3": 27},
+    }  # fmt: skip  # at 0 of 27 and 100 of 100 the interval's near end misses the rate by a rounding
+    assert "| never-told control answered \"I don't know.\" | 100% | 0% | – |" in table(results)
+    plot(results, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
 def test_abstaining_counts_only_for_i_dont_know():
     fact = Fact("colour", "person:A B", "A B's favourite colour is teal.", "What is A B's favourite colour?", "teal")
     retention = Retention([0])
