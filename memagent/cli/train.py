@@ -58,7 +58,7 @@ def register(subparsers) -> None:
     )
     evaluate.add_argument("--adapter", default=None, help="adapter folder (default: the shipped one)")
     evaluate.add_argument(
-        "--facts", type=_at_least(1), default=60,
+        "--facts", type=_at_least(1), default=40,
         help="held-out facts per measurement (the default fits the whole run in about 25 minutes on 2 CPU cores)",
     )  # fmt: skip
     evaluate.add_argument(

@@ -169,7 +169,7 @@ def test_eval_refuses_a_count_it_cannot_stream(capsys, option, value):
 
 def test_eval_defaults_measure_up_to_200_writes():
     args = build_parser().parse_args(["eval"])
-    assert args.distractors == [0, 1, 5, 10, 20, 50, 100, 200] and args.gap == 1 and args.facts == 60
+    assert args.distractors == [0, 1, 5, 10, 20, 50, 100, 200] and args.gap == 1 and args.facts == 40
 
 
 def test_report_marks_ks_without_never_told_questions(tmp_path):
