@@ -36,8 +36,14 @@ def is_correct(reply: str, fact: Fact) -> bool:
 
 
 def held_out_facts(n: int, seed: int, *, tool: bool | None = None) -> list[Fact]:
+    """`n` held-out facts; consecutive ones differ in subject and answer (fact i+1 is fact i's control)."""
     sampler = FactSampler("eval", seed=seed)
-    return [sampler.fact(tool=tool) for _ in range(n)]
+    facts = sampler.distinct(1, tool=tool)
+    while len(facts) < n:
+        fact = sampler.fact(tool=tool)
+        if fact.subject != facts[-1].subject and fact.answer != facts[-1].answer:
+            facts.append(fact)
+    return facts
 
 
 def told_and_never_told(n: int, seed: int) -> tuple[list[Fact], list[Fact]]:
@@ -45,6 +51,22 @@ def told_and_never_told(n: int, seed: int) -> tuple[list[Fact], list[Fact]]:
     subjects with different answers, so no write answers a never-told question."""
     facts = FactSampler("eval", seed=seed).distinct(2 * n)
     return facts[:n], facts[n:]
+
+
+def unrelated_writes(fact: Fact, count: int, seed: int) -> list[str]:
+    """Held-out facts about other subjects and held-out prose, alternating (a fact's own stream of
+    writes; the perplexity pool and the benchmarks use it)."""
+    rng = random.Random(seed)
+    sampler, prose = FactSampler("eval", seed=seed), general_paragraphs("eval")
+    writes = []
+    while len(writes) < count:
+        if len(writes) % 2:
+            writes.append(rng.choice(prose)[:PROSE_CHARS])
+            continue
+        other = sampler.fact()
+        if other.subject != fact.subject and fact.answer.lower() not in other.text.lower():
+            writes.append(other.text)
+    return writes
 
 
 def prose_writes(count: int, seed: int, avoid: Sequence[str]) -> list[str]:

@@ -16,9 +16,9 @@ from memagent.evaluation.recall import (
     measure_stream,
     outside_stream,
     prompt_recall,
-    prose_writes,
     recall_at_zero,
     told_and_never_told,
+    unrelated_writes,
 )
 
 SHORT_WRITE_TOKENS = 16
@@ -57,7 +57,7 @@ def measure(
     )
     chunks = held_out_chunks(engine.tokenizer, PERPLEXITY_CHUNKS, PERPLEXITY_TOKENS, seed)
     used = engine.pool("eval-perplexity")
-    for text in prose_writes(5, seed, []):
+    for text in unrelated_writes(sentences[0], 5, seed):
         used.inject(text, progress=False)
     return {
         "facts": facts,

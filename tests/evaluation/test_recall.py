@@ -1,6 +1,7 @@
 """Evaluation: scoring, the shared write streams, the report; the shipped default on a small sample."""
 
 import copy
+import itertools
 import re
 
 import pytest
@@ -13,6 +14,7 @@ from memagent.engine import Engine, NamedPool
 from memagent.evaluation.outside import never_told_questions, outside_writes
 from memagent.evaluation.recall import (
     Retention,
+    held_out_facts,
     fact_stream,
     is_correct,
     measure_stream,
@@ -20,6 +22,7 @@ from memagent.evaluation.recall import (
     prose_writes,
     run_stream,
     told_and_never_told,
+    unrelated_writes,
 )
 from memagent.evaluation.report import PAPER_LABEL, plot, table
 from memagent.model.loading import CheckpointError
@@ -73,6 +76,19 @@ def test_a_reply_is_right_when_it_contains_the_answer():
     fact = Fact("colour", "person:A B", "A B's favourite colour is teal.", "What is A B's favourite colour?", "teal")
     assert is_correct("Teal.", fact) and is_correct("It is teal", fact)
     assert not is_correct("crimson", fact)
+
+
+def test_each_fact_has_a_control_with_another_subject_and_answer():
+    facts = held_out_facts(30, seed=1)
+    for fact, control in itertools.pairwise(facts):
+        assert fact.subject != control.subject and fact.answer != control.answer
+
+
+def test_unrelated_writes_never_contain_the_answer():
+    for fact in held_out_facts(20, seed=2):
+        writes = unrelated_writes(fact, 6, seed=3)
+        assert len(writes) == 6
+        assert all(fact.answer.lower() not in w.lower() for w in writes[::2])
 
 
 def test_never_told_facts_share_no_subject_or_answer_with_told_ones():
