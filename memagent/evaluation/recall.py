@@ -1,28 +1,34 @@
-"""Recall of held-out facts after k unrelated writes, and the controls that frame it.
+"""Recall of held-out facts after k later writes, and the controls that frame it.
 
-For each fact: write it into an empty pool, then unrelated writes one after another,
-asking the fact's question (through `NamedPool.ask`, as a user would) whenever k reaches one of
-the measured values. The same pools answer a question whose fact was never written (the
-never-written control: right by chance, or "I don't know."). The base model answers with the
-fact in its prompt (upper bound) and without it (what it guesses). The outside set
-(`outside.py`: hand-written forms, never trained on) is measured the same way, with its
-never-told questions.
+One shared stream per measurement: the facts written one after another with `gap` unrelated
+writes (held-out prose) between them, then enough prose that the last fact lies max(k) writes
+back. Fact i is asked its question after exactly k later writes, for every k; every write
+after it counts, later facts included. Each fact also brings a never-told question (a
+held-out fact no write tells: right by chance, or "I don't know."), asked at one k, cycling
+over the ks. Reads change no state, so the questions due at one moment are read in one batch,
+with `NamedPool.ask`'s prompt and options. The base model answers with the fact in its prompt
+(upper bound) and without it (what it guesses). The outside set (`outside.py`: hand-written
+forms, never trained on) runs the same way in a stream of its own.
 """
 
 from __future__ import annotations
 
 import random
+import re
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
 from memagent.abstention import is_abstention
-from memagent.engine import Engine
+from memagent.engine import Engine, NamedPool
 from memagent.evaluation.outside import Write
+from memagent.sampling import SamplingParams
 from memagent.train.corpus import Fact, FactSampler, general_paragraphs
 
 ANSWER_TOKENS = 10
+PROSE_CHARS = 300
 
 
 def is_correct(reply: str, fact: Fact) -> bool:
@@ -40,19 +46,88 @@ def held_out_facts(n: int, seed: int, *, tool: bool | None = None) -> list[Fact]
     return facts
 
 
+def told_and_never_told(n: int, seed: int) -> tuple[list[Fact], list[Fact]]:
+    """`n` held-out facts to write and `n` to ask without writing them; all about different
+    subjects with different answers, so no write answers a never-told question."""
+    facts = FactSampler("eval", seed=seed).distinct(2 * n)
+    return facts[:n], facts[n:]
+
+
 def unrelated_writes(fact: Fact, count: int, seed: int) -> list[str]:
-    """Held-out facts about other subjects and held-out prose, alternating."""
+    """Held-out facts about other subjects and held-out prose, alternating (a fact's own stream of
+    writes; the perplexity pool and the benchmarks use it)."""
     rng = random.Random(seed)
     sampler, prose = FactSampler("eval", seed=seed), general_paragraphs("eval")
     writes = []
     while len(writes) < count:
         if len(writes) % 2:
-            writes.append(rng.choice(prose)[:300])
+            writes.append(rng.choice(prose)[:PROSE_CHARS])
             continue
         other = sampler.fact()
         if other.subject != fact.subject and fact.answer.lower() not in other.text.lower():
             writes.append(other.text)
     return writes
+
+
+def prose_writes(count: int, seed: int, avoid: Sequence[str]) -> list[str]:
+    """`count` held-out prose paragraphs (cut to PROSE_CHARS) that name none of `avoid`."""
+    words = re.compile("|".join(rf"\b{re.escape(a)}\b" for a in avoid), re.IGNORECASE) if avoid else None
+    paragraphs = [p[:PROSE_CHARS] for p in general_paragraphs("eval")]
+    usable = [p for p in paragraphs if words is None or not words.search(p)]
+    rng = random.Random(seed)
+    return [rng.choice(usable) for _ in range(count)]
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question asked `k` writes after its fact was written (for a never-told one: after the
+    write it comes with)."""
+
+    text: str
+    k: int
+    fact: Fact | None  # what a right reply contains; None: a never-told question without an answer
+    told: bool
+
+
+@dataclass
+class Stream:
+    """Writes in order, and the questions due after a number of them (`due[n]`: after n writes)."""
+
+    ks: list[int]
+    writes: list[str]
+    due: dict[int, list[Question]]
+
+
+def stream(
+    writes: Sequence[Write], never_told: Sequence[tuple[str, Fact | None]], ks: Sequence[int], *, gap: int, seed: int
+) -> Stream:
+    """Write i at position i * (gap + 1), prose between and after; its facts asked at every k,
+    and never-told question i (cycling over `never_told`: question, its fact if any) at k = ks[i % len(ks)]."""
+    ks = sorted(ks)
+    at = [i * (gap + 1) for i in range(len(writes))]
+    total = at[-1] + max(ks) + 1
+    avoid = [f.answer for w in writes for f in w.facts] + [f.answer for _, f in never_told if f]
+    prose = iter(prose_writes(total - len(writes), seed, avoid))
+    texts = {p: w.text for p, w in zip(at, writes)}
+    due: dict[int, list[Question]] = defaultdict(list)
+    for i, (p, write) in enumerate(zip(at, writes)):
+        for k in ks:
+            due[p + k + 1] += [Question(f.question, k, f, True) for f in write.facts]
+        question, fact = never_told[i % len(never_told)]
+        k = ks[i % len(ks)]
+        due[p + k + 1].append(Question(question, k, fact, False))
+    return Stream(ks, [texts.get(p) or next(prose) for p in range(total)], dict(due))
+
+
+def fact_stream(told: Sequence[Fact], never_told: Sequence[Fact], ks: Sequence[int], *, gap: int, seed: int) -> Stream:
+    writes = [Write(f.relation, f.text, (f,)) for f in told]
+    return stream(writes, [(f.question, f) for f in never_told], ks, gap=gap, seed=seed)
+
+
+def outside_stream(
+    writes: Sequence[Write], never_told: Sequence[str], ks: Sequence[int], *, gap: int, seed: int
+) -> Stream:
+    return stream(writes, [(q, None) for q in never_told], ks, gap=gap, seed=seed)
 
 
 @dataclass
@@ -80,50 +155,40 @@ class Retention:
             self.never_written.setdefault(k, []).append(is_correct(reply, fact))
         self.abstained.setdefault(k, []).append(is_abstention(reply))
 
+    def record(self, question: Question, reply: str) -> None:
+        if question.told:
+            self.told(question.k, reply, question.fact)
+        else:
+            self.never_told(question.k, reply, question.fact)
 
-def measure_retention(engine: Engine, facts: list[Fact], ks: list[int], seed: int) -> Retention:
-    result = Retention(sorted(ks))
-    pool = engine.pool("eval-retention")
-    for i, fact in enumerate(tqdm(facts, desc="retention", unit="fact")):
-        control = facts[(i + 1) % len(facts)]
-        pool.reset()
-        pool.inject(fact.text, progress=False)
-        writes = unrelated_writes(fact, max(ks), seed + i)
-        for k in range(max(ks) + 1):
-            if k > 0:
-                pool.inject(writes[k - 1], progress=False)
-            if k in ks:
-                result.told(k, pool.ask(fact.question, max_new_tokens=ANSWER_TOKENS), fact)
-                result.never_told(k, pool.ask(control.question, max_new_tokens=ANSWER_TOKENS), control)
-    engine.drop("eval-retention")
+
+def ask_all(pool: NamedPool, questions: Sequence[str]) -> list[str]:
+    """`pool.ask` of every question, decoded in one batch."""
+    if not questions:
+        return []
+    prompts = [pool.engine.question_prompt(q) for q in questions]
+    replies = pool.generate_batch(prompts, SamplingParams.for_ask(max_new_tokens=ANSWER_TOKENS))
+    return [reply.strip() for reply in replies]
+
+
+def run_stream(pool: NamedPool, writes: Stream, desc: str) -> Retention:
+    """Write the stream into `pool` (from empty), asking each question when it is due."""
+    result = Retention(writes.ks)
+    pool.reset()
+    for done, text in enumerate(tqdm(writes.writes, desc=desc, unit="write"), start=1):
+        pool.inject(text, progress=False)
+        questions = writes.due.get(done, [])
+        for question, reply in zip(questions, ask_all(pool, [q.text for q in questions])):
+            result.record(question, reply)
     return result
 
 
-def measure_outside(
-    engine: Engine, writes: Sequence[Write], never_told: Sequence[str], ks: list[int], seed: int
-) -> Retention:
-    """`measure_retention` on the outside set: each write's every question, and one never-told
-    question per write and k, after k unrelated writes (held-out generator facts and prose)."""
-    result = Retention(sorted(ks))
-    pool = engine.pool("eval-outside")
-    for i, write in enumerate(tqdm(writes, desc="outside set", unit="write")):
-        pool.reset()
-        pool.inject(write.text, progress=False)
-        unrelated = [text for text in unrelated_writes(write.facts[0], 2 * max(ks), seed + i) if _apart(text, write)]
-        for k in range(max(ks) + 1):
-            if k > 0:
-                pool.inject(unrelated[k - 1], progress=False)
-            if k in ks:
-                for fact in write.facts:
-                    result.told(k, pool.ask(fact.question, max_new_tokens=ANSWER_TOKENS), fact)
-                question = never_told[(i + k) % len(never_told)]
-                result.never_told(k, pool.ask(question, max_new_tokens=ANSWER_TOKENS))
-    engine.drop("eval-outside")
-    return result
-
-
-def _apart(text: str, write: Write) -> bool:
-    return not any(f.answer.lower() in text.lower() for f in write.facts)
+def measure_stream(engine: Engine, writes: Stream, desc: str) -> Retention:
+    name = f"eval-{desc}"
+    try:
+        return run_stream(engine.pool(name), writes, desc)
+    finally:
+        engine.drop(name)
 
 
 def recall_at_zero(engine: Engine, facts: list[Fact], desc: str) -> float:
