@@ -210,6 +210,8 @@ def main() -> None:
     out = Path(args.out)
     if args.replot:
         rows = rows_from_table((out / "history_cost.md").read_text())
+        if not rows:
+            raise SystemExit(f"{out / 'history_cost.md'} holds no table of this bench's columns; rerun the bench")
         plot(rows, out / "history_cost.png")
         return
     if args.threads:
