@@ -24,11 +24,19 @@ def test_wilson_interval_matches_the_textbook_values():
     assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.0370, abs=1e-4)
 
 
-def test_the_history_table_reads_back_as_written():
+def test_the_history_table_reads_back_as_written_and_replots(tmp_path):
     bench = _history_bench()
-    rows = bench.rows_from_table((ROOT / "docs" / "history_cost.md").read_text())
-    assert len(rows) == 2 * len(bench.HISTORY_SIZES)
-    assert bench.rows_from_table(bench.table(rows, "CPU")) == rows
+    measured = {"ttft_s": 0.125, "decode_tok_s": 50.5, "memory_mib": 1.5}
+    rows = [
+        {"h": 1, "system": bench.SYSTEMS[0], "prompt_tokens": 9, **measured, "write_s": 0.0625, "long_term_tokens": 64},
+        {"h": 1000, "system": bench.SYSTEMS[2], "prompt_tokens": 9000, "ttft_s": None, "decode_tok_s": None,
+         "memory_mib": None, "write_s": None, "long_term_tokens": None},
+    ]
+    text = bench.table(rows, "CPU")
+    assert bench.EXCEEDS in text
+    assert bench.rows_from_table(text) == rows
+    bench.plot(rows, tmp_path / "history_cost.png")
+    assert (tmp_path / "history_cost.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_replot_draws_the_retention_plot_from_the_json_alone(tmp_path):
