@@ -88,7 +88,7 @@ class StreamMaker:
         draw = FactDraw(templates, varied, self.maker.varied_share, rng)
         writes, questions = [], []
         for _ in range(c.facts):
-            facts = draw.write(tool=rng.random() < 0.25 or None)
+            facts = draw.write(tool=True if rng.random() < 0.25 else None)
             questions += [(f.question, len(writes)) for f in facts]
             writes.append(self.maker.encode(facts[0].text)[:K])
             writes += [self.maker.text_chunk(rng) for _ in range(c.texts_between)]
@@ -97,7 +97,8 @@ class StreamMaker:
         layers = model.model.layers
         tokens = torch.stack([layer.input_layernorm(torch.cat([n[i] for n in new])) for i, layer in enumerate(layers)])
         # A first write into an empty pool makes as many tokens as it has, the others K.
-        origin = torch.arange(len(writes), device=model.device).repeat_interleave(torch.tensor([n.shape[1] for n in new]))
+        sizes = torch.tensor([n.shape[1] for n in new], device=model.device)
+        origin = torch.arange(len(writes), device=model.device).repeat_interleave(sizes)
         queries, valid = self._questions(pool, [q for q, _ in questions])
         answer_write = torch.tensor([w for _, w in questions], device=model.device)
         return Stream(tokens, origin, queries, valid, answer_write)
