@@ -42,6 +42,10 @@ def register(subparsers) -> None:
         "--abstain-share", type=float, default=0.3,
         help="share of fact episodes that also ask about a fact never written (answer: \"I don't know.\")",
     )  # fmt: skip
+    train.add_argument(
+        "--carry-share", type=float, default=0.7,
+        help="share of episodes that start from the pool the previous episode left instead of an empty one",
+    )  # fmt: skip
     train.add_argument("--seed", type=int, default=0, help="episodes and initialisation")
     train.add_argument("--device", default=AUTO, help=f"cpu, cuda, or {AUTO} (cuda when present)")
     train.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
@@ -123,7 +127,8 @@ def run_train(args: argparse.Namespace) -> int:
     _threads(args.threads)
     config = TrainConfig(
         steps=args.steps, lr=args.lr, max_minutes=args.max_minutes - args.retriever_minutes, seed=args.seed,
-        schedule=Schedule(args.max_facts, args.max_distractors, args.ramp_steps), adapter=AdapterShape(rank=args.rank, alpha=2.0 * args.rank),
+        carry_share=args.carry_share, schedule=Schedule(args.max_facts, args.max_distractors, args.ramp_steps),
+        adapter=AdapterShape(rank=args.rank, alpha=2.0 * args.rank),
     )
     model = default_trainable(args.num_tokens, args.num_blocks, config.adapter, device=_device(args.device))
     tokenizer = default_model.load_tokenizer()

@@ -228,13 +228,19 @@ class MemoryLLM(nn.Module):
         self.pool.to(self.device, self.dtype)
         return self
 
-    def new_pool(self, seed: int = 0) -> MemoryPool:
+    def new_pool(self, seed: int = 0, memory: torch.Tensor | None = None) -> MemoryPool:
+        """An empty pool, or one holding `memory` [L, N, d] (with an empty long-term memory)."""
         c = self.config
-        memory = torch.zeros(
-            c.num_hidden_layers, c.num_memory_tokens, c.hidden_size, dtype=self.dtype, device=self.device
-        )
+        shape = (c.num_hidden_layers, c.num_memory_tokens, c.hidden_size)
+        if memory is not None and tuple(memory.shape) != shape:
+            raise ValueError(f"memory {tuple(memory.shape)} does not fit this model's pool {shape}")
+        initialized = memory is not None
+        if memory is None:
+            memory = torch.zeros(shape, dtype=self.dtype, device=self.device)
         long_term = LongTermMemory.empty(c.long_term, c.num_tokens, memory) if c.long_term else None
-        return MemoryPool(memory, seed=seed, drop_per_layer=c.drop_memory_per_layer, long_term=long_term)
+        return MemoryPool(
+            memory, initialized, seed=seed, drop_per_layer=c.drop_memory_per_layer, long_term=long_term
+        )
 
     @property
     def device(self) -> torch.device:

@@ -11,6 +11,10 @@ The model itself stays frozen: a memory token is the same whether it sits in the
 the long-term store, so the adapter trained on the pool already reads what is retrieved.
 Layers score independently, so each layer's loss is backpropagated on its own, which keeps
 only one layer's scores alive at a time.
+
+Writing a stream costs far more than learning from it, so streams are replayed: each step
+learns from the newest stream and a few earlier ones, kept thinned to a share of each
+write's tokens so that many fit in memory.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -47,6 +51,9 @@ class RetrieverConfig:
     facts: int = 24  # facts per episode's stream
     texts_between: int = 1  # unrelated writes after each fact
     passes: int = 4  # optimizer steps on each episode's tokens
+    replay: int = 24  # earlier streams kept for replay
+    replayed: int = 3  # earlier streams each step learns from, besides the newest
+    thinned_tokens: int = 16  # tokens of each write a replayed stream keeps
     lr: float = 3e-3
     temperature: float = 0.05  # scores lie in (0, 1); the softmax over candidates reads score / temperature
     seed: int = 0
@@ -62,6 +69,16 @@ class Stream:
     queries: torch.Tensor  # [L, Q, T, d] normed layer inputs of the (left-padded) questions
     valid: torch.Tensor  # [Q, T] real question tokens
     answer_write: torch.Tensor  # [Q] the write holding each question's answer
+
+
+def thinned(stream: Stream, per_write: int, generator: torch.Generator) -> Stream:
+    """`stream` with `per_write` random tokens of each write (all where it has fewer)."""
+    picks = []
+    for write in stream.origin.unique().tolist():
+        index = (stream.origin == write).nonzero().squeeze(1)
+        picks.append(index[torch.randperm(len(index), generator=generator)[:per_write].to(index.device)])
+    keep = torch.cat(picks).sort().values
+    return replace(stream, tokens=stream.tokens[:, keep].clone(), origin=stream.origin[keep])
 
 
 def with_long_term(config: MemoryLLMConfig, long_term: LongTermConfig) -> MemoryLLMConfig:
@@ -164,19 +181,25 @@ def train_retriever(
     optimizer = torch.optim.AdamW(retriever.parameters(), lr=config.lr, weight_decay=0.0)
     streams = StreamMaker(model, maker, config)
     held_out = streams(-1)
+    rng, generator = random.Random(config.seed), torch.Generator().manual_seed(config.seed)
+    replay: list[Stream] = []
     log = (run_dir / "retriever_log.jsonl").open("a")
     start, episode = time.monotonic(), 0
     bar = tqdm(desc="retriever", unit="episode", total=None)
     while time.monotonic() - start < 60 * config.minutes:
         stream = streams(episode)
         for _ in range(config.passes):
+            batch = [stream] + rng.sample(replay, min(len(replay), config.replayed))
             losses = []
             for layer in range(len(retriever.layers)):
-                loss, _ = layer_loss(retriever, layer, stream, config.temperature)
+                loss = sum(layer_loss(retriever, layer, s, config.temperature)[0] for s in batch) / len(batch)
                 loss.backward()
                 losses.append(loss.item())
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        replay.append(thinned(stream, config.thinned_tokens, generator))
+        if len(replay) > config.replay:
+            replay.pop(rng.randrange(len(replay)))
         episode += 1
         record = {"episode": episode, "seconds": round(time.monotonic() - start, 1), "loss": sum(losses) / len(losses)}
         if episode % 5 == 0:

@@ -4,12 +4,17 @@ Writes run through `MemoryLLM.new_memory` and land in a real `MemoryPool`, so th
 changes only by writes; the loss of a later read flows back through the kept memory tokens
 into the write passes marked for gradient. Unrelated writes run without gradient (cheap),
 but the fact tokens they leave in the pool still carry it.
+
+Most episodes start from the pool the previous episode left (detached), not an empty one: a
+memory in use is full of earlier writes, and a fact then holds only its own K tokens, where
+a first write into an empty pool fills all N of them.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from memagent.model.memory_pool import MemoryPool
 from memagent.model.memoryllm import MemoryLLM
 from memagent.train.adapter import AdapterShape, export_adapter, trainable_state
 from memagent.train.episodes import Episode, EpisodeMaker, Schedule, Target
@@ -34,12 +40,14 @@ class TrainConfig:
     checkpoint_every: int = 50
     max_minutes: float | None = None  # stop (and export) when this much wall time has passed
     seed: int = 0
+    carry_share: float = 0.7  # share of episodes that start from the pool the previous one left
     schedule: Schedule = field(default_factory=Schedule)
     adapter: AdapterShape = field(default_factory=AdapterShape)
 
 
-def write_episode(model: MemoryLLM, episode: Episode, seed: int):
-    pool = model.new_pool(seed=seed)
+def write_episode(model: MemoryLLM, episode: Episode, seed: int, start: torch.Tensor | None = None):
+    """The pool after the episode's writes, starting from memory `start` [L, N, d] or empty."""
+    pool = model.new_pool(seed=seed, memory=start)
     for ids, learn in episode.writes:
         tensor = torch.tensor([ids], device=model.device)
         with torch.set_grad_enabled(learn):
@@ -62,9 +70,11 @@ def batch_targets(targets: list[Target], pad_id: int, device) -> tuple[torch.Ten
     return ids.to(device), mask.to(device), labels.to(device)
 
 
-def episode_loss(model: MemoryLLM, episode: Episode, seed: int, text_weight: float, pad_id: int) -> dict[str, torch.Tensor]:
-    """{"loss": total, "qa": answer loss, "text": general-text loss} for one episode."""
-    pool = write_episode(model, episode, seed)
+def episode_loss(
+    model: MemoryLLM, episode: Episode, seed: int, text_weight: float, pad_id: int, start: torch.Tensor | None = None
+) -> tuple[dict[str, torch.Tensor], MemoryPool]:
+    """({"loss": total, "qa": answer loss, "text": general-text loss}, the pool) for one episode."""
+    pool = write_episode(model, episode, seed, start)
     ids, mask, labels = batch_targets(episode.targets, pad_id, model.device)
     logits = model(ids, mask, pool=pool).logits[:, :-1].float()
     token_loss = F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], reduction="none")
@@ -76,7 +86,7 @@ def episode_loss(model: MemoryLLM, episode: Episode, seed: int, text_weight: flo
             parts[kind] = token_loss[chosen].mean()
     weights = {"qa": 1.0, "text": text_weight}
     parts["loss"] = sum(weights[k] * v for k, v in parts.items())
-    return parts
+    return parts, pool
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -98,11 +108,18 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=0.0)
         self.step = 0
+        self.seconds = 0.0  # training time so far, across resumes: `max_minutes` bounds the whole run
+        self.carried: torch.Tensor | None = None  # the memory the last episode left; a resumed run starts empty
         self.pad_id = episodes.tokenizer.pad_token_id or 0
 
     def save(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        state = {"step": self.step, "trainable": trainable_state(self.model), "optimizer": self.optimizer.state_dict()}
+        state = {
+            "step": self.step,
+            "seconds": self.seconds,
+            "trainable": trainable_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+        }
         torch.save(state, self.run_dir / f"{CHECKPOINT}.tmp")
         (self.run_dir / f"{CHECKPOINT}.tmp").replace(self.run_dir / CHECKPOINT)
         export_adapter(self.model, self.run_dir / "adapter")
@@ -115,13 +132,18 @@ class Trainer:
         self.model.load_state_dict(state["trainable"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
+        self.seconds = state.get("seconds", 0.0)
         return True
 
     def train_step(self) -> dict[str, float]:
         c = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(c, self.step)
-        parts = episode_loss(self.model, self.episodes(self.step), c.seed + self.step, c.text_weight, self.pad_id)
+        carry = self.carried is not None and random.Random(c.seed * 1_000_003 + self.step).random() < c.carry_share
+        seed = c.seed + self.step
+        start = self.carried if carry else None
+        parts, pool = episode_loss(self.model, self.episodes(self.step), seed, c.text_weight, self.pad_id, start)
+        self.carried = pool.memory.detach()
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
@@ -129,24 +151,26 @@ class Trainer:
         self.step += 1
         return {k: v.item() for k, v in parts.items()}
 
+    def out_of_time(self) -> bool:
+        return self.config.max_minutes is not None and self.seconds > 60 * self.config.max_minutes
+
     def train(self) -> None:
         c = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "train_config.json").write_text(json.dumps(asdict(c), indent=1) + "\n")
         log = (self.run_dir / "log.jsonl").open("a")
-        start, averages = time.monotonic(), {}
+        averages = {}
         bar = tqdm(total=c.steps, initial=self.step, desc="training", unit="step")
-        while self.step < c.steps:
+        while self.step < c.steps and not self.out_of_time():
+            began = time.monotonic()
             metrics = self.train_step()
+            self.seconds += time.monotonic() - began
             averages = {k: 0.95 * averages.get(k, v) + 0.05 * v for k, v in metrics.items()}
             bar.update()
             bar.set_postfix({k: f"{v:.3f}" for k, v in averages.items()})
-            log.write(json.dumps({"step": self.step, "seconds": round(time.monotonic() - start, 1), **metrics}) + "\n")
+            log.write(json.dumps({"step": self.step, "seconds": round(self.seconds, 1), **metrics}) + "\n")
             log.flush()
-            out_of_time = c.max_minutes is not None and time.monotonic() - start > 60 * c.max_minutes
-            if self.step % c.checkpoint_every == 0 or self.step == c.steps or out_of_time:
+            if self.step % c.checkpoint_every == 0 or self.step == c.steps or self.out_of_time():
                 self.save()
-            if out_of_time:
-                break
         bar.close()
         log.close()

@@ -17,6 +17,7 @@ from memagent.train.retriever import (
     StreamMaker,
     export_with_retriever,
     layer_loss,
+    thinned,
     train_retriever,
     with_long_term,
 )
@@ -47,6 +48,15 @@ def test_every_token_is_labelled_with_the_write_that_made_it(model, stream):
     # Every question's answer is in a fact write (the even ones), and every fact is asked.
     assert set(stream.answer_write.tolist()) == {0, 2, 4, 6}
     assert stream.queries.shape[:2] == (L, len(stream.answer_write)) and stream.valid.any(1).all()
+
+
+def test_a_thinned_stream_keeps_some_tokens_of_every_write_with_their_labels(stream):
+    thin = thinned(stream, 3, torch.Generator().manual_seed(0))
+    assert (torch.bincount(thin.origin) == 3).all()
+    # Each kept token is one of the stream's tokens, still labelled with its own write.
+    same = (thin.tokens[:, :, None] == stream.tokens[:, None]).all(-1).all(0)  # [kept, all]
+    assert torch.equal(stream.origin[same.float().argmax(1)], thin.origin)
+    assert thin.queries is stream.queries and torch.equal(thin.answer_write, stream.answer_write)
 
 
 def test_the_retriever_learns_to_rank_the_answers_tokens_first(model, stream):

@@ -6,8 +6,8 @@ import torch
 from memagent import MemoryLLM, default_model
 from memagent.model.shapes import shape_config
 from memagent.train.adapter import AdapterShape, export_adapter, export_difference, make_trainable
-from memagent.train.episodes import EpisodeMaker, Schedule
-from memagent.train.trainer import TrainConfig, Trainer, episode_loss
+from memagent.train.episodes import Episode, EpisodeMaker, Schedule
+from memagent.train.trainer import TrainConfig, Trainer, episode_loss, write_episode
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +52,24 @@ def test_gradient_reaches_the_write_pass_through_the_memory(maker, tmp_path):
     trainer = tiny_trainer(maker, tmp_path, repeat=3)
     episode = trainer.episodes(0)
     episode.writes = [(ids, True) for ids, _ in episode.writes]
-    loss = episode_loss(trainer.model, episode, 0, 0.0, 0)["qa"]  # answers only: the read needs the writes
+    loss = episode_loss(trainer.model, episode, 0, 0.0, 0)[0]["qa"]  # answers only: the read needs the writes
     loss.backward()
     assert trainer.model.new_memory_positional_emb.grad.abs().sum() > 0  # used by writes alone
+
+
+def test_episodes_start_from_the_pool_the_last_one_left(maker, tmp_path):
+    trainer = tiny_trainer(maker, tmp_path, repeat=3)
+    trainer.config.carry_share = 1.0
+    trainer.train_step()
+    left = trainer.carried
+    assert left is not None and not left.requires_grad
+    episode = Episode(writes=[(maker.encode("Project Falcon is led by Marta."), False)])
+    pool = write_episode(trainer.model, episode, seed=0, start=left)
+    K = trainer.model.config.num_tokens
+    kept = (pool.memory[:, : pool.size - K, None] == left[:, None]).all(-1).any(-1)
+    assert kept.all()  # one write of K tokens into a full pool keeps N - K of the old ones
+    trainer.train_step()  # and the next step trains from it
+    assert not torch.equal(trainer.carried, left)
 
 
 def test_checkpoint_resume_continues_where_it_stopped(maker, tmp_path):
@@ -65,6 +80,16 @@ def test_checkpoint_resume_continues_where_it_stopped(maker, tmp_path):
     for (name, a), b in zip(trainer.model.named_parameters(), resumed.model.parameters()):
         assert torch.equal(a, b), name
     assert (tmp_path / "adapter" / "adapter.safetensors").exists()
+
+
+def test_a_resumed_run_keeps_the_time_budget_of_the_whole_run(maker, tmp_path):
+    trainer = tiny_trainer(maker, tmp_path, steps=2)
+    trainer.train()
+    resumed = tiny_trainer(maker, tmp_path, steps=10)
+    resumed.config.max_minutes = trainer.seconds / 60 / 2  # already spent
+    assert resumed.resume() and resumed.seconds == trainer.seconds
+    resumed.train()
+    assert resumed.step == 2
 
 
 def test_exported_adapter_reproduces_the_trained_model(maker, tmp_path):
