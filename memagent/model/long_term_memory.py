@@ -97,6 +97,9 @@ class LongTermMemory:
         self.pool_ages = pool_ages  # [L, N] int64: the age of each pool token
         self.update_step = update_step  # grows by K per write; a merge resets it
         self.max_tokens = max_tokens  # stored tokens per layer after a merge; None: unbounded, as M+
+        # Per layer, buffers with spare rows that the stored tokens and keys are views of, so a
+        # merge appends in place instead of copying the whole store (`_append`).
+        self._buffers: list[dict[str, torch.Tensor]] = [{} for _ in stored]
 
     @classmethod
     def empty(cls, config: LongTermConfig, tokens_per_write: int, memory: torch.Tensor) -> "LongTermMemory":
@@ -202,18 +205,37 @@ class LongTermMemory:
         c = self.config
         for layer in range(self.num_layers):
             arriving = self.pending[layer]
-            rows = self.stored[layer].cat(arriving)
+            stored = self.stored[layer]
+            rows = Rows(
+                self._append(layer, "tokens", stored.tokens, arriving.tokens),
+                self._append(layer, "keys", stored.keys, arriving.keys),
+                torch.cat([stored.ages, arriving.ages]),
+            )
             start = torch.full((len(arriving),), float(c.initial_rf_when_moving_stm_to_ltm), dtype=torch.float64)
             frequency = torch.cat([self.frequencies[layer], start.to(self.pool_ages.device)]) - c.decay_frequency
             alive = frequency > _MERGE_THRESHOLD
             if int(alive.sum()) > self.slots:
-                rows, frequency = rows[alive], frequency[alive]
+                if not bool(alive.all()):
+                    rows, frequency = rows[alive], frequency[alive]
             else:  # M+ prunes only while more than M would stay; the decay is then undone
                 frequency = frequency + c.decay_frequency
             self.stored[layer], self.frequencies[layer] = rows, frequency
             self.pending[layer] = arriving[:0]
             self._bound(layer)
         self.update_step = 0
+
+    def _append(self, layer: int, kind: str, current: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """`torch.cat([current, new])`, written in place after `current` where it is a view of
+        this layer's buffer with room to spare; else into a new buffer of twice the size. A
+        store grows by K rows per write, so each write copies O(K) rows, not the whole store."""
+        n, total = len(current), len(current) + len(new)
+        buffer = self._buffers[layer].get(kind)
+        if buffer is None or n == 0 or current.data_ptr() != buffer.data_ptr() or len(buffer) < total:
+            buffer = current.new_empty((2 * total, *current.shape[1:]))
+            buffer[:n] = current
+            self._buffers[layer][kind] = buffer
+        buffer[n:total] = new
+        return buffer[:total]
 
     # -- the bound -------------------------------------------------------------------------
 
@@ -250,6 +272,7 @@ class LongTermMemory:
         self.frequencies = [f[:0] for f in self.frequencies]
         self.pool_ages = torch.zeros_like(self.pool_ages)
         self.update_step = 0
+        self._buffers = [{} for _ in self.stored]  # views of them may live on (snapshots): never write there again
 
     def clone(self) -> "LongTermMemory":
         return LongTermMemory(

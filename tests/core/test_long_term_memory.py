@@ -96,6 +96,23 @@ def test_a_fresh_pool_fills_then_grows_its_long_term_memory():
     assert model.pool.long_term.sizes() == [0, 0] and model(prompt).long_term_order is None
 
 
+def test_merges_append_in_place_without_touching_what_was_saved():
+    lt = store([0] * 8, [1.0] * 8, decay=0.0)
+    saved = lt.state_dict()
+    write(lt, 100.0)
+    buffer = lt.stored[0].tokens
+    for first in (200.0, 300.0):
+        write(lt, first)
+    assert lt.stored[0].tokens.data_ptr() == buffer.data_ptr()  # grown in place: no copy of the store
+    assert lt.stored[0].tokens[:, 0].tolist() == list(range(8)) + [100, 101, 102, 103, 200, 201, 202, 203, 300, 301, 302, 303]
+    middle = lt.state_dict()
+    lt.reset()
+    write(lt, 400.0)
+    write(lt, 500.0)
+    assert saved["ltm.0"][:, 0].tolist() == list(range(8))  # earlier snapshots keep their rows
+    assert middle["ltm.0"][:, 0].tolist()[-4:] == [300, 301, 302, 303]
+
+
 @torch.no_grad()
 def test_clone_is_independent():
     model = mplus_tiny()
