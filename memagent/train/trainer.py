@@ -38,7 +38,7 @@ class TrainConfig:
     warmup_steps: int = 20
     text_weight: float = 0.5  # weight of general-text loss next to the answers' loss
     checkpoint_every: int = 50
-    max_minutes: float | None = None  # stop (and export) when this much wall time has passed
+    max_minutes: float | None = None  # stop (and export) after this much training time, resumes included
     seed: int = 0
     carry_share: float = 0.7  # share of episodes that start from the pool the previous one left
     schedule: Schedule = field(default_factory=Schedule)
