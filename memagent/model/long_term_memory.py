@@ -227,8 +227,11 @@ class LongTermMemory:
     def _append(self, layer: int, kind: str, current: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """`torch.cat([current, new])`, written in place after `current` where it is a view of
         this layer's buffer with room to spare; else into a new buffer of twice the size. A
-        store grows by K rows per write, so each write copies O(K) rows, not the whole store."""
+        store grows by K rows per write, so each write copies O(K) rows, not the whole store. A
+        store at its bound is rebuilt by every eviction anyway; it gets no spare rows."""
         n, total = len(current), len(current) + len(new)
+        if self.max_tokens is not None and total > self.max_tokens:
+            return torch.cat([current, new])
         buffer = self._buffers[layer].get(kind)
         if buffer is None or n == 0 or current.data_ptr() != buffer.data_ptr() or len(buffer) < total:
             buffer = current.new_empty((2 * total, *current.shape[1:]))
