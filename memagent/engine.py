@@ -265,8 +265,9 @@ class Engine:
 class BatchGeneration:
     """Per decode step, the new text piece of every prompt (empty once that prompt ended).
 
-    `usages` (one `Usage` per prompt) is None until the iteration ended or was closed; prompts
-    still running when it was closed end "cancelled". Each prompt is tokenized once, here.
+    The last step's pieces end every prompt. `usages` (one `Usage` per prompt) is None until
+    they were handed out or the iteration was closed; prompts still running when it was closed
+    end "cancelled". Each prompt is tokenized once, here.
     """
 
     def __init__(self, engine: Engine, pool: MemoryPool, prompts: Sequence[str], params: SamplingParams):
@@ -293,6 +294,7 @@ class BatchGeneration:
         try:
             ids, mask = encoded["input_ids"], encoded["attention_mask"]
             cache_bytes = engine.model.cache_nbytes(pool, ids.shape[0], ids.shape[1] + params.max_new_tokens)
+            pieces, decoded = ["" for _ in self._texts], 0
             with engine.cache_budget.reserve(cache_bytes):
                 steps = decode(engine.model, ids, params, engine.eos_token_ids, mask, pool, batch=engine.batch)
                 with contextlib.closing(steps):
@@ -300,16 +302,23 @@ class BatchGeneration:
                         if row_tokens is None:  # a prompt chunk went through: others may run now
                             yield ["" for _ in self._texts]
                             continue
-                        yield self._pieces(row_tokens.tolist())
-                        if all(self._ended):
-                            return
+                        pieces = self._pieces(row_tokens.tolist())
+                        decoded += 1
+                        if all(self._ended) or decoded == params.max_new_tokens:
+                            break
+                        yield pieces
             self._ended = [reason or "length" for reason in self._ended]
-            yield [text.finish() for text in self._texts]  # the text held back for a stop string that never came
+            self.usages = self._usages(prompt_tokens, step)  # before the last pieces: a reader knows they are
+            # The last token's pieces, with the text held back for a stop string that never came.
+            yield [piece + text.finish() for piece, text in zip(pieces, self._texts)]
         finally:
-            self.usages = [
-                Usage(p, c, reason or "cancelled", step)
-                for p, c, reason in zip(prompt_tokens, self._completion, self._ended)
-            ]
+            if self.usages is None:
+                self.usages = self._usages(prompt_tokens, step)
+
+    def _usages(self, prompt_tokens: list[int], step: int) -> list[Usage]:
+        return [
+            Usage(p, c, reason or "cancelled", step) for p, c, reason in zip(prompt_tokens, self._completion, self._ended)
+        ]
 
     def _pieces(self, row_tokens: list[int]) -> list[str]:
         """Each prompt's text for its next token; finished rows get padding, which shows as
@@ -329,7 +338,8 @@ class BatchGeneration:
 class Generation:
     """One prompt's text pieces as they are decoded (maybe empty); closing it stops decoding.
 
-    `usage` is None until the iteration ended or was closed, then a `memagent.sampling.Usage`.
+    `usage` is None until the last piece was handed out or it was closed, then a
+    `memagent.sampling.Usage`.
     """
 
     def __init__(self, batch: BatchGeneration):

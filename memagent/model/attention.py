@@ -17,6 +17,10 @@ import torch
 
 _fused_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
+# Queries (rows x tokens) per prefill chunk: the memory prefix's scores for one chunk are
+# [kv_heads, rows * query heads per kv head, P] floats (about 0.4 GiB per layer at 8B).
+PREFILL_QUERY_ROWS = 256
+
 
 def token_mask(mask: torch.Tensor, rep: int, dtype: torch.dtype) -> torch.Tensor:
     """`mask` [B, 1, T, S] bool (True where a query sees a token slot) as `attend` takes it:

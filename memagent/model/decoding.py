@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from memagent.model.attention import PREFILL_QUERY_ROWS
 from memagent.model.cuda_graph import DecodeGraphs
 from memagent.sampling import SamplingParams
 
@@ -30,6 +31,12 @@ EOS_CHECK_EVERY = 8
 # Tokens a request may have decoded but not yet taken; beyond them it sits steps out, so a slow
 # reader costs the batch no work and holds no unbounded buffer.
 MAX_AHEAD = 4
+# Queries per prefill chunk on the CPU while other requests may wait, each chunk being a step
+# they wait behind: on the default model a 32-query chunk at 4,000 tokens of context takes
+# 0.3-0.4 s (256: 1.4-1.8 s), but each chunk reads all weights once, so a whole prompt takes
+# about 1.8x as long; a prompt that nobody may wait for goes in the model's larger chunks.
+# Accelerators always do.
+CPU_PREFILL_QUERIES = 32
 
 
 def left_align(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pad_id: int):
@@ -122,8 +129,9 @@ class Decoding:
     def rows(self) -> int:
         return self.input_ids.shape[0]
 
-    def prefill(self, lock: contextlib.AbstractContextManager) -> Iterator[None]:
-        """Run the prompt through a new cache, one chunk per hold of `lock`; yields between chunks."""
+    def prefill(self, lock: contextlib.AbstractContextManager, contended: Callable[[], bool]) -> Iterator[None]:
+        """Run the prompt through a new cache, one chunk per hold of `lock`; yields between chunks,
+        which are small on the CPU while `contended()`: others wait for them."""
         B, T = self.input_ids.shape
         max_tokens = T + self.params.max_new_tokens
         with lock, torch.inference_mode():
@@ -133,7 +141,13 @@ class Decoding:
                 self.graph_step = self._held.enter_context(self.graphs.borrow(memory, B, max_tokens))
             self.cache = self.graph_step.cache if self.graph_step else self.model.new_cache(self.pool, B, max_tokens)
         hidden = None
-        for chunk in _locked(self.model.prefill_chunks(self.input_ids, self.attention_mask, self.cache), lock):
+        on_cpu = self.model.device.type == "cpu"
+
+        def queries() -> int:
+            return CPU_PREFILL_QUERIES if on_cpu and contended() else PREFILL_QUERY_ROWS
+
+        chunks = self.model.prefill_chunks(self.input_ids, self.attention_mask, self.cache, queries)
+        for chunk in _locked(chunks, lock):
             if hidden is not None:
                 yield
             hidden = chunk
@@ -183,6 +197,14 @@ class DecodeBatch:
         self.running: list[Decoding] = []
         self.steps = 0  # forward passes run (benchmarks and tests read it)
         self.on_step: Callable[[int], None] | None = None  # told the rows of each forward pass (metrics)
+        # Set by a server: requests may come at any moment, and the first to come would wait a
+        # whole prefill chunk, chosen before it came. See `contended`.
+        self.serving = False
+
+    def contended(self) -> bool:
+        """Whether another request may wait for the next prefill chunk: one decoding here, or
+        any on a server."""
+        return self.serving or bool(self.running)
 
     def join(self, decoding: Decoding) -> None:
         with self.lock:
@@ -241,7 +263,7 @@ def decode(
     batch = batch or DecodeBatch(model, lock)
     decoding = Decoding(model, input_ids, params, eos_token_ids, attention_mask, pool, **options)
     try:
-        yield from decoding.prefill(batch.lock)
+        yield from decoding.prefill(batch.lock, batch.contended)
         batch.join(decoding)
         while (token := batch.next_token(decoding)) is not None:
             yield token

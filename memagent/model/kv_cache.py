@@ -39,12 +39,14 @@ class LayerCache:
 @dataclass(frozen=True)
 class LayerRead:
     """One cache's share of a read at one layer: its rows of the batch, the token slots [T] its
-    queries fill, and their mask (`memagent.model.attention.token_mask`)."""
+    queries fill, their mask (`memagent.model.attention.token_mask`), and how many slots from
+    the first may hold keys (None: all; a prefill's chunk knows that none after it does)."""
 
     cache: LayerCache
     rows: slice
     slots: torch.Tensor
     mask: torch.Tensor
+    visible: int | None = None
 
 
 class KVCache:
@@ -127,17 +129,19 @@ class KVCache:
         """Record which of the token slots [T] now hold real tokens (valid: [B, T] bool)."""
         self.key_valid.index_copy_(1, slots, valid)
 
-    def attention_mask(self, slots: torch.Tensor) -> torch.Tensor:
-        """Boolean mask [B, 1, T, M + S] over token slots for queries at slots [T]: causal, padding
-        hidden. The memory prefix needs none: every query sees all of it; nor does the long-term
-        region beyond its validity bits, since it comes before every token slot.
+    def attention_mask(self, slots: torch.Tensor, visible: int | None = None) -> torch.Tensor:
+        """Boolean mask [B, 1, T, V] over the first V token slots (`visible`, default all M + S)
+        for queries at slots [T]: causal, padding hidden. The memory prefix needs none: every
+        query sees all of it; nor does the long-term region beyond its validity bits, since it
+        comes before every token slot.
 
         A query always sees itself, so rows of left padding never attend to nothing.
         """
-        key_index = torch.arange(self.key_valid.shape[1], device=slots.device)
+        valid = self.key_valid[:, :visible]
+        key_index = torch.arange(valid.shape[1], device=slots.device)
         query_index = slots[:, None]
         causal = key_index[None, :] <= query_index
-        mask = self.key_valid[:, None, :] & causal[None]
+        mask = valid[:, None, :] & causal[None]
         mask = mask | (key_index[None, :] == query_index)[None]
         return mask[:, None]
 

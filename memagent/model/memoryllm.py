@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memagent.model import generation, loading
-from memagent.model.attention import attend, token_mask
+from memagent.model.attention import PREFILL_QUERY_ROWS, attend, token_mask
 from memagent.model.config import MemoryLLMConfig
 from memagent.model.kv_cache import KVCache, LayerRead
 from memagent.model.long_term_memory import LongTermMemory, LongTermRead
@@ -28,10 +28,6 @@ from memagent.model.memory_pool import Dropped, MemoryPool, PrefixKV
 from memagent.model.retriever import Retriever
 from memagent.model.rope import RotaryEmbedding, apply_rope, rotate_into
 
-
-# Queries (rows x tokens) per prefill chunk: the memory prefix's scores for one chunk are
-# [kv_heads, rows * query heads per kv head, P] floats (about 0.4 GiB per layer at 8B).
-PREFILL_QUERY_ROWS = 256
 
 # Dtypes whose prefix is updated on a write rather than recomputed: in half precision every
 # re-rotation would round the surviving keys again, and the error would grow with each write.
@@ -106,7 +102,8 @@ class Attention(nn.Module):
     def _attend_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, read: LayerRead) -> torch.Tensor:
         cache = read.cache
         cache.update(read.slots, k, v)
-        return attend(q, cache.prefix_keys, cache.prefix_values, cache.keys, cache.values, read.mask)
+        keys, values = cache.keys[:, :, : read.visible], cache.values[:, :, : read.visible]
+        return attend(q, cache.prefix_keys, cache.prefix_values, keys, values, read.mask)
 
 
 class MLP(nn.Module):
@@ -152,12 +149,12 @@ class CausalLMOutput:
     long_term_order: torch.Tensor | None = None  # M+: [B, L, M] candidate index of each long-term prefix slot
 
 
-def chunk_size(batch: int, length: int) -> int:
-    """Tokens per row in one chunk of a long input: about PREFILL_QUERY_ROWS queries in all.
+def chunk_size(batch: int, length: int, queries: int = PREFILL_QUERY_ROWS) -> int:
+    """Tokens per row in one chunk of a long input: about `queries` queries in all.
 
     A pass that records gradients (training) takes the whole input at once: each chunk writes
     the cache in place, which autograd saved for the chunks before it."""
-    return length if torch.is_grad_enabled() else max(1, PREFILL_QUERY_ROWS // batch)
+    return length if torch.is_grad_enabled() else max(1, queries // batch)
 
 
 class MemoryLLM(nn.Module):
@@ -388,6 +385,7 @@ class MemoryLLM(nn.Module):
         positions: torch.Tensor,
         caches: Sequence[tuple[KVCache, torch.Tensor]],
         recall: Callable[[int, torch.Tensor], None] | None = None,
+        first_slot: int | None = None,
     ) -> torch.Tensor:
         """Final hidden states [B, T, d] for tokens at RoPE `positions` [B, T].
 
@@ -397,6 +395,9 @@ class MemoryLLM(nn.Module):
         (rows x tokens), which bounds the attention scores and activations of one step. Chunks
         run layer by layer, not model by model, so `recall(i, x)` (M+), run before layer i,
         sees that layer's input x for the whole prompt, as M+'s retrieval needs.
+
+        `first_slot` (a prefill, whose slots are consecutive from there): no slot after a
+        chunk's last holds anything yet, so its attention reads only the slots up to that one.
         """
         B, T = input_ids.shape
         x = self.model.embed_tokens(input_ids)
@@ -411,13 +412,17 @@ class MemoryLLM(nn.Module):
         parts = [slice(start, min(start + size, T)) for start in range(0, T, size)]
         # One mask per cache and chunk, shared by every layer.
         rep = self.config.num_attention_heads // self.config.num_key_value_heads
-        masks = [[(token_mask(c.attention_mask(s[p]), rep, x.dtype), s[p]) for c, s in caches] for p in parts]
+        visible = [None if first_slot is None else first_slot + p.stop for p in parts]
+        masks = [
+            [(token_mask(c.attention_mask(s[p], end), rep, x.dtype), s[p]) for c, s in caches]
+            for p, end in zip(parts, visible)
+        ]
         for i, layer in enumerate(self.model.layers):
             if recall is not None:
                 recall(i, x)
             out = []
-            for p, part in zip(parts, masks):
-                reads = [LayerRead(c.layers[i], r, s, m) for (c, _), r, (m, s) in zip(caches, rows, part)]
+            for p, part, end in zip(parts, masks, visible):
+                reads = [LayerRead(c.layers[i], r, s, m, end) for (c, _), r, (m, s) in zip(caches, rows, part)]
                 out.append(layer(x[:, p], cos[:, p], sin[:, p], reads=reads))
             x = torch.cat(out, dim=1) if len(out) > 1 else out[0]
         return self.model.norm(x)
@@ -449,10 +454,17 @@ class MemoryLLM(nn.Module):
         chunks = list(self.prefill_chunks(input_ids, attention_mask, cache))
         return torch.cat(chunks, dim=1) if len(chunks) > 1 else chunks[0]
 
-    def prefill_chunks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache) -> Iterator[torch.Tensor]:
-        """`prefill` one chunk of about PREFILL_QUERY_ROWS queries at a time, through every
-        layer: yields each chunk's hidden states, so a caller can let other work run between
-        them. With M+ the prompt is one chunk: each layer's recall reads the whole prompt.
+    def prefill_chunks(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: KVCache,
+        queries: Callable[[], int] = lambda: PREFILL_QUERY_ROWS,
+    ) -> Iterator[torch.Tensor]:
+        """`prefill` one chunk at a time, through every layer: yields each chunk's hidden states,
+        so a caller can let other work run between them. A chunk holds about `queries()` queries
+        (asked before each chunk; at most PREFILL_QUERY_ROWS). With M+ the prompt is one chunk:
+        each layer's recall reads the whole prompt.
         """
         B, T = input_ids.shape
         valid = attention_mask.bool()
@@ -461,10 +473,11 @@ class MemoryLLM(nn.Module):
         cache.mark(slots, valid)
         positions = cache.prefix_length + (attention_mask.long().cumsum(1) - 1).clamp(min=0)
         recall = None if cache.long_term is None else functools.partial(self._recall, cache, valid)
-        size = T if recall is not None else chunk_size(B, T)
-        for start in range(0, T, size):
-            part = slice(start, min(start + size, T))
-            hidden = self.read(input_ids[:, part], positions[:, part], [(cache, slots[part])], recall)
+        part = slice(0, 0)
+        while part.stop < T:
+            size = T if recall is not None else chunk_size(B, T, min(queries(), PREFILL_QUERY_ROWS))
+            part = slice(part.stop, min(part.stop + size, T))
+            hidden = self.read(input_ids[:, part], positions[:, part], [(cache, slots[part])], recall, first + part.start)
             if part.stop == T:
                 cache.next_slot.fill_(first + T)
                 cache.next_position.copy_(positions[:, -1:] + 1)

@@ -170,17 +170,26 @@ class DurablePool:
 class Generation:
     """One read's text pieces as they are decoded (maybe empty); closing it stops decoding.
 
-    The first steps make the pool ready (one empty piece per chunk a reopened memory replays);
-    then the engine's generation starts, with the pool on the device for its prefill. `started`
-    turns true once its first step ran: from then on the read no longer looks at the pool, so
-    writes to the memory may run between its steps. `usage` is None until the iteration ended,
-    then the engine's.
+    Nothing runs until the first step, which looks the memory up. The first steps make the
+    pool ready (one empty piece per chunk a reopened memory replays); then the engine's
+    generation starts, with the pool on the device for its prefill. `started` turns true once
+    its first step ran: from then on the read no longer looks at the pool, so writes to the
+    memory may run between its steps. `usage` is None until the last piece was handed out,
+    then the engine's: `finished` says so, before the step that would only end the iteration.
     """
 
-    def __init__(self, ready: Steps[MemoryPool], start: Callable[[MemoryPool], engine_module.Generation]):
-        self.usage: Usage | None = None
+    def __init__(self, ready: Callable[[], Steps[MemoryPool]], start: Callable[[MemoryPool], engine_module.Generation]):
         self.started = False
+        self._generation: engine_module.Generation | None = None
         self._steps = self._run(ready, start)
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._generation.usage if self._generation is not None else None
+
+    @property
+    def finished(self) -> bool:
+        return self.usage is not None
 
     def __iter__(self) -> Iterator[str]:
         return self._steps
@@ -191,16 +200,13 @@ class Generation:
     def close(self) -> None:
         self._steps.close()
 
-    def _run(self, ready: Steps[MemoryPool], start: Callable[[MemoryPool], engine_module.Generation]) -> Iterator[str]:
-        pool = yield from _as_pieces(ready)
-        generation = start(pool)
-        try:
-            for piece in generation:
+    def _run(self, ready: Callable[[], Steps[MemoryPool]], start: Callable[[MemoryPool], engine_module.Generation]) -> Iterator[str]:
+        pool = yield from _as_pieces(ready())
+        self._generation = start(pool)
+        with contextlib.closing(self._generation):
+            for piece in self._generation:
                 self.started = True
                 yield piece
-        finally:
-            generation.close()
-            self.usage = generation.usage
 
 
 class MemoryStore:
@@ -478,9 +484,11 @@ class MemoryStore:
     # -- reading ---------------------------------------------------------------------------
 
     def generate(self, tenant: str, memory_id: str, prompt: str, params: SamplingParams | None = None) -> Generation:
-        memory = self._memory(tenant, memory_id)
+        """The continuation of `prompt`; its first step raises what looking the memory up raises."""
         params = params or SamplingParams()
-        return Generation(self._ready(memory), lambda pool: self.engine.generate(pool, prompt, params))
+        return Generation(
+            lambda: self._ready(self._memory(tenant, memory_id)), lambda pool: self.engine.generate(pool, prompt, params)
+        )
 
     def chat(
         self, tenant: str, memory_id: str, messages: Sequence[Mapping[str, str]], params: SamplingParams | None = None

@@ -36,6 +36,7 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
     def __init__(self, store: MemoryStore, worker: EngineWorker, limits: Limits, metrics: Metrics):
         self.store = store
         self.worker = worker
+        store.engine.batch.serving = True  # long prompts prefill in short steps
         self.limits = limits
         self.metrics = metrics
         self.order = MemoryOrder()
@@ -233,14 +234,16 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
         """Text pieces as they are decoded, then the usage; stops between steps at the deadline.
 
         The read holds its memory until its start (replay, prefill) ran: from then on it reads
-        its own copy of the memory, and the memory's next call may run between its steps."""
+        its own copy of the memory, and the memory's next call may run between its steps. A
+        short answer takes one turn of the worker: the generation looks its memory up in its
+        first step, and its last piece says that it ended."""
         tenant, start, deadline = current_tenant(), time.perf_counter(), _deadline(context)
         with self.worker.admit(tenant):
             async with contextlib.AsyncExitStack() as turn:
                 await turn.enter_async_context(self.order.hold(tenant, memory_id))
-                begin = functools.partial(start_fn, tenant, memory_id, *args)
-                generation: Generation = await self.worker.call(tenant, begin, deadline)
-                async for piece in self.worker.steps(tenant, generation, generation.close, deadline):
+                generation: Generation = start_fn(tenant, memory_id, *args)
+                pieces = self.worker.steps(tenant, generation, generation.close, deadline, lambda: generation.finished)
+                async for piece in pieces:
                     if generation.started:
                         await turn.aclose()
                     if piece:

@@ -99,12 +99,28 @@ class EngineWorker:
                 self._submit(tenant, steps.close)
 
     async def steps(
-        self, tenant: str, steps: Iterator[T], close: Callable[[], None], deadline: float | None = None
+        self,
+        tenant: str,
+        steps: Iterator[T],
+        close: Callable[[], None],
+        deadline: float | None = None,
+        finished: Callable[[], bool] = lambda: False,
     ) -> AsyncIterator[T]:
-        """Drive a blocking iterator one item per task; `close` runs on the worker when done or abandoned."""
+        """Drive a blocking iterator one item per task; `close` runs on the worker when done or
+        abandoned. `finished()`, asked on the worker after each item, ends the iteration without
+        the task that would only find its end."""
+
+        def advance() -> tuple[object, bool]:
+            item = next(steps, _END)
+            return item, item is _END or finished()
+
         try:
-            while (item := await self.call(tenant, functools.partial(next, steps, _END), deadline)) is not _END:
-                yield item
+            while True:
+                item, last = await self.call(tenant, advance, deadline)
+                if item is not _END:
+                    yield item
+                if last:
+                    return
         finally:
             # Queued behind any step of this tenant still waiting, so it never races with one.
             self._submit(tenant, close)

@@ -9,7 +9,7 @@ import torch
 from memagent import MemoryLLM
 from memagent.model import decoding
 from memagent.model.decoding import DecodeBatch, decode
-from memagent.model.memoryllm import PREFILL_QUERY_ROWS
+from memagent.model.attention import PREFILL_QUERY_ROWS
 from memagent.model.config import MemoryLLMConfig
 from memagent.model.shapes import SHAPES
 from memagent.sampling import SamplingParams
@@ -127,11 +127,38 @@ def test_long_prompts_prefill_in_chunks_that_others_can_step_between(model):
     short = decode(model, prompt(0), GREEDY, (), None, memories[0], batch=batch)
     first = next(short)
     steps = decode(model, long_prompt, GREEDY, (), None, memories[1], batch=batch)
-    assert next(steps) is None and next(steps) is None  # two chunks done, the third to come
+    assert next(steps) is None and next(steps) is None  # two chunks done, more to come
     between = next(short)  # the short request decodes while the long prompt waits
-    rest = [t for t in steps if t is not None]
+    rest = list(steps)
+    # On the CPU each chunk is CPU_PREFILL_QUERIES queries: a short wait for the others.
+    assert rest.count(None) + 2 == -(-long_prompt.shape[1] // decoding.CPU_PREFILL_QUERIES) - 1
+    rest = [t for t in rest if t is not None]
     assert torch.stack(rest, 1).tolist() == alone(model, memories[1], long_prompt, GREEDY)
     assert torch.stack([first, between] + list(short), 1).tolist() == alone(model, memories[0], prompt(0), GREEDY)
+
+
+def test_a_prefill_in_small_chunks_gives_what_one_chunk_gives(model):
+    """Each chunk attends only the slots filled so far (and the memory): the rest are empty."""
+    memory = pools(model, 2)[1]
+    ids = (torch.arange(90) % 500)[None]
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        whole = [model.prefill(ids, mask, model.new_cache(memory, 1, 100))]
+        cache = model.new_cache(memory, 1, 100)
+        chunked = list(model.prefill_chunks(ids, mask, cache, lambda: 7))
+    assert len(chunked) == 13
+    torch.testing.assert_close(torch.cat(chunked, 1), whole[0], rtol=0, atol=1e-5)
+
+
+def test_a_long_prompt_goes_in_large_chunks_unless_others_may_wait(model):
+    memory = pools(model, 1)[0]
+    long_prompt = (torch.arange(PREFILL_QUERY_ROWS * 2 + 10) % 500)[None]
+    batch = DecodeBatch(model, threading.RLock())
+    alone_chunks = list(decode(model, long_prompt, GREEDY, (), None, memory, batch=batch)).count(None) + 1
+    batch.serving = True  # as a server sets it
+    waited_chunks = list(decode(model, long_prompt, GREEDY, (), None, memory, batch=batch)).count(None) + 1
+    assert alone_chunks == 3
+    assert waited_chunks == -(-long_prompt.shape[1] // decoding.CPU_PREFILL_QUERIES)
 
 
 def test_the_engine_batches_generations_on_different_memories(tiny_engine):

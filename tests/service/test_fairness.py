@@ -101,6 +101,25 @@ def test_a_long_calls_steps_let_other_calls_run_between_them():
     assert ran == ["alice step 0", "bob", "alice step 1", "alice step 2"]
 
 
+def test_an_iteration_that_says_it_finished_takes_no_task_to_end():
+    worker = EngineWorker(max_pending=16)
+    taken: list[str] = []
+    items = iter(["a", "b", "c"])
+
+    def pieces():
+        for item in items:
+            taken.append(item)
+            yield item
+
+    async def scenario():
+        steps = worker.steps("alice", pieces(), lambda: taken.append("closed"), finished=lambda: len(taken) == 2)
+        return [item async for item in steps]
+
+    assert asyncio.run(scenario()) == ["a", "b"]
+    worker.shutdown()
+    assert taken == ["a", "b", "closed"]
+
+
 def test_a_task_whose_deadline_passed_is_not_run():
     worker = EngineWorker(max_pending=16)
     ran: list[str] = []

@@ -8,7 +8,7 @@ from safetensors.torch import load as load_tensors
 
 from memagent.engine import Engine
 from memagent.sampling import ASK_DEFAULTS, SamplingParams, Usage
-from memagent.store import CorruptState, MemoryStore, ModelMismatch, NewText
+from memagent.store import CorruptState, MemoryNotFound, MemoryStore, ModelMismatch, NewText
 
 FACTS = ["Ann's dog is named Rex.", "The meeting moved to Tuesday.", "Ben's favourite colour is teal."]
 
@@ -167,6 +167,23 @@ def test_ask_ends_at_a_newline_within_its_default_length(tiny_engine, tmp_path):
     usage = generation.usage
     assert usage.completion_tokens <= ASK_DEFAULTS.max_new_tokens
     assert usage.finish_reason == ("length" if usage.completion_tokens == ASK_DEFAULTS.max_new_tokens else "stop")
+
+
+def test_a_short_answer_is_finished_with_its_last_piece(tiny_engine, tmp_path):
+    """A reader (the server's worker) learns that a read ended without another step."""
+    store = _filled(MemoryStore(tiny_engine, tmp_path), "m")
+    for tokens in (1, 3):
+        generation = store.generate("t", "m", "Ann's dog is", SamplingParams(max_new_tokens=tokens))
+        pieces = [next(generation) for _ in range(tokens)]
+        assert generation.finished and generation.usage.completion_tokens == tokens
+        assert pieces and next(generation, None) is None
+
+
+def test_a_read_looks_its_memory_up_in_its_first_step(tiny_engine, tmp_path):
+    store = MemoryStore(tiny_engine, tmp_path)
+    generation = store.ask("t", "nowhere", "What is the dog called?")  # built anywhere: it does nothing yet
+    with pytest.raises(MemoryNotFound, match="nowhere"):
+        next(generation)
 
 
 def test_a_closed_read_is_cancelled(tiny_engine, tmp_path):

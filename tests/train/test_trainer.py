@@ -105,7 +105,7 @@ def test_exported_adapter_reproduces_the_trained_model(maker, tmp_path):
 def test_a_read_longer_than_one_prefill_chunk_trains(maker, tmp_path):
     """Rows x tokens beyond PREFILL_QUERY_ROWS: inference prefills such a read in chunks, which
     write the cache in place; a training pass must take it whole, or backward fails."""
-    from memagent.model.memoryllm import PREFILL_QUERY_ROWS
+    from memagent.model.attention import PREFILL_QUERY_ROWS
 
     trainer = tiny_trainer(maker, tmp_path, repeat=3)
     ids = torch.randint(3, 100, (5, PREFILL_QUERY_ROWS // 4))
