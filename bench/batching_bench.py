@@ -2,8 +2,8 @@
 own memory, against one batch of the same size on one memory (the best a single memory gets).
 
 Engine: `--clients` threads, each streaming one generation from its own memory, against
-`generate_batch` of `--clients` prompts on one memory and against the same generations one
-after another. Server (with --server-too): `--clients` async clients, each completing on its own
+`generate_batch` of `--clients` prompts on one memory, against the same generations one
+after another, and against `--clients` threads streaming from one memory. Server (with --server-too): `--clients` async clients, each completing on its own
 memory of a local server, against the same calls one after another.
 
     python bench/batching_bench.py                      # the embedded default
@@ -48,8 +48,8 @@ def engine_figures(engine, clients: int, params: SamplingParams) -> dict[str, fl
             pass
         return sum(u.completion_tokens for u in batch.usages)
 
-    def many_memories(concurrently: bool) -> int:
-        generations = [engine.generate(p.pool, PROMPT, params) for p in pools]
+    def many_memories(concurrently: bool, memories=pools) -> int:
+        generations = [engine.generate(p.pool, PROMPT, params) for p in memories]
 
         def drain(g):
             for _ in g:
@@ -69,6 +69,7 @@ def engine_figures(engine, clients: int, params: SamplingParams) -> dict[str, fl
     return {
         f"one memory, batch of {clients}": timed(one_memory_batch),
         f"{clients} memories, concurrently": timed(lambda: many_memories(True)),
+        f"{clients} requests on one memory, concurrently": timed(lambda: many_memories(True, pools[:1] * clients)),
         f"{clients} memories, one after another": timed(lambda: many_memories(False)),
     }
 

@@ -5,7 +5,8 @@ the same base model with no memory and with a prompt as long as the memory prefi
 tokens), their ratio, the share of the memory-bandwidth floor each reaches (bytes one step
 reads: weights plus the memory's keys/values, over the bandwidth of a large copy measured
 here), and the first token after a write with the memory's keys/values cold (updated from the
-previous version), cold and recomputed from scratch, and warm.
+previous version), cold and recomputed from scratch, warm, and updated by the write itself (as
+`Engine.write` and the server's writes do: the time the write spent on it is shown too).
 
 Configurations take turns, round after round, so a busy machine slows them alike; each figure
 is the median over rounds. Times are the CPU time of the benchmark's thread (what it would take
@@ -86,6 +87,14 @@ def first_token(model: MemoryLLM, ids: torch.Tensor) -> float:
     return CLOCK() - start
 
 
+def update_prefix(model: MemoryLLM) -> float:
+    """What `Engine.refresh_reads` adds to a write: the keys/values reads attend, updated."""
+    start = CLOCK()
+    with torch.inference_mode():
+        model.memory_prefix(model.pool)
+    return CLOCK() - start
+
+
 def copy_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     """Bytes/s of a large tensor copy (read + write), the best of `repeats`."""
     source = torch.ones(int(gib * 2**30) // 4)
@@ -144,7 +153,11 @@ def main() -> None:
     }
     gaps: dict[str, list[float]] = {name: [] for name in runs}
     kinds = ("float32", "int8")
-    cold = {f"{name}, {kind}": [] for name in kinds for kind in ("cold (updated)", "cold (recomputed)", "warm")}
+    cold = {
+        f"{name}, {kind}": []
+        for name in kinds
+        for kind in ("cold (updated)", "cold (recomputed)", "warm", "updated by the write", "the write's update")
+    }
     for round_ in range(args.rounds):
         for name, (_, run, _) in runs.items():
             gaps[name] += run()
@@ -156,6 +169,9 @@ def main() -> None:
             m.inject(write)
             m.pool.prefix_kv = None
             cold[f"{name}, cold (recomputed)"].append(first_token(m, prompt))
+            m.inject(write)
+            cold[f"{name}, the write's update"].append(update_prefix(m))
+            cold[f"{name}, updated by the write"].append(first_token(m, prompt))
 
     bandwidth = copy_bandwidth()
     rates = {name: batch / statistics.median(gaps[name]) for name, (batch, _, _) in runs.items()}
@@ -180,8 +196,9 @@ def main() -> None:
     for name, times in cold.items():
         print(f"| {name} | {1000 * statistics.median(times):.0f} |")
     for name in kinds:
-        ratio = statistics.median(cold[f"{name}, cold (updated)"]) / statistics.median(cold[f"{name}, warm"])
-        print(f"| {name}, cold (updated) / warm | {ratio:.2f}x |")
+        for kind in ("cold (updated)", "updated by the write"):
+            ratio = statistics.median(cold[f"{name}, {kind}"]) / statistics.median(cold[f"{name}, warm"])
+            print(f"| {name}, {kind} / warm | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":

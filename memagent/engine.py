@@ -229,7 +229,16 @@ class Engine:
         start = time.perf_counter()
         plan = self.plan_write(text)
         self.apply(pool, plan.chunks, progress=progress)
+        self.refresh_reads(pool)
         return WriteReceipt(plan.tokens, len(plan.chunks), pool.step, (time.perf_counter() - start) * 1000)
+
+    def refresh_reads(self, pool: MemoryPool) -> None:
+        """After a write, bring the keys/values that reads of `pool` attend up to date, so the
+        next read's first token does not wait for them. Incremental (a write changed K of N
+        tokens); skipped for a pool never read, which has none to update."""
+        if pool.prefix_kv is not None:
+            with self.lock, torch.inference_mode():
+                self.model.memory_prefix(pool)
 
     # -- reading ---------------------------------------------------------------------------
 

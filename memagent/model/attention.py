@@ -3,7 +3,8 @@
 A read attends two key ranges: the memory prefix (bos + N memory tokens, identical for every
 row that reads one memory, and visible to every query) and the row's own prompt and generated
 tokens (causal, padding hidden). The prefix is stored once, not once per row: its scores come
-from one product of all rows' queries with the shared keys, and it needs no mask. The token
+from one product of the queries of all rows that read it (of every request on that memory
+version) with the shared keys, and it needs no mask. The token
 range is short and carries the only mask. Each range gives a partial softmax; their
 log-sum-exps weigh them into the exact result.
 
@@ -12,6 +13,8 @@ are folded into the time axis, so each kv head serves [rep * T] queries.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -34,34 +37,40 @@ def token_mask(mask: torch.Tensor, rep: int, dtype: torch.dtype) -> torch.Tensor
 
 
 def attend(
-    q: torch.Tensor,
+    queries: Sequence[torch.Tensor],
     prefix_keys: torch.Tensor | None,
     prefix_values: torch.Tensor | None,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    mask: torch.Tensor,
-) -> torch.Tensor:
-    """Attention output [B, H, T, D].
-
-    q: [B, H, T, D]; prefix_keys/values: [1, G, P, D] shared by all rows (or None);
-    keys/values: [B, G, S, D]; mask: from `token_mask`.
-    """
-    B, H, T, D = q.shape
-    G = keys.shape[1]
-    rep = H // G
+    token_ranges: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> list[torch.Tensor]:
+    """Attention outputs [B_i, H, T_i, D] for the queries [B_i, H, T_i, D] of caches that read one
+    memory prefix (keys/values [1, G, P, D], or None): each cache's queries attend its own token
+    slots (keys/values [B_i, G, S_i, D], mask from `token_mask`), and all of them attend the
+    prefix in one product, so its keys/values are read once for every request on that memory."""
+    D = queries[0].shape[-1]
+    G = token_ranges[0][0].shape[1]
     scale = D**-0.5
-    q = q.reshape(B, G, rep * T, D)
-    out, lse = _token_attention(q, keys, values, mask, scale)  # a query always sees itself: finite
-    if prefix_keys is not None:
-        # All rows' queries against the one shared prefix: [1, G, B * rep * T, D].
-        folded = q.transpose(0, 1).reshape(1, G, B * rep * T, D)
-        prefix_out, prefix_lse = _prefix_attention(folded, prefix_keys, prefix_values, scale)
-        prefix_out = prefix_out.view(G, B, rep * T, D).transpose(0, 1)
-        prefix_lse = prefix_lse.view(G, B, rep * T, 1).transpose(0, 1)
+    parts, folded = [], []
+    for q, (keys, values, mask) in zip(queries, token_ranges):
+        B, H, T, _ = q.shape
+        q = q.reshape(B, G, H // G * T, D)
+        parts.append(_token_attention(q, keys, values, mask, scale))  # a query always sees itself: finite
+        folded.append(q.transpose(0, 1).reshape(G, -1, D))  # all rows' queries per kv head
+    if prefix_keys is None:
+        return [out.reshape(q.shape) for (out, _), q in zip(parts, queries)]
+    stacked = torch.cat(folded, 1) if len(folded) > 1 else folded[0]
+    prefix_out, prefix_lse = _prefix_attention(stacked[None], prefix_keys, prefix_values, scale)
+    outputs, start = [], 0
+    for q, (out, lse) in zip(queries, parts):
+        B, H, T, _ = q.shape
+        M = H // G * T
+        rows = slice(start, start + B * M)
+        start = rows.stop
+        own_out = prefix_out[0, :, rows].reshape(G, B, M, D).transpose(0, 1)
+        own_lse = prefix_lse[0, :, rows].reshape(G, B, M, 1).transpose(0, 1)
         # The token range's share of the whole softmax: exp(lse) / (exp(lse) + exp(prefix_lse)).
-        share = torch.sigmoid(lse - prefix_lse).to(out.dtype)
-        out = torch.lerp(prefix_out, out, share)
-    return out.reshape(B, H, T, D)
+        share = torch.sigmoid(lse - own_lse).to(out.dtype)
+        outputs.append(torch.lerp(own_out, out, share).reshape(B, H, T, D))
+    return outputs
 
 
 def _token_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float):

@@ -84,9 +84,8 @@ class Attention(nn.Module):
         B, H, T, D = q.shape
         if reads:
             # Rows of several requests (each reading its own memory) share the projections
-            # above and below; only attention runs per cache.
-            ys = [self._attend_cache(q[r.rows], k[r.rows], v[r.rows], r) for r in reads]
-            y = torch.cat(ys) if len(ys) > 1 else ys[0]
+            # above and below; only attention runs per cache, and per memory for the prefix.
+            y = self._attend_caches(q, k, v, reads)
         else:
             # Grouped-query attention without copying keys: fold each group's query heads into
             # the time axis so every kv head serves [rep * T] queries.
@@ -99,11 +98,22 @@ class Attention(nn.Module):
         return self.o_proj(y)
 
     @staticmethod
-    def _attend_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, read: LayerRead) -> torch.Tensor:
-        cache = read.cache
-        cache.update(read.slots, k, v)
-        keys, values = cache.keys[:, :, : read.visible], cache.values[:, :, : read.visible]
-        return attend(q, cache.prefix_keys, cache.prefix_values, keys, values, read.mask)
+    def _attend_caches(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, reads: Sequence[LayerRead]) -> torch.Tensor:
+        """Each read's rows of q attending its cache; reads of one memory prefix (requests on
+        the same memory version) attend it together, so its keys/values are read once."""
+        by_prefix: dict[int, list[int]] = {}
+        for index, read in enumerate(reads):
+            read.cache.update(read.slots, k[read.rows], v[read.rows])
+            by_prefix.setdefault(id(read.cache.prefix_keys), []).append(index)
+        ys: list[torch.Tensor | None] = [None] * len(reads)
+        for group in by_prefix.values():
+            members = [reads[i] for i in group]
+            tokens = [(r.cache.keys[:, :, : r.visible], r.cache.values[:, :, : r.visible], r.mask) for r in members]
+            shared = members[0].cache
+            outputs = attend([q[r.rows] for r in members], shared.prefix_keys, shared.prefix_values, tokens)
+            for i, y in zip(group, outputs):
+                ys[i] = y
+        return torch.cat(ys) if len(ys) > 1 else ys[0]
 
 
 class MLP(nn.Module):

@@ -449,6 +449,7 @@ class MemoryStore:
         finally:
             memory.applying = False
         if memory.pool is pool:
+            self.engine.refresh_reads(pool)
             memory.unsnapshotted += len(entries)
             if self._snapshot_due(memory):
                 self._try_snapshot(memory)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from memagent import MemoryLLM
-from memagent.model import decoding
+from memagent.model import attention, decoding
 from memagent.model.decoding import DecodeBatch, decode
 from memagent.model.attention import PREFILL_QUERY_ROWS
 from memagent.model.config import MemoryLLMConfig
@@ -80,6 +80,20 @@ def test_each_request_gets_the_tokens_it_gets_alone(model, params):
     # One forward pass per step for all five (alone: 5 x 12); each arrival may add one while
     # the others are a token ahead.
     assert batch.steps <= params.max_new_tokens + len(requests) - 1
+
+
+def test_requests_on_one_memory_attend_its_prefix_together(model, monkeypatch):
+    memories = pools(model)
+    caches = [model.new_cache(memories[i], 1, 8) for i in (1, 1, 2, 1)]  # three read memory 1
+    with torch.inference_mode():
+        for cache in caches:
+            model.prefill(prompt(0), torch.ones_like(prompt(0)), cache)
+        reads = []
+        real = attention._prefix_attention
+        monkeypatch.setattr(attention, "_prefix_attention", lambda q, *a: reads.append(q.shape[2]) or real(q, *a))
+        model.decode_rows(torch.ones(4, 1, dtype=torch.long), caches)
+    rep = model.config.num_attention_heads // model.config.num_key_value_heads
+    assert reads == [3 * rep, rep] * model.config.num_hidden_layers  # one product per memory and layer
 
 
 def test_requests_join_and_leave_between_steps(model):

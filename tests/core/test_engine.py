@@ -16,6 +16,20 @@ def test_write_returns_a_receipt(tiny_engine):
     assert receipt.tokens == len(tiny_engine.encode("Alice's favourite colour is teal and she lives in Lisbon with two cats."))
 
 
+def test_a_write_leaves_what_reads_attend_up_to_date(tiny_engine):
+    never_read, read = tiny_engine.pool("refresh-never-read"), tiny_engine.pool("refresh-read")
+    for pool in (never_read, read):
+        pool.inject("Ann's dog is called Rex and sleeps in the hall.")
+    read.generate("Ann's dog", max_new_tokens=1)
+    read.inject("Ben's cat is called Tom and sleeps on the stairs.")
+    never_read.inject("Ben's cat is called Tom and sleeps on the stairs.")
+    assert read.pool.prefix_kv.version == read.pool.version  # the next read starts at once
+    assert never_read.pool.prefix_kv is None  # nothing was spent on a memory nobody reads
+    fresh = [t.clone() for t in read.pool.prefix_kv.keys]
+    read.pool.prefix_kv = None
+    torch.testing.assert_close(tiny_engine.model.memory_prefix(read.pool).keys, fresh)
+
+
 def test_long_text_is_written_in_chunks(tiny_engine):
     pool = tiny_engine.pool("long")
     text = " ".join(f"fact number {i} is {i * i}." for i in range(300))

@@ -186,6 +186,14 @@ def test_a_read_looks_its_memory_up_in_its_first_step(tiny_engine, tmp_path):
         next(generation)
 
 
+def test_a_write_to_a_memory_being_read_leaves_its_reads_ready(tiny_engine, tmp_path):
+    store = _filled(MemoryStore(tiny_engine, tmp_path), "m")
+    "".join(store.generate("t", "m", "Ann's dog is", SamplingParams(max_new_tokens=1)))
+    store.inject("t", "m", [NewText("Cleo's parrot is called Kiwi.")])
+    pool = store.tenants["t"]["m"].pool
+    assert pool.prefix_kv is not None and pool.prefix_kv.version == pool.version
+
+
 def test_a_closed_read_is_cancelled(tiny_engine, tmp_path):
     store = _filled(MemoryStore(tiny_engine, tmp_path), "m")
     generation = store.generate("t", "m", "Ann's dog is", SamplingParams(max_new_tokens=8))
