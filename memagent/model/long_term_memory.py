@@ -98,8 +98,11 @@ class LongTermMemory:
         self.update_step = update_step  # grows by K per write; a merge resets it
         self.max_tokens = max_tokens  # stored tokens per layer after a merge; None: unbounded, as M+
         # Per layer, buffers with spare rows that the stored tokens and keys are views of, so a
-        # merge appends in place instead of copying the whole store (`_append`).
+        # merge appends in place and an eviction packs in place instead of copying the whole
+        # store (`_append`, `_kept`).
         self._buffers: list[dict[str, torch.Tensor]] = [{} for _ in stored]
+        # (layer, kind) of buffers a `state_dict` handed out views of: never rewritten in place.
+        self._exposed: set[tuple[int, str]] = set()
 
     @classmethod
     def empty(cls, config: LongTermConfig, tokens_per_write: int, memory: torch.Tensor) -> "LongTermMemory":
@@ -227,18 +230,27 @@ class LongTermMemory:
     def _append(self, layer: int, kind: str, current: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """`torch.cat([current, new])`, written in place after `current` where it is a view of
         this layer's buffer with room to spare; else into a new buffer of twice the size. A
-        store grows by K rows per write, so each write copies O(K) rows, not the whole store. A
-        store at its bound is rebuilt by every eviction anyway; it gets no spare rows."""
+        store grows by K rows per write, so each write copies O(K) rows, not the whole store."""
         n, total = len(current), len(current) + len(new)
-        if self.max_tokens is not None and total > self.max_tokens:
-            return torch.cat([current, new])
+        start = self._offset(layer, kind, current)
         buffer = self._buffers[layer].get(kind)
-        if buffer is None or n == 0 or current.data_ptr() != buffer.data_ptr() or len(buffer) < total:
+        if start is None or start + total > len(buffer):
             buffer = current.new_empty((2 * total, *current.shape[1:]))
             buffer[:n] = current
             self._buffers[layer][kind] = buffer
-        buffer[n:total] = new
-        return buffer[:total]
+            self._exposed.discard((layer, kind))
+            start = 0
+        buffer[start + n : start + total] = new
+        return buffer[start : start + total]
+
+    def _offset(self, layer: int, kind: str, rows: torch.Tensor) -> int | None:
+        """The first row of this layer's `kind` buffer that `rows` is a view of, if it is one."""
+        buffer = self._buffers[layer].get(kind)
+        if buffer is None or not len(rows) or rows.device != buffer.device or rows.dtype != buffer.dtype:
+            return None
+        start, rest = divmod(rows.data_ptr() - buffer.data_ptr(), buffer[0].nbytes)
+        inside = rest == 0 and 0 <= start and start + len(rows) <= len(buffer)
+        return start if inside and rows.is_contiguous() else None
 
     # -- the bound -------------------------------------------------------------------------
 
@@ -264,7 +276,25 @@ class LongTermMemory:
         youngest_first = rows.ages.argsort(stable=True).to(frequency.device)
         ranked = youngest_first[frequency[youngest_first].argsort(descending=True, stable=True)]
         keep = ranked[: self.max_tokens].sort().values
-        self.stored[layer], self.frequencies[layer] = rows[keep], frequency[keep]
+        tokens, keys = (self._kept(layer, kind, t, keep) for kind, t in (("tokens", rows.tokens), ("keys", rows.keys)))
+        self.stored[layer] = Rows(tokens, keys, _take(rows.ages, keep))
+        self.frequencies[layer] = frequency[keep]
+
+    def _kept(self, layer: int, kind: str, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """`rows[keep]` (`keep`: sorted indices), packed in place where `rows` is a view of this
+        layer's buffer that no `state_dict` handed out: the kept rows after the last evicted one
+        stay where they are, and the kept rows before it move up next to them. Evictions take
+        the oldest rows, which lie first, so few rows move, not the whole store."""
+        if self._offset(layer, kind, rows) is None or (layer, kind) in self._exposed:
+            return _take(rows, keep)
+        keep = keep.to(rows.device)
+        evicted = torch.ones(len(rows), dtype=torch.bool, device=rows.device).index_fill_(0, keep, False)
+        last = int(evicted.nonzero()[-1])
+        moving = len(keep) - (len(rows) - 1 - last)  # kept rows before the last evicted one
+        start = last + 1 - moving
+        if moving:
+            rows[start : last + 1] = rows[keep[:moving]]  # gathered first: overlap is safe
+        return rows[start:]
 
     # -- whole-store operations --------------------------------------------------------------
 
@@ -276,6 +306,7 @@ class LongTermMemory:
         self.pool_ages = torch.zeros_like(self.pool_ages)
         self.update_step = 0
         self._buffers = [{} for _ in self.stored]  # views of them may live on (snapshots): never write there again
+        self._exposed = set()
 
     def clone(self) -> "LongTermMemory":
         return LongTermMemory(
@@ -311,6 +342,8 @@ class LongTermMemory:
     # -- files: the released checkpoint's names, plus the state a checkpoint does not carry ---
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors to save; the stored rows are views, which later writes never change."""
+        self._exposed |= {(layer, kind) for layer in range(self.num_layers) for kind in ("tokens", "keys")}
         state = {"pool_ages": self.pool_ages, "ltm_update_step": torch.tensor(self.update_step)}
         for layer, (rows, pending) in enumerate(zip(self.stored, self.pending)):
             state |= {

@@ -219,6 +219,37 @@ def test_a_bounded_store_evicts_the_least_recalled_then_the_oldest_and_keeps_its
     assert lt.stored[0].tokens[:, 0].tolist() == [100.0, 101, 102, 103, 200, 201, 202, 203]
 
 
+def test_a_store_at_its_bound_evicts_in_place_without_touching_what_was_saved():
+    lt = store(ages=[9, 8, 7, 6, 5, 4, 3, 2], frequencies=[2.0] * 8, decay=0.0)
+    lt.limit(8)
+    write(lt, 100.0)  # into a buffer with spare rows; the four oldest go
+    buffer = lt._buffers[0]["tokens"]
+    for first in (200.0, 300.0):
+        write(lt, first)
+        assert lt._offset(0, "tokens", lt.stored[0].tokens) is not None  # packed in place, no copy
+    assert lt.stored[0].tokens[:, 0].tolist() == [200.0, 201, 202, 203, 300, 301, 302, 303]
+    saved = lt.state_dict()
+    write(lt, 400.0)  # the saved rows are views: this eviction copies instead
+    write(lt, 500.0)
+    assert saved["ltm.0"][:, 0].tolist() == [200.0, 201, 202, 203, 300, 301, 302, 303]
+    assert lt.stored[0].tokens[:, 0].tolist() == [400.0, 401, 402, 403, 500, 501, 502, 503]
+    assert lt._buffers[0]["tokens"].data_ptr() != buffer.data_ptr()
+
+
+def test_an_eviction_in_place_moves_the_kept_rows_before_the_last_evicted_one():
+    packed, copied = (store(ages=[9, 1, 8, 7, 2, 3, 5, 6], frequencies=[2.0] * 8, decay=0.0) for _ in range(2))
+    for lt in (packed, copied):
+        write(lt, 100.0)  # ages now [13, 5, 12, 11, 6, 7, 9, 10] + 4 new rows at 0
+    copied.stored[0] = copied.stored[0][torch.arange(12)]  # not a view of its buffer: gathered
+    for lt in (packed, copied):
+        lt.limit(8)  # the four oldest go: rows 0, 2, 3 and 7
+    assert packed._offset(0, "tokens", packed.stored[0].tokens) == 4  # rows 1, 4, 5, 6 moved up to 4..7
+    assert packed.stored[0].tokens[:, 0].tolist() == [1.0, 4, 5, 6, 100, 101, 102, 103]
+    for a, b in zip(packed.stored[0].tensors(), copied.stored[0].tensors()):
+        assert torch.equal(a, b)
+    assert torch.equal(packed.frequencies[0], copied.frequencies[0])
+
+
 def test_a_bound_below_what_a_read_places_is_refused():
     lt = store(ages=[0], frequencies=[1.0])
     with pytest.raises(ValueError, match="below the 8 a read places"):
