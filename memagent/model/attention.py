@@ -4,9 +4,9 @@ A read attends two key ranges: the memory prefix (bos + N memory tokens, identic
 row that reads one memory, and visible to every query) and the row's own prompt and generated
 tokens (causal, padding hidden). The prefix is stored once, not once per row: its scores come
 from one product of the queries of all rows that read it (of every request on that memory
-version) with the shared keys, and it needs no mask. The token
-range is short and carries the only mask. Each range gives a partial softmax; their
-log-sum-exps weigh them into the exact result.
+version) with the shared keys, and it needs no mask. The token range is short and carries the
+only mask. Each range gives a partial softmax; their log-sum-exps weigh them into the exact
+result.
 
 Queries are grouped per kv head without repeating keys: the query heads that share a kv head
 are folded into the time axis, so each kv head serves [rep * T] queries.

@@ -142,9 +142,14 @@ def test_our_metrics_are_exported_where_ray_exports_serves(cluster):
         for _ in range(3):
             with pytest.raises(ClientError):
                 alice.delete("missing")
-    # Ray's metrics agent collects from the replicas every few seconds.
+    # Ray's metrics agent collects from the replicas every few seconds, counters and gauges
+    # not necessarily in the same collection.
+    def collected() -> bool:
+        resident = cluster.metric("ray_memagent_memories_resident", tier="device")
+        return cluster.metric("ray_memagent_requests_total", **not_found) >= 3 and resident >= 1
+
     deadline = time.monotonic() + 60
-    while cluster.metric("ray_memagent_requests_total", **not_found) < 3 and time.monotonic() < deadline:
+    while not collected() and time.monotonic() < deadline:
         time.sleep(1)
     assert cluster.metric("ray_memagent_requests_total", **not_found) == 3
     assert cluster.metric("ray_memagent_requests_total", method="Inject", code="OK") >= 1
