@@ -3,8 +3,9 @@ own memory, against one batch of the same size on one memory (the best a single 
 
 Engine: `--clients` threads, each streaming one generation from its own memory, against
 `generate_batch` of `--clients` prompts on one memory, against the same generations one
-after another, and against `--clients` threads streaming from one memory. Server (with --server-too): `--clients` async clients, each completing on its own
-memory of a local server, against the same calls one after another.
+after another, and against `--clients` threads streaming from one memory. Server (with
+--server-too): `--clients` async clients, each completing on its own memory of a local
+server, against the same calls one after another.
 
     python bench/batching_bench.py                      # the embedded default
     python bench/batching_bench.py --model random:tiny --server-too

@@ -308,7 +308,7 @@ class BatchGeneration:
                 steps = decode(engine.model, ids, params, engine.eos_token_ids, mask, pool, batch=engine.batch)
                 with contextlib.closing(steps):
                     for row_tokens in steps:
-                        if row_tokens is None:  # a prompt chunk went through: others may run now
+                        if row_tokens is None:  # a prompt chunk went through, or others start: let them run
                             yield ["" for _ in self._texts]
                             continue
                         pieces = self._pieces(row_tokens.tolist())
@@ -325,9 +325,8 @@ class BatchGeneration:
                 self.usages = self._usages(prompt_tokens, step)
 
     def _usages(self, prompt_tokens: list[int], step: int) -> list[Usage]:
-        return [
-            Usage(p, c, reason or "cancelled", step) for p, c, reason in zip(prompt_tokens, self._completion, self._ended)
-        ]
+        reasons = [reason or "cancelled" for reason in self._ended]
+        return [Usage(p, c, reason, step) for p, c, reason in zip(prompt_tokens, self._completion, reasons)]
 
     def _pieces(self, row_tokens: list[int]) -> list[str]:
         """Each prompt's text for its next token; finished rows get padding, which shows as

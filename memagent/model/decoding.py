@@ -200,6 +200,9 @@ class DecodeBatch:
         # Set by a server: requests may come at any moment, and the first to come would wait a
         # whole prefill chunk, chosen before it came. See `contended`.
         self.serving = False
+        # Whether requests are about to start (a server's queue): one just prefilled then lets
+        # them prefill and join before the batch steps, instead of stepping part-full.
+        self.others_starting: Callable[[], bool] = lambda: False
 
     def contended(self) -> bool:
         """Whether another request may wait for the next prefill chunk: one decoding here, or
@@ -256,15 +259,18 @@ def decode(
     lock: contextlib.AbstractContextManager = contextlib.nullcontext(),
     **options,
 ) -> Iterator[torch.Tensor | None]:
-    """A request's life: None after each prefill chunk but the last (others may run then),
-    then its next tokens [B] per step, decoded in `batch` (default: a batch of its own, under
-    `lock`). Closing the iterator ends the request between steps. `options` go to `Decoding`.
+    """A request's life: None after each prefill chunk but the last (others may run then), and
+    after its prefill while other requests are about to start (so that they join its first
+    step), then its next tokens [B] per step, decoded in `batch` (default: a batch of its own,
+    under `lock`). Closing the iterator ends the request between steps. `options` go to `Decoding`.
     """
     batch = batch or DecodeBatch(model, lock)
     decoding = Decoding(model, input_ids, params, eos_token_ids, attention_mask, pool, **options)
     try:
         yield from decoding.prefill(batch.lock, batch.contended)
         batch.join(decoding)
+        if batch.others_starting():
+            yield None
         while (token := batch.next_token(decoding)) is not None:
             yield token
     finally:

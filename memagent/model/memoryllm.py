@@ -487,7 +487,8 @@ class MemoryLLM(nn.Module):
         while part.stop < T:
             size = T if recall is not None else chunk_size(B, T, min(queries(), PREFILL_QUERY_ROWS))
             part = slice(part.stop, min(part.stop + size, T))
-            hidden = self.read(input_ids[:, part], positions[:, part], [(cache, slots[part])], recall, first + part.start)
+            ids = input_ids[:, part]
+            hidden = self.read(ids, positions[:, part], [(cache, slots[part])], recall, first + part.start)
             if part.stop == T:
                 cache.next_slot.fill_(first + T)
                 cache.next_position.copy_(positions[:, -1:] + 1)

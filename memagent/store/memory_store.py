@@ -200,7 +200,9 @@ class Generation:
     def close(self) -> None:
         self._steps.close()
 
-    def _run(self, ready: Callable[[], Steps[MemoryPool]], start: Callable[[MemoryPool], engine_module.Generation]) -> Iterator[str]:
+    def _run(
+        self, ready: Callable[[], Steps[MemoryPool]], start: Callable[[MemoryPool], engine_module.Generation]
+    ) -> Iterator[str]:
         pool = yield from _as_pieces(ready())
         self._generation = start(pool)
         with contextlib.closing(self._generation):
@@ -487,9 +489,11 @@ class MemoryStore:
     def generate(self, tenant: str, memory_id: str, prompt: str, params: SamplingParams | None = None) -> Generation:
         """The continuation of `prompt`; its first step raises what looking the memory up raises."""
         params = params or SamplingParams()
-        return Generation(
-            lambda: self._ready(self._memory(tenant, memory_id)), lambda pool: self.engine.generate(pool, prompt, params)
-        )
+
+        def ready() -> Steps[MemoryPool]:
+            return self._ready(self._memory(tenant, memory_id))
+
+        return Generation(ready, lambda pool: self.engine.generate(pool, prompt, params))
 
     def chat(
         self, tenant: str, memory_id: str, messages: Sequence[Mapping[str, str]], params: SamplingParams | None = None

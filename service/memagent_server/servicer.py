@@ -37,6 +37,7 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
         self.store = store
         self.worker = worker
         store.engine.batch.serving = True  # long prompts prefill in short steps
+        store.engine.batch.others_starting = lambda: worker.starting > 0  # reads arriving together step together
         self.limits = limits
         self.metrics = metrics
         self.order = MemoryOrder()

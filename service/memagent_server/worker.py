@@ -45,6 +45,7 @@ class EngineWorker:
         self.max_pending = max_pending
         self.max_pending_per_tenant = max_pending_per_tenant or max(1, max_pending // 2)
         self.pending = 0
+        self.starting = 0  # iterations (`steps`) whose first task waits for its turn
         self.pending_by_tenant: Counter[str] = Counter()
         self._queues: dict[str, deque[tuple[Callable[[], object], Future, float | None]]] = {}
         self._turns: deque[str] = deque()  # tenants with queued work, next to run first
@@ -108,12 +109,23 @@ class EngineWorker:
     ) -> AsyncIterator[T]:
         """Drive a blocking iterator one item per task; `close` runs on the worker when done or
         abandoned. `finished()`, asked on the worker after each item, ends the iteration without
-        the task that would only find its end."""
+        the task that would only find its end. Until its first task runs (or is skipped), the
+        iteration counts in `starting`."""
+        waiting = [True]
+
+        def started() -> None:
+            with self._lock:
+                if waiting[0]:
+                    waiting[0] = False
+                    self.starting -= 1
 
         def advance() -> tuple[object, bool]:
+            started()
             item = next(steps, _END)
             return item, item is _END or finished()
 
+        with self._lock:
+            self.starting += 1
         try:
             while True:
                 item, last = await self.call(tenant, advance, deadline)
@@ -122,6 +134,7 @@ class EngineWorker:
                 if last:
                     return
         finally:
+            started()  # its first task was skipped, if it never ran
             # Queued behind any step of this tenant still waiting, so it never races with one.
             self._submit(tenant, close)
 

@@ -164,6 +164,23 @@ def test_a_prefill_in_small_chunks_gives_what_one_chunk_gives(model):
     torch.testing.assert_close(torch.cat(chunked, 1), whole[0], rtol=0, atol=1e-5)
 
 
+def test_a_request_lets_those_about_to_start_join_its_first_step(model):
+    memories = pools(model, 2)
+    batch = DecodeBatch(model, threading.RLock())
+    batch.others_starting = lambda: True  # as a server's queue says
+    first = decode(model, prompt(0), GREEDY, (), None, memories[1], batch=batch)
+    assert next(first) is None  # prefilled: waits for the others
+    second = decode(model, prompt(1), GREEDY, (), None, memories[0], batch=batch)
+    assert next(second) is None
+    rows: list[int] = []
+    batch.on_step = rows.append
+    tokens = [[next(first)], [next(second)]]
+    assert rows == [2]  # both in the first step
+    tokens = [head + list(steps) for head, steps in zip(tokens, (first, second))]
+    assert torch.stack(tokens[0], 1).tolist() == alone(model, memories[1], prompt(0), GREEDY)
+    assert torch.stack(tokens[1], 1).tolist() == alone(model, memories[0], prompt(1), GREEDY)
+
+
 def test_a_long_prompt_goes_in_large_chunks_unless_others_may_wait(model):
     memory = pools(model, 1)[0]
     long_prompt = (torch.arange(PREFILL_QUERY_ROWS * 2 + 10) % 500)[None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -118,6 +119,37 @@ def test_an_iteration_that_says_it_finished_takes_no_task_to_end():
     assert asyncio.run(scenario()) == ["a", "b"]
     worker.shutdown()
     assert taken == ["a", "b", "closed"]
+
+
+def test_iterations_count_as_starting_until_their_first_task_runs_or_is_skipped():
+    worker = EngineWorker(max_pending=16)
+    gate = threading.Event()
+    seen: list[int] = []
+
+    def pieces():
+        seen.append(worker.starting)
+        yield "piece"
+
+    async def drain(deadline=None):
+        with contextlib.suppress(DeadlinePassed):
+            return [item async for item in worker.steps("alice", pieces(), lambda: None, deadline)]
+
+    async def scenario():
+        blocker = asyncio.ensure_future(worker.run("carol", gate.wait))
+        await asyncio.sleep(0.05)
+        first = asyncio.ensure_future(drain())
+        second = asyncio.ensure_future(drain())
+        late = asyncio.ensure_future(drain(deadline=time.monotonic()))  # skipped at its turn
+        await asyncio.sleep(0.05)
+        queued = worker.starting
+        gate.set()
+        await asyncio.gather(blocker, first, late, second)
+        return queued
+
+    assert asyncio.run(scenario()) == 3
+    worker.shutdown()
+    assert seen == [2, 1]  # each saw those queued behind it
+    assert worker.starting == 0  # the skipped one too counts no more
 
 
 def test_a_task_whose_deadline_passed_is_not_run():
