@@ -235,9 +235,10 @@ class Engine:
     def refresh_reads(self, pool: MemoryPool) -> None:
         """After a write, bring the keys/values that reads of `pool` attend up to date, so the
         next read's first token does not wait for them. Incremental (a write changed K of N
-        tokens); skipped for a pool never read, which has none to update."""
+        tokens); skipped for a pool never read, which has none to update. Out of device memory,
+        it leaves them to the next read: the write itself is done."""
         if pool.prefix_kv is not None:
-            with self.lock, torch.inference_mode():
+            with self.lock, torch.inference_mode(), contextlib.suppress(torch.OutOfMemoryError):
                 self.model.memory_prefix(pool)
 
     # -- reading ---------------------------------------------------------------------------

@@ -30,6 +30,22 @@ def test_a_write_leaves_what_reads_attend_up_to_date(tiny_engine):
     torch.testing.assert_close(tiny_engine.model.memory_prefix(read.pool).keys, fresh)
 
 
+def test_a_write_succeeds_when_updating_what_reads_attend_runs_out_of_memory(tiny_engine, monkeypatch):
+    pool = tiny_engine.pool("refresh-out-of-memory")
+    pool.inject("Ann's dog is called Rex and sleeps in the hall.")
+    pool.generate("Ann's dog", max_new_tokens=1)
+
+    def out_of_memory(_pool):
+        raise torch.OutOfMemoryError("no room")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(tiny_engine.model, "memory_prefix", out_of_memory)
+        receipt = pool.inject("Ben's cat is called Tom and sleeps on the stairs.")
+    assert receipt.step == pool.step and pool.pool.prefix_kv.version != pool.pool.version  # left to the read
+    pool.generate("Ann's dog", max_new_tokens=1)
+    assert pool.pool.prefix_kv.version == pool.pool.version
+
+
 def test_long_text_is_written_in_chunks(tiny_engine):
     pool = tiny_engine.pool("long")
     text = " ".join(f"fact number {i} is {i * i}." for i in range(300))
