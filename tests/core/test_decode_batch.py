@@ -157,11 +157,11 @@ def test_a_prefill_in_small_chunks_gives_what_one_chunk_gives(model):
     ids = (torch.arange(90) % 500)[None]
     mask = torch.ones_like(ids)
     with torch.inference_mode():
-        whole = [model.prefill(ids, mask, model.new_cache(memory, 1, 100))]
+        whole = model.prefill(ids, mask, model.new_cache(memory, 1, 100))
         cache = model.new_cache(memory, 1, 100)
         chunked = list(model.prefill_chunks(ids, mask, cache, lambda: 7))
     assert len(chunked) == 13
-    torch.testing.assert_close(torch.cat(chunked, 1), whole[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.cat(chunked, 1), whole, rtol=0, atol=1e-5)
 
 
 def test_a_request_lets_those_about_to_start_join_its_first_step(model):
