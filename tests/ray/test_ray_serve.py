@@ -39,12 +39,27 @@ class Cluster:
 
     def __init__(self, root: Path):
         self.data_dir = root / "data"
+        self.acked: dict[tuple[str, str], int] = {}  # (memory, text) -> entry id of every acknowledged write
+        self.log = root / "serve.log"
+        tokens = root / "tokens.json"
+        tokens.write_text(json.dumps({"tokens": TOKENS}))
+        # A free port can be taken by one of Ray's own processes before the proxy binds it.
+        for _ in range(3):
+            if self._start(tokens):
+                return
+            self.process.terminate()
+            try:
+                self.process.wait(120)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        raise AssertionError(self.log.read_text()[-3000:])
+
+    def _start(self, tokens: Path) -> bool:
+        """Whether the cluster came up; False if its gRPC proxy could not bind the port."""
         self.port = ray_app._free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.metrics_port = ray_app._free_port()  # where Ray's metrics agent exports, ours included
-        self.acked: dict[tuple[str, str], int] = {}  # (memory, text) -> entry id of every acknowledged write
-        tokens = root / "tokens.json"
-        tokens.write_text(json.dumps({"tokens": TOKENS}))
         command = [
             *("serve", "--ray", "--replicas", "2", "--data-dir", str(self.data_dir), "--port", str(self.port)),
             *("--model", "random:tiny", "--tokens", str(tokens), "--snapshot-every", "4"),
@@ -52,7 +67,6 @@ class Cluster:
             *("--metrics-port", str(self.metrics_port)),
         ]
         env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # no token file under the home folder
-        self.log = root / "serve.log"
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", "import sys; from memagent.cli import main; sys.exit(main())", *command],
@@ -61,9 +75,12 @@ class Cluster:
                 env=env,
             )
         deadline = time.monotonic() + 300
-        while b"serving on Ray" not in self.log.read_bytes():
+        while b"serving on Ray" not in (output := self.log.read_bytes()):
+            if b"Failed to bind to address" in output:
+                return False
             assert self.process.poll() is None and time.monotonic() < deadline, self.log.read_text()[-3000:]
             time.sleep(0.5)
+        return True
 
     def client(self, token: str | None = ALICE) -> Client:
         return Client(self.address, token, timeout=60)
