@@ -46,6 +46,15 @@ def register(subparsers) -> None:
         "--carry-share", type=float, default=0.7,
         help="share of episodes that start from the pool the previous episode left instead of an empty one",
     )  # fmt: skip
+    train.add_argument(
+        "--read-share", type=float, default=0.0,
+        help="share of reads that see --read-writes whole writes (the facts' among others) instead of the pool",
+    )  # fmt: skip
+    train.add_argument("--read-writes", type=_at_least(1), default=4, help="writes such a read sees")
+    train.add_argument(
+        "--start", default=None,
+        help="an exported adapter to train on from (e.g. memagent/default_adapter), instead of a fresh one",
+    )  # fmt: skip
     train.add_argument("--seed", type=int, default=0, help="episodes and initialisation")
     train.add_argument("--device", default=AUTO, help=f"cpu, cuda, or {AUTO} (cuda when present)")
     train.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
@@ -127,10 +136,12 @@ def run_train(args: argparse.Namespace) -> int:
     _threads(args.threads)
     config = TrainConfig(
         steps=args.steps, lr=args.lr, max_minutes=args.max_minutes - args.retriever_minutes, seed=args.seed,
-        carry_share=args.carry_share, schedule=Schedule(args.max_facts, args.max_distractors, args.ramp_steps),
+        carry_share=args.carry_share, read_share=args.read_share, read_writes=args.read_writes, schedule=Schedule(args.max_facts, args.max_distractors, args.ramp_steps),
         adapter=AdapterShape(rank=args.rank, alpha=2.0 * args.rank),
     )
-    model = default_trainable(args.num_tokens, args.num_blocks, config.adapter, device=_device(args.device))
+    model = default_trainable(
+        args.num_tokens, args.num_blocks, config.adapter, device=_device(args.device), start=args.start
+    )
     tokenizer = default_model.load_tokenizer()
     engine = Engine(model, tokenizer)
     episodes = EpisodeMaker(

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from memagent import default_model
 from memagent.model.memoryllm import MemoryLLM
-from memagent.train.adapter import AdapterShape, make_trainable
+from memagent.train.adapter import AdapterShape, make_trainable, start_from
 
 
-def default_trainable(num_tokens: int, num_blocks: int, shape: AdapterShape, *, device="cpu") -> MemoryLLM:
-    """SmolLM2-135M-Instruct as a MemoryLLM with fresh (small random) memory parts and a fresh LoRA adapter."""
+def default_trainable(
+    num_tokens: int, num_blocks: int, shape: AdapterShape, *, device="cpu", start: str | Path | None = None
+) -> MemoryLLM:
+    """SmolLM2-135M-Instruct as a MemoryLLM with fresh (small random) memory parts and a fresh
+    LoRA adapter, or those of the adapter exported to `start`."""
     config = default_model.base_config(num_tokens=num_tokens, num_blocks=num_blocks, lora_config=None)
     generator = torch.Generator().manual_seed(0)
     L, d = config.num_hidden_layers, config.hidden_size
@@ -19,4 +24,5 @@ def default_trainable(num_tokens: int, num_blocks: int, shape: AdapterShape, *, 
         "new_memory_positional_emb": torch.randn(1, 1, d, generator=generator) * config.initializer_range,
     }
     model = MemoryLLM.from_state(config, default_model.base_state() | memory_parts, device=device, dtype=torch.float32)
-    return make_trainable(model, shape)
+    model = make_trainable(model, shape)
+    return model if start is None else start_from(model, start)

@@ -45,6 +45,26 @@ def make_trainable(model: MemoryLLM, shape: AdapterShape) -> MemoryLLM:
     return model
 
 
+def start_from(model: MemoryLLM, folder: str | Path) -> MemoryLLM:
+    """Set `model`'s trainable parts (from `make_trainable`) to those of the adapter exported to
+    `folder`, to train on from there. Its shape must be the model's; a retriever it carries is
+    not taken (the retriever phase trains one for the adapter it ends with)."""
+    folder = Path(folder)
+    theirs, ours = MemoryLLMConfig.from_json(folder / "config.json"), model.config
+    for name in ("num_tokens", "num_memory_tokens", "lora_config"):
+        if getattr(theirs, name) != getattr(ours, name):
+            raise ValueError(
+                f"the adapter in {folder} has {name} {getattr(theirs, name)}, this run trains {getattr(ours, name)}"
+            )
+    state = load_file(folder / ADAPTER_WEIGHTS)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    missing = [name for name in trainable if name not in state]
+    if missing:
+        raise ValueError(f"the adapter in {folder} lacks {len(missing)} trained tensors, e.g. {missing[0]}")
+    model.load_state_dict({name: state[name] for name in trainable}, strict=False)
+    return model
+
+
 def trainable_state(model: MemoryLLM) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 

@@ -8,14 +8,23 @@ but the fact tokens they leave in the pool still carry it.
 Most episodes start from the pool the previous episode left (detached), not an empty one: a
 memory in use is full of earlier writes, and a fact then holds only its own K tokens, where
 a first write into an empty pool fills all N of them.
+
+A share of reads (`read_share`) sees, instead of the pool, a few whole writes: the
+episode's fact writes among other writes, `read_writes` of them. There each fact holds K of
+a few hundred memory tokens, with no copies of itself and no tokens of other writes mixed
+in by the pool's random drops: the model learns to find one write among several, the skill
+that reading a full pool needs and that a fresh pool never asks for.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,19 +50,36 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (and export) after this much training time, resumes included
     seed: int = 0
     carry_share: float = 0.7  # share of episodes that start from the pool the previous one left
+    read_share: float = 0.0  # share of reads that see `read_writes` whole writes instead of the pool
+    read_writes: int = 4
     schedule: Schedule = field(default_factory=Schedule)
     adapter: AdapterShape = field(default_factory=AdapterShape)
 
 
 def write_episode(model: MemoryLLM, episode: Episode, seed: int, start: torch.Tensor | None = None):
-    """The pool after the episode's writes, starting from memory `start` [L, N, d] or empty."""
+    """The pool after the episode's writes, starting from memory `start` [L, N, d] or empty,
+    and each write's new memory tokens [L, n, d]."""
     pool = model.new_pool(seed=seed, memory=start)
+    written = []
     for ids, learn in episode.writes:
         tensor = torch.tensor([ids], device=model.device)
         with torch.set_grad_enabled(learn):
             new = model.new_memory(tensor, pool.memory if pool.initialized else None)
         pool.write(new)
-    return pool
+        written.append(new)
+    return pool, written
+
+
+def some_writes(
+    episode: Episode, written: list[torch.Tensor], count: int, earlier: list[torch.Tensor], rng: random.Random
+) -> torch.Tensor:
+    """A memory [L, count * K, d] of whole writes: the episode's learned writes (its facts),
+    then other writes of the episode, then `earlier` ones, to `count`; in the order written."""
+    learned = [i for i, (_, learn) in enumerate(episode.writes) if learn][:count]
+    others = [i for i in range(len(written)) if i not in learned]
+    chosen = sorted(learned + rng.sample(others, min(len(others), count - len(learned))))
+    before = rng.sample(earlier, min(len(earlier), count - len(chosen)))
+    return torch.cat(before + [written[i] for i in chosen], dim=1)
 
 
 def batch_targets(targets: list[Target], pad_id: int, device) -> tuple[torch.Tensor, ...]:
@@ -71,12 +97,21 @@ def batch_targets(targets: list[Target], pad_id: int, device) -> tuple[torch.Ten
 
 
 def episode_loss(
-    model: MemoryLLM, episode: Episode, seed: int, text_weight: float, pad_id: int, start: torch.Tensor | None = None
-) -> tuple[dict[str, torch.Tensor], MemoryPool]:
-    """({"loss": total, "qa": answer loss, "text": general-text loss}, the pool) for one episode."""
-    pool = write_episode(model, episode, seed, start)
+    model: MemoryLLM,
+    episode: Episode,
+    seed: int,
+    text_weight: float,
+    pad_id: int,
+    start: torch.Tensor | None = None,
+    read: Callable[[list[torch.Tensor]], torch.Tensor] | None = None,
+) -> tuple[dict[str, torch.Tensor], MemoryPool, list[torch.Tensor]]:
+    """({"loss": total, "qa": answer loss, "text": general-text loss}, the pool, each write's
+    new memory) for one episode. The targets read the pool, or with `read` the memory it makes
+    of the writes' new memories."""
+    pool, written = write_episode(model, episode, seed, start)
+    reader = pool if read is None else MemoryPool(read(written), initialized=True)
     ids, mask, labels = batch_targets(episode.targets, pad_id, model.device)
-    logits = model(ids, mask, pool=pool).logits[:, :-1].float()
+    logits = model(ids, mask, pool=reader).logits[:, :-1].float()
     token_loss = F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], reduction="none")
     parts = {}
     for kind in ("qa", "text"):
@@ -86,7 +121,7 @@ def episode_loss(
             parts[kind] = token_loss[chosen].mean()
     weights = {"qa": 1.0, "text": text_weight}
     parts["loss"] = sum(weights[k] * v for k, v in parts.items())
-    return parts, pool
+    return parts, pool, written
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -110,6 +145,7 @@ class Trainer:
         self.step = 0
         self.seconds = 0.0  # training time so far, across resumes: `max_minutes` bounds the whole run
         self.carried: torch.Tensor | None = None  # the memory the last episode left; a resumed run starts empty
+        self.earlier: deque[torch.Tensor] = deque(maxlen=64)  # recent writes' new memories, for reads of a few writes
         self.pad_id = episodes.tokenizer.pad_token_id or 0
 
     def save(self) -> None:
@@ -139,11 +175,17 @@ class Trainer:
         c = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(c, self.step)
-        carry = self.carried is not None and random.Random(c.seed * 1_000_003 + self.step).random() < c.carry_share
+        rng = random.Random(c.seed * 1_000_003 + self.step)
+        carry = self.carried is not None and rng.random() < c.carry_share
         seed = c.seed + self.step
         start = self.carried if carry else None
-        parts, pool = episode_loss(self.model, self.episodes(self.step), seed, c.text_weight, self.pad_id, start)
+        episode = self.episodes(self.step)
+        read = None
+        if rng.random() < c.read_share:
+            read = functools.partial(some_writes, episode, count=c.read_writes, earlier=list(self.earlier), rng=rng)
+        parts, pool, written = episode_loss(self.model, episode, seed, c.text_weight, self.pad_id, start, read)
         self.carried = pool.memory.detach()
+        self.earlier.extend(new.detach() for new in written)
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()

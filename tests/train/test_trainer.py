@@ -1,13 +1,16 @@
 """The training step on a tiny random model: loss falls, only the adapter learns, export reloads."""
 
+import functools
+import random
+
 import pytest
 import torch
 
 from memagent import MemoryLLM, default_model
 from memagent.model.shapes import shape_config
-from memagent.train.adapter import AdapterShape, export_adapter, export_difference, make_trainable
+from memagent.train.adapter import AdapterShape, export_adapter, export_difference, make_trainable, start_from
 from memagent.train.episodes import Episode, EpisodeMaker, Schedule
-from memagent.train.trainer import TrainConfig, Trainer, episode_loss, write_episode
+from memagent.train.trainer import TrainConfig, Trainer, episode_loss, some_writes, write_episode
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +67,50 @@ def test_episodes_start_from_the_pool_the_last_one_left(maker, tmp_path):
     left = trainer.carried
     assert left is not None and not left.requires_grad
     episode = Episode(writes=[(maker.encode("Project Falcon is led by Marta."), False)])
-    pool = write_episode(trainer.model, episode, seed=0, start=left)
+    pool, _ = write_episode(trainer.model, episode, seed=0, start=left)
     K = trainer.model.config.num_tokens
     kept = (pool.memory[:, : pool.size - K, None] == left[:, None]).all(-1).any(-1)
     assert kept.all()  # one write of K tokens into a full pool keeps N - K of the old ones
     trainer.train_step()  # and the next step trains from it
     assert not torch.equal(trainer.carried, left)
+
+
+def test_a_read_of_some_writes_holds_the_facts_whole_among_others_in_written_order(maker):
+    episode = Episode(writes=[([1], False), ([2], True), ([3], False), ([4], True), ([5], False)])
+    written = [torch.full((2, 3, 4), float(i)) for i in range(5)]
+    earlier = [torch.full((2, 3, 4), -1.0)]
+    for seed in range(5):
+        memory = some_writes(episode, written, 3, earlier, random.Random(seed))
+        blocks = [int(memory[0, i, 0]) for i in range(0, 9, 3)]
+        assert 1 in blocks and 3 in blocks and blocks == sorted(blocks) and len(set(blocks)) == 3
+    memory = some_writes(Episode(writes=[([1], True)]), written[:1], 3, earlier * 2, random.Random(0))
+    assert [int(memory[0, i, 0]) for i in range(0, 9, 3)] == [-1, -1, 0]  # earlier writes come first
+
+
+def test_reads_of_some_writes_train_the_writes_they_see(maker, tmp_path):
+    trainer = tiny_trainer(maker, tmp_path, repeat=3)
+    trainer.config.read_share = 1.0
+    trainer.train_step()
+    trainer.model.zero_grad()
+    episode = trainer.episodes(0)
+    read = functools.partial(some_writes, episode, count=2, earlier=list(trainer.earlier), rng=random.Random(0))
+    loss = episode_loss(trainer.model, episode, 0, 0.0, 0, read=read)[0]["qa"]
+    loss.backward()
+    assert trainer.model.new_memory_positional_emb.grad.abs().sum() > 0
+    assert len(trainer.earlier) == len(episode.writes)
+
+
+def test_a_run_can_start_from_an_exported_adapter_of_its_shape(maker, tmp_path):
+    trained = tiny_trainer(maker, tmp_path / "a", repeat=3)
+    trained.train_step()
+    export_adapter(trained.model, tmp_path / "adapter", lora_dtype=torch.float32)
+    fresh = tiny_trainer(maker, tmp_path / "b").model
+    start_from(fresh, tmp_path / "adapter")
+    for (name, a), b in zip(trained.model.named_parameters(), fresh.parameters()):
+        assert torch.equal(a, b), name
+    other = make_trainable(MemoryLLM.from_random(shape_config("tiny"), seed=0), AdapterShape(rank=2, alpha=4.0))
+    with pytest.raises(ValueError, match="lora_config"):
+        start_from(other, tmp_path / "adapter")
 
 
 def test_checkpoint_resume_continues_where_it_stopped(maker, tmp_path):
