@@ -21,33 +21,33 @@ def register(subparsers) -> None:
         "Resumes from --run-dir; exports the adapter to RUN_DIR/adapter. Uses CUDA when present.",
     )
     train.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="checkpoints, log and exported adapter go here")
-    train.add_argument("--steps", type=int, default=750, help="optimizer steps in all")
+    train.add_argument("--steps", type=int, default=380, help="optimizer steps in all")
     train.add_argument(
-        "--max-minutes", type=float, default=74,
+        "--max-minutes", type=float, default=45,
         help="wall time for both phases: the adapter stops early enough to leave --retriever-minutes",
     )  # fmt: skip
-    train.add_argument("--retriever-minutes", type=float, default=12, help="wall time of the retriever phase")
+    train.add_argument("--retriever-minutes", type=float, default=9, help="wall time of the retriever phase")
     train.add_argument("--num-tokens", type=int, default=64, help="K: memory tokens per write")
     train.add_argument("--num-blocks", type=int, default=16, help="the pool holds N = K * num_blocks tokens")
     train.add_argument("--rank", type=int, default=8, help="LoRA rank")
-    train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    train.add_argument("--lr", type=float, default=5e-4, help="learning rate")
     train.add_argument("--max-facts", type=int, default=3, help="facts written per episode at the end of the schedule")
     train.add_argument(
-        "--max-distractors", type=int, default=32,
+        "--max-distractors", type=int, default=12,
         help="unrelated writes after the facts, at most (drawn log-uniformly from 0 to the schedule's limit)",
     )  # fmt: skip
-    train.add_argument("--ramp-steps", type=int, default=300, help="steps over which episodes grow to the maximum")
+    train.add_argument("--ramp-steps", type=int, default=100, help="steps over which episodes grow to the maximum")
     train.add_argument("--varied-share", type=float, default=0.5, help="share of facts in the varied forms (train/varied.py)")
     train.add_argument(
         "--abstain-share", type=float, default=0.3,
         help="share of fact episodes that also ask about a fact never written (answer: \"I don't know.\")",
     )  # fmt: skip
     train.add_argument(
-        "--carry-share", type=float, default=0.7,
+        "--carry-share", type=float, default=0.9,
         help="share of episodes that start from the pool the previous episode left instead of an empty one",
     )  # fmt: skip
     train.add_argument(
-        "--read-share", type=float, default=0.0,
+        "--read-share", type=float, default=0.7,
         help="share of reads that see --read-writes whole writes (the facts' among others) instead of the pool",
     )  # fmt: skip
     train.add_argument("--read-writes", type=_at_least(1), default=4, help="writes such a read sees")
