@@ -136,7 +136,8 @@ def run_train(args: argparse.Namespace) -> int:
     _threads(args.threads)
     config = TrainConfig(
         steps=args.steps, lr=args.lr, max_minutes=args.max_minutes - args.retriever_minutes, seed=args.seed,
-        carry_share=args.carry_share, read_share=args.read_share, read_writes=args.read_writes, schedule=Schedule(args.max_facts, args.max_distractors, args.ramp_steps),
+        carry_share=args.carry_share, read_share=args.read_share, read_writes=args.read_writes,
+        schedule=Schedule(args.max_facts, args.max_distractors, args.ramp_steps),
         adapter=AdapterShape(rank=args.rank, alpha=2.0 * args.rank),
     )
     model = default_trainable(
