@@ -111,12 +111,13 @@ class EngineWorker:
         abandoned. `finished()`, asked on the worker after each item, ends the iteration without
         the task that would only find its end. Until its first task runs (or is skipped), the
         iteration counts in `starting`."""
-        waiting = [True]
+        waiting = True
 
         def started() -> None:
+            nonlocal waiting
             with self._lock:
-                if waiting[0]:
-                    waiting[0] = False
+                if waiting:
+                    waiting = False
                     self.starting -= 1
 
         def advance() -> tuple[object, bool]:
