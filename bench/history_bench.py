@@ -55,8 +55,9 @@ def ask_cost(engine: Engine, prompt: str, pool, new_tokens: int) -> dict:
     if device.type == "cuda":
         memory = torch.cuda.max_memory_allocated() - before
     else:
-        memory = kv_bytes(engine, engine.model.config.prefix_length * pool.initialized + ids.shape[1] + new_tokens)
-        memory += pool.memory.nbytes * pool.initialized
+        prefix = pool.prefix_kv.keys[0].shape[2] if pool.prefix_kv is not None else 0
+        read = prefix + engine.model.long_term_slots(pool)  # the shared prefix and the long-term region
+        memory = kv_bytes(engine, read + ids.shape[1] + new_tokens) + pool.memory.nbytes * pool.initialized
     return {
         "prompt_tokens": ids.shape[1],
         "ttft_s": times[0] - start,

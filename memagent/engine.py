@@ -22,6 +22,7 @@ from memagent.model.long_term_memory import mismatch
 from memagent.model.memory_pool import MemoryPool
 from memagent.model.memoryllm import MemoryLLM
 from memagent.model.pool_file import PoolFileError, load_pool, save_pool
+from memagent.model.recall_keys import LexicalKeys
 from memagent.sampling import SamplingParams, Usage
 from memagent.text_stream import TextStream
 
@@ -143,6 +144,7 @@ class Engine:
         self.max_long_term_tokens = max_long_term_tokens
         self.model = model
         self.tokenizer = tokenizer
+        model.recall_keys = LexicalKeys(tokenizer)
         self.name = name
         self.chunking = chunking or Chunking()
         self.cache_budget = cache_budget or CacheBudget.for_device(model.device)

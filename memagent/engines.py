@@ -16,9 +16,9 @@ from memagent.model.shapes import shape_config
 
 RANDOM_PREFIX = "random:"
 SCHEMES = quantized.SCHEMES
-# Long-term tokens per layer that each memory of our own models keeps (M+ models only): 256
-# writes' worth at the default's K = 64, and a read's scoring cost with it (README).
-MAX_LONG_TERM_TOKENS = 16384
+# Long-term tokens per layer that each memory of our own models keeps: 512 writes (chunks of at
+# most K tokens) at the default's K = 64, 2.1 GiB in float32 (README).
+MAX_LONG_TERM_TOKENS = 32768
 
 
 def load(

@@ -16,27 +16,33 @@ def register(subparsers) -> None:
         help="train the embedded default's memory adapter",
         description="Train the memory adapter of the embedded default (SmolLM2-135M-Instruct): LoRA on its "
         "projections plus the memory parts, on episodes that write facts, then unrelated text, then ask "
-        "(and ask about facts never written, to answer \"I don't know.\"); then the retriever of its "
-        "long-term memory, on streams of facts and text the trained model writes. "
+        "(and ask about facts never written, to answer \"I don't know.\"); reads see the few whole writes "
+        "that best match their questions, as the default's long-term memory recalls them (with --long-term "
+        "tokens, M+'s kind: then a retriever is trained too, on streams of facts and text the trained model "
+        "writes). "
         "Resumes from --run-dir; exports the adapter to RUN_DIR/adapter. Uses CUDA when present.",
     )
     train.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="checkpoints, log and exported adapter go here")
-    train.add_argument("--steps", type=int, default=380, help="optimizer steps in all")
+    train.add_argument("--steps", type=int, default=330, help="optimizer steps in all")
     train.add_argument(
-        "--max-minutes", type=float, default=45,
-        help="wall time for both phases: the adapter stops early enough to leave --retriever-minutes",
+        "--max-minutes", type=float, default=30,
+        help="wall time in all: with --long-term tokens the adapter stops early enough to leave --retriever-minutes",
     )  # fmt: skip
-    train.add_argument("--retriever-minutes", type=float, default=9, help="wall time of the retriever phase")
+    train.add_argument(
+        "--long-term", choices=("writes", "tokens"), default="writes",
+        help="the exported model's long-term memory: whole writes (recalling --read-writes per read) or M+'s tokens",
+    )  # fmt: skip
+    train.add_argument("--retriever-minutes", type=float, default=9, help="wall time of the retriever phase (tokens)")
     train.add_argument("--num-tokens", type=int, default=64, help="K: memory tokens per write")
     train.add_argument("--num-blocks", type=int, default=16, help="the pool holds N = K * num_blocks tokens")
     train.add_argument("--rank", type=int, default=8, help="LoRA rank")
-    train.add_argument("--lr", type=float, default=5e-4, help="learning rate")
+    train.add_argument("--lr", type=float, default=3e-4, help="learning rate")
     train.add_argument("--max-facts", type=int, default=3, help="facts written per episode at the end of the schedule")
     train.add_argument(
         "--max-distractors", type=int, default=12,
         help="unrelated writes after the facts, at most (drawn log-uniformly from 0 to the schedule's limit)",
     )  # fmt: skip
-    train.add_argument("--ramp-steps", type=int, default=100, help="steps over which episodes grow to the maximum")
+    train.add_argument("--ramp-steps", type=int, default=50, help="steps over which episodes grow to the maximum")
     train.add_argument("--varied-share", type=float, default=0.5, help="share of facts in the varied forms (train/varied.py)")
     train.add_argument(
         "--abstain-share", type=float, default=0.3,
@@ -47,10 +53,14 @@ def register(subparsers) -> None:
         help="share of episodes that start from the pool the previous episode left instead of an empty one",
     )  # fmt: skip
     train.add_argument(
-        "--read-share", type=float, default=0.7,
-        help="share of reads that see --read-writes whole writes (the facts' among others) instead of the pool",
+        "--read-share", type=float, default=1.0,
+        help="share of reads that see --read-writes whole writes (the facts' among the best matches of the "
+        "questions, as the default's long-term memory recalls them) instead of the pool",
     )  # fmt: skip
-    train.add_argument("--read-writes", type=_at_least(1), default=4, help="writes such a read sees")
+    train.add_argument(
+        "--read-writes", type=_at_least(1), default=4,
+        help="writes such a read sees, and a read of the exported long-term memory of whole writes recalls",
+    )  # fmt: skip
     train.add_argument(
         "--start", default=None,
         help="an exported adapter to train on from (e.g. memagent/default_adapter), instead of a fresh one",
@@ -130,12 +140,19 @@ def run_train(args: argparse.Namespace) -> int:
     from memagent.train import default_trainable
     from memagent.train.adapter import AdapterShape, export_adapter, export_difference
     from memagent.train.episodes import EpisodeMaker, Schedule
-    from memagent.train.retriever import DEFAULT_LONG_TERM, RetrieverConfig, export_with_retriever, train_retriever
+    from memagent.train.retriever import (
+        DEFAULT_LONG_TERM,
+        RetrieverConfig,
+        export_with_long_term,
+        train_retriever,
+        whole_writes,
+    )
     from memagent.train.trainer import TrainConfig, Trainer
 
     _threads(args.threads)
+    retriever_minutes = args.retriever_minutes if args.long_term == "tokens" else 0
     config = TrainConfig(
-        steps=args.steps, lr=args.lr, max_minutes=args.max_minutes - args.retriever_minutes, seed=args.seed,
+        steps=args.steps, lr=args.lr, max_minutes=args.max_minutes - retriever_minutes, seed=args.seed,
         carry_share=args.carry_share, read_share=args.read_share, read_writes=args.read_writes,
         schedule=Schedule(args.max_facts, args.max_distractors, args.ramp_steps),
         adapter=AdapterShape(rank=args.rank, alpha=2.0 * args.rank),
@@ -158,10 +175,13 @@ def run_train(args: argparse.Namespace) -> int:
     difference = export_difference(model, adapter, default_model.base_state(), sample)
     print(f"the exported adapter reproduces the trained model's logits within {difference:.1e}")
 
-    trained, _ = default_model.load_default(adapter, device=model.device)
-    retriever_config = RetrieverConfig(minutes=args.retriever_minutes, seed=args.seed)
-    retriever = train_retriever(trained, episodes, DEFAULT_LONG_TERM, retriever_config, args.run_dir, resume=not args.fresh)
-    export_with_retriever(adapter, retriever, DEFAULT_LONG_TERM)
+    if args.long_term == "writes":
+        export_with_long_term(adapter, whole_writes(args.read_writes))
+    else:
+        trained, _ = default_model.load_default(adapter, device=model.device)
+        retriever_config = RetrieverConfig(minutes=retriever_minutes, seed=args.seed)
+        retriever = train_retriever(trained, episodes, DEFAULT_LONG_TERM, retriever_config, args.run_dir, resume=not args.fresh)
+        export_with_long_term(adapter, DEFAULT_LONG_TERM, retriever)
     print(f"adapter exported to {adapter}; copy it to {default_model.ADAPTER_DIR} to ship it")
     return 0
 

@@ -30,6 +30,10 @@ class LongTermConfig:
     Tokens dropped from the pool wait in a pending list, move to the long-term store every
     `update_ltm_frequency` writes, and every read retrieves M = num_ltm_blocks * K of them per
     layer into its prefix, chosen by a retriever with keys of `selector_hidden_dim`.
+
+    `ltm_recall` "writes" (not in M+) keeps whole writes instead, and a read sees the
+    num_ltm_blocks writes whose ids best match its prompt in place of the pool
+    (`memagent.model.write_memory`); the selector and merge fields then go unused.
     """
 
     num_ltm_blocks: int
@@ -41,8 +45,11 @@ class LongTermConfig:
     decay_frequency: float = 1.0  # delta: recall frequencies lose this much per merge
     initial_rf_when_moving_stm_to_ltm: float = 1.0  # r0: a merged token's recall frequency
     update_ltm_mode: str = "immediate"
+    ltm_recall: str = "tokens"  # "tokens": M+; "writes": whole writes
 
     def __post_init__(self) -> None:
+        if self.ltm_recall not in ("tokens", "writes"):
+            raise ValueError(f"ltm_recall must be 'tokens' or 'writes', got {self.ltm_recall!r}")
         if self.num_selector_layers not in (1, 2):
             raise ValueError(f"num_selector_layers must be 1 or 2, got {self.num_selector_layers}")
         # The reference raises on any other mode at the first write; refusing at load keeps

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from memagent.model.config import DECODER_ADAPTER, WRITE_ADAPTER, MemoryLLMConfig
-from memagent.model.long_term_memory import LongTermMemory
+from memagent.model.long_term_memory import long_term_from_state
 from memagent.model.lora import build_lora_linear
 from memagent.model.memory_pool import MemoryPool
 from memagent.model.rope import RotaryEmbedding
@@ -173,7 +173,7 @@ def build(
             first = sorted(long_term_state)[0]
             raise CheckpointError(f"checkpoint holds long-term memory ({first}, ...) but its config has none")
         try:
-            model.pool.long_term = LongTermMemory.from_state(
+            model.pool.long_term = long_term_from_state(
                 config.long_term, config.num_tokens, long_term_state, model.pool.memory
             )
         except ValueError as err:

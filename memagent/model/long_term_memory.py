@@ -34,6 +34,7 @@ import torch
 
 from memagent.model.config import LongTermConfig
 from memagent.model.memory_pool import Dropped, fill
+from memagent.model.write_memory import WriteMemory
 
 _MERGE_THRESHOLD = 0.01  # a stored token lives while its recall frequency stays above this
 HOST = torch.device("cpu")
@@ -362,11 +363,6 @@ class LongTermMemory:
         return json.dumps({"config": asdict(self.config), "tokens_per_write": self.tokens_per_write})
 
     @classmethod
-    def from_metadata(cls, metadata: str, state: dict[str, torch.Tensor], memory: torch.Tensor) -> "LongTermMemory":
-        raw = json.loads(metadata)
-        return cls.from_state(LongTermConfig(**raw["config"]), raw["tokens_per_write"], state, memory)
-
-    @classmethod
     def from_state(
         cls, config: LongTermConfig, tokens_per_write: int, state: dict[str, torch.Tensor], memory: torch.Tensor
     ) -> "LongTermMemory":
@@ -435,7 +431,30 @@ class LongTermMemory:
                 raise ValueError(f"ltm_recall_frequencies.{layer} holds values that are not finite")
 
 
-def mismatch(long_term: LongTermMemory | None, config: LongTermConfig | None, tokens_per_write: int) -> str | None:
+LongTermStore = LongTermMemory | WriteMemory  # M+'s kind, or whole writes
+
+
+def new_long_term(config: LongTermConfig, tokens_per_write: int, memory: torch.Tensor) -> LongTermStore:
+    """An empty long-term memory of the kind `config` asks for, for a pool `memory` [L, N, d]."""
+    kind = WriteMemory if config.ltm_recall == "writes" else LongTermMemory
+    return kind.empty(config, tokens_per_write, memory)
+
+
+def long_term_from_state(
+    config: LongTermConfig, tokens_per_write: int, state: dict[str, torch.Tensor], memory: torch.Tensor
+) -> LongTermStore:
+    """`from_state` of the kind `config` asks for."""
+    kind = WriteMemory if config.ltm_recall == "writes" else LongTermMemory
+    return kind.from_state(config, tokens_per_write, state, memory)
+
+
+def long_term_from_metadata(metadata: str, state: dict[str, torch.Tensor], memory: torch.Tensor) -> LongTermStore:
+    """The long-term memory a pool file's `metadata` (its `metadata()`) and tensors `state` hold."""
+    raw = json.loads(metadata)
+    return long_term_from_state(LongTermConfig(**raw["config"]), raw["tokens_per_write"], state, memory)
+
+
+def mismatch(long_term: LongTermStore | None, config: LongTermConfig | None, tokens_per_write: int) -> str | None:
     """Why a pool's long-term memory does not fit a model with `config` (None without one), or None."""
     if config is None:
         return None if long_term is None else "it holds a long-term memory; this model has none"
@@ -453,5 +472,6 @@ def mismatch(long_term: LongTermMemory | None, config: LongTermConfig | None, to
 class LongTermRead:
     """One read's use of a long-term memory: what each layer chose."""
 
-    store: LongTermMemory
-    chosen: list[torch.Tensor] = field(default_factory=list)  # per layer [B, M] candidate indices
+    store: LongTermStore
+    # Per layer: [B, M] candidate indices (M+), or [B, R'] recalled writes (the same in every layer).
+    chosen: list[torch.Tensor] = field(default_factory=list)

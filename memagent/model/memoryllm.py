@@ -21,12 +21,14 @@ from memagent.model import generation, loading
 from memagent.model.attention import PREFILL_QUERY_ROWS, attend, token_mask
 from memagent.model.config import MemoryLLMConfig
 from memagent.model.kv_cache import KVCache, LayerRead
-from memagent.model.long_term_memory import LongTermMemory, LongTermRead
+from memagent.model.long_term_memory import LongTermRead, new_long_term
 from memagent.model.lora import writing
 from memagent.model.quantized import float_weights
+from memagent.model.recall_keys import distinct_ids
 from memagent.model.memory_pool import Dropped, MemoryPool, PrefixKV
 from memagent.model.retriever import Retriever
 from memagent.model.rope import RotaryEmbedding, apply_rope, rotate_into
+from memagent.model.write_memory import WriteMemory
 
 
 # Dtypes whose prefix is updated on a write rather than recomputed: in half precision every
@@ -156,7 +158,8 @@ class Backbone(nn.Module):
 @dataclass
 class CausalLMOutput:
     logits: torch.Tensor
-    long_term_order: torch.Tensor | None = None  # M+: [B, L, M] candidate index of each long-term prefix slot
+    # [B, L, M] candidate index of each long-term prefix slot (M+), or [B, L, R] recalled writes
+    long_term_order: torch.Tensor | None = None
 
 
 def chunk_size(batch: int, length: int, queries: int = PREFILL_QUERY_ROWS) -> int:
@@ -182,7 +185,11 @@ class MemoryLLM(nn.Module):
         self.bos_embedding = nn.Parameter(torch.zeros(L, 1, d)) if config.add_bos_embedding else None
         self.new_memory_positional_emb = nn.Parameter(torch.zeros(1, 1, d))
         self.rotary = RotaryEmbedding(config)
-        self.retriever = Retriever(config) if config.long_term else None
+        recalls_tokens = config.long_term is not None and config.long_term.ltm_recall == "tokens"
+        self.retriever = Retriever(config) if recalls_tokens else None
+        # A long-term memory of whole writes matches prompts to writes by these keys; an engine
+        # sets keys through its tokenizer (`memagent.model.recall_keys`).
+        self.recall_keys: Callable[[torch.Tensor], torch.Tensor] = distinct_ids
         self.pool = self.new_pool()
         self._fingerprint: str | None = None
 
@@ -244,7 +251,7 @@ class MemoryLLM(nn.Module):
         initialized = memory is not None
         if memory is None:
             memory = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        long_term = LongTermMemory.empty(c.long_term, c.num_tokens, memory) if c.long_term else None
+        long_term = new_long_term(c.long_term, c.num_tokens, memory) if c.long_term else None
         return MemoryPool(
             memory, initialized, seed=seed, drop_per_layer=c.drop_memory_per_layer, long_term=long_term
         )
@@ -283,19 +290,24 @@ class MemoryLLM(nn.Module):
         the whole pool. With M+ the memory's RoPE positions start after the M long-term tokens,
         which each row has in its own slots (see `_recall`). After writes (float32 and float64),
         the previous version's keys/values are updated instead (see `_updated_prefix`).
+
+        A pool with a long-term memory of whole writes is read through the writes it recalls
+        alone: its prefix is bos. The pool's last K tokens still give each write its context.
         """
         if not pool.initialized:
             return None
         stale = pool.prefix_kv
         if stale is not None and stale.version == pool.version:
             return stale
-        memory = pool.memory
+        recalls_writes = isinstance(pool.long_term, WriteMemory)
+        memory = pool.memory[:, :0] if recalls_writes else pool.memory
         bos = int(self.config.add_bos_embedding)
         positions = torch.arange(memory.shape[1] + bos, device=self.device)[None]
         positions[:, bos:] += self.long_term_slots(pool)
         cos, sin = self.rotary(positions, self.dtype)
         with float_weights(self):  # int8 reads too: the same prefix as the float model's
-            if stale is not None and pool.prefix_origin is not None and self.dtype in INCREMENTAL_PREFIX_DTYPES:
+            incremental = stale is not None and pool.prefix_origin is not None and not recalls_writes
+            if incremental and self.dtype in INCREMENTAL_PREFIX_DTYPES:
                 keys, values = self._updated_prefix(pool, stale, cos, sin)
             else:
                 keys, values = [], []
@@ -438,22 +450,39 @@ class MemoryLLM(nn.Module):
         return self.model.norm(x)
 
     def _recall(self, cache: KVCache, valid: torch.Tensor, i: int, x: torch.Tensor) -> None:
-        """M+: put the long-term tokens layer i retrieves for the prompt (layer input `x`, `valid`
-        [B, T]) in each row's long-term region, at RoPE positions right after bos."""
+        """Put the long-term tokens layer i recalls for the prompt (layer input `x`, `valid`
+        [B, T]) in each row's long-term region, at RoPE positions right after bos; a recall of
+        fewer than M tokens (whole writes, while fewer are held) takes the region's last slots."""
         read, layer = cache.long_term, self.model.layers[i]
         store = read.store
-        scores = None
-        if store.scored(i):
-            normed = layer.input_layernorm(x)
-            scores = torch.cat([self.retriever.scores(i, normed, valid, rows.keys) for rows in store.candidates(i)], 1)
-        chosen = store.choose(i, scores, x.shape[0])
-        read.chosen.append(chosen)
-        tokens = store.tokens(i, chosen).to(device=x.device, dtype=x.dtype)
+        if isinstance(store, WriteMemory):
+            chosen = read.chosen[0]
+            tokens = store.gather(i, chosen, x.device)
+        else:
+            scores = None
+            if store.scored(i):
+                normed = layer.input_layernorm(x)
+                scores = torch.cat([self.retriever.scores(i, normed, valid, rows.keys) for rows in store.candidates(i)], 1)
+            chosen = store.choose(i, scores, x.shape[0])
+            read.chosen.append(chosen)
+            tokens = store.tokens(i, chosen)
+        tokens = tokens.to(device=x.device, dtype=x.dtype)
         first = int(self.config.add_bos_embedding)
         cos, sin = self._rope(first + store.slots, x.dtype)
-        k, v = layer.self_attn.project_kv(layer.input_layernorm(tokens), cos[:, first:], sin[:, first:])
-        cache.layers[i].keys[:, :, : store.slots] = k
-        cache.layers[i].values[:, :, : store.slots] = v
+        region = slice(store.slots - tokens.shape[1], store.slots)
+        cos, sin = cos[:, first:][:, region], sin[:, first:][:, region]
+        k, v = layer.self_attn.project_kv(layer.input_layernorm(tokens), cos, sin)
+        cache.layers[i].keys[:, :, region] = k
+        cache.layers[i].values[:, :, region] = v
+
+    def _choose_writes(self, cache: KVCache, input_ids: torch.Tensor, valid: torch.Tensor) -> None:
+        """Whole writes: choose each row's writes from its prompt, once for every layer, and hide
+        the region's slots they leave empty."""
+        read = cache.long_term
+        chosen = read.store.choose([self.recall_keys(ids[real]) for ids, real in zip(input_ids, valid)])
+        read.chosen = [chosen] * len(cache.layers)
+        empty = read.store.slots - chosen.shape[1] * read.store.tokens_per_write
+        cache.key_valid[:, :empty] = False
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run a left-padded prompt through the cache; returns its hidden states [B, T, d].
@@ -483,6 +512,8 @@ class MemoryLLM(nn.Module):
         cache.mark(slots, valid)
         positions = cache.prefix_length + (attention_mask.long().cumsum(1) - 1).clamp(min=0)
         recall = None if cache.long_term is None else functools.partial(self._recall, cache, valid)
+        if cache.long_term is not None and isinstance(cache.long_term.store, WriteMemory):
+            self._choose_writes(cache, input_ids, valid)
         part = slice(0, 0)
         while part.stop < T:
             size = T if recall is not None else chunk_size(B, T, min(queries(), PREFILL_QUERY_ROWS))
@@ -596,7 +627,9 @@ class MemoryLLM(nn.Module):
         new = self.new_memory(input_ids.to(self.device), pool.memory if pool.initialized else None)
         if update:
             dropped = pool.write(new)
-            if pool.long_term is not None:
+            if isinstance(pool.long_term, WriteMemory):
+                pool.long_term.write(new, self.recall_keys(input_ids))
+            elif pool.long_term is not None:
                 pool.long_term.write(dropped, self._retriever_keys(dropped), new.shape[1])
         return new
 

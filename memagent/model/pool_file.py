@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from memagent.model.long_term_memory import LongTermMemory
+from memagent.model.long_term_memory import long_term_from_metadata
 from memagent.model.memory_pool import MemoryPool
 
 FORMAT = "memagent.pool/1"
@@ -68,7 +68,7 @@ def save_pool(pool: MemoryPool, path: str | Path, fingerprint: str) -> None:
 
 
 def long_term_size(path: str | Path) -> int | None:
-    """`LongTermMemory.size` of a pool file, from its header alone (no tensor is read); None
+    """The long-term memory's `size` of a pool file, from its header alone (no tensor is read); None
     for a pool without long-term memory. Raises PoolFileError if the file is unreadable."""
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -104,7 +104,7 @@ def load_pool(path: str | Path, fingerprint: str, *, device="cpu", dtype: torch.
     long_term = None
     if "long_term" in metadata:
         try:
-            long_term = LongTermMemory.from_metadata(metadata["long_term"], tensors, memory)
+            long_term = long_term_from_metadata(metadata["long_term"], tensors, memory)
         except (ValueError, KeyError, TypeError) as err:
             raise PoolFileError(f"{path}: damaged long-term memory ({err})") from err
     pool = MemoryPool(

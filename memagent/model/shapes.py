@@ -15,6 +15,8 @@ SHAPES: dict[str, dict] = {
     # tiny with M+'s long-term memory (N = 48 pool tokens, M = 16 recalled per layer): M+ in
     # tests of the service. Recall frequencies neither decay nor prune, so only a bound limits it.
     "tiny-mplus": dict(TINY, long_term=dict(num_ltm_blocks=2, selector_hidden_dim=16, decay_frequency=0.0)),
+    # tiny with a long-term memory of whole writes (the default's kind): 2 writes recalled per read.
+    "tiny-writes": dict(TINY, long_term=dict(num_ltm_blocks=2, selector_hidden_dim=16, ltm_recall="writes")),
     "smollm2-135m": dict(
         vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
         num_attention_heads=9, num_key_value_heads=3, num_tokens=64, num_blocks=16,

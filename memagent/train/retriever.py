@@ -1,4 +1,5 @@
-"""Training the default's long-term memory retriever (`memagent train`, after the adapter).
+"""Training a retriever for M+'s kind of long-term memory on the default (`memagent train
+--long-term tokens`, after the adapter; the shipped default recalls whole writes instead).
 
 A read of layer l scores every long-term token j against the prompt as
 mean_t sigmoid(q_t . key_j) (`memagent.model.retriever`) and takes the M best. The retriever
@@ -36,12 +37,18 @@ from memagent.train.episodes import EpisodeMaker, FactDraw
 from memagent.train.corpus import FactSampler
 from memagent.train.varied import VariedSampler
 
-# The default's long-term memory: M = 4 * K = 256 tokens per layer per read, merged on every
-# write and never decayed (a per-memory bound evicts the oldest instead, `engines`).
+# M+'s kind of long-term memory for the default (`memagent train --long-term tokens`): M = 4 * K
+# = 256 tokens per layer per read, merged on every write and never decayed (a per-memory bound
+# evicts instead, `engines`).
 DEFAULT_LONG_TERM = LongTermConfig(
     num_ltm_blocks=4, selector_hidden_dim=64, update_ltm_frequency=1, decay_frequency=0.0,
     initial_rf_when_moving_stm_to_ltm=1.0,
 )  # fmt: skip
+
+
+def whole_writes(writes: int) -> LongTermConfig:
+    """The default's long-term memory of whole writes, recalling `writes` per read."""
+    return replace(DEFAULT_LONG_TERM, num_ltm_blocks=writes, ltm_recall="writes")
 RETRIEVER_STATE = "retriever.pt"
 
 
@@ -220,13 +227,15 @@ def held_out_hits(retriever: Retriever, stream: Stream, temperature: float) -> f
     return torch.stack([layer_loss(retriever, i, stream, temperature)[1] for i in range(len(retriever.layers))]).mean().item()
 
 
-def export_with_retriever(folder: str | Path, retriever: Retriever, long_term: LongTermConfig) -> None:
-    """Turn the exported adapter in `folder` into one with a long-term memory and `retriever`."""
+def export_with_long_term(folder: str | Path, long_term: LongTermConfig, retriever: Retriever | None = None) -> None:
+    """Turn the exported adapter in `folder` into one with a long-term memory (and, for M+'s
+    kind, its `retriever`)."""
     from memagent.default_model import ADAPTER_WEIGHTS
 
     folder = Path(folder)
     config = with_long_term(MemoryLLMConfig.from_json(folder / "config.json"), long_term)
-    state = load_file(folder / ADAPTER_WEIGHTS)
-    state |= {f"retriever.{k}": v.detach().float().contiguous().cpu() for k, v in retriever.state_dict().items()}
-    save_file(state, folder / ADAPTER_WEIGHTS)
+    if retriever is not None:
+        state = load_file(folder / ADAPTER_WEIGHTS)
+        state |= {f"retriever.{k}": v.detach().float().contiguous().cpu() for k, v in retriever.state_dict().items()}
+        save_file(state, folder / ADAPTER_WEIGHTS)
     (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=1, default=str) + "\n")

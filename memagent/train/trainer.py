@@ -9,11 +9,12 @@ Most episodes start from the pool the previous episode left (detached), not an e
 memory in use is full of earlier writes, and a fact then holds only its own K tokens, where
 a first write into an empty pool fills all N of them.
 
-A share of reads (`read_share`) sees, instead of the pool, a few whole writes: the
-episode's fact writes among other writes, `read_writes` of them. There each fact holds K of
-a few hundred memory tokens, with no copies of itself and no tokens of other writes mixed
-in by the pool's random drops: the model learns to find one write among several, the skill
-that reading a full pool needs and that a fresh pool never asks for.
+A share of reads (`read_share`) sees, instead of the pool, a few whole writes, as a long-term
+memory of whole writes (`memagent.model.write_memory`) recalls them: the episode's fact writes
+among the writes that best match its questions, `read_writes` of them. There each fact holds
+K of a few hundred memory tokens, with no copies of itself, beside writes that share its
+questions' words: the model learns to find one write among look-alikes, the read the default
+makes.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from tqdm.auto import tqdm
 
 from memagent.model.memory_pool import MemoryPool
 from memagent.model.memoryllm import MemoryLLM
+from memagent.model.recall_keys import LexicalKeys
+from memagent.model.write_memory import best_matches
 from memagent.train.adapter import AdapterShape, export_adapter, trainable_state
 from memagent.train.episodes import Episode, EpisodeMaker, Schedule, Target
 
@@ -71,14 +74,26 @@ def write_episode(model: MemoryLLM, episode: Episode, seed: int, start: torch.Te
 
 
 def some_writes(
-    episode: Episode, written: list[torch.Tensor], count: int, earlier: list[torch.Tensor], rng: random.Random
+    episode: Episode,
+    written: list[torch.Tensor],
+    count: int,
+    earlier: list[tuple[torch.Tensor, torch.Tensor]],
+    keys: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """A memory [L, count * K, d] of whole writes: the episode's learned writes (its facts),
-    then other writes of the episode, then `earlier` ones, to `count`; in the order written."""
+    """A memory [L, count * K, d] of whole writes, as a long-term memory of whole writes recalls
+    them for the episode's questions: its learned writes (its facts), then, to `count`, those of
+    its other writes and of `earlier` ones ((new memory, key) pairs) whose keys best match the
+    questions' (`best_matches`); the earlier writes first, then the episode's, in the order written."""
     learned = [i for i, (_, learn) in enumerate(episode.writes) if learn][:count]
-    others = [i for i in range(len(written)) if i not in learned]
-    chosen = sorted(learned + rng.sample(others, min(len(others), count - len(learned))))
-    before = rng.sample(earlier, min(len(earlier), count - len(chosen)))
+    own = [i for i in range(len(written)) if i not in learned]
+    candidates = [key for _, key in earlier] + [keys(torch.tensor(episode.writes[i][0])) for i in own]
+    asked = [keys(torch.tensor(t.prompt)) for t in episode.targets if t.kind == "qa"]
+    question = torch.cat(asked).unique() if asked else torch.zeros(0, dtype=torch.long)
+    ends = torch.tensor([len(key) for key in candidates], dtype=torch.long).cumsum(0)
+    key_ids = torch.cat(candidates) if candidates else torch.zeros(0, dtype=torch.long)
+    best = best_matches(key_ids, ends, question, count - len(learned)).tolist()
+    before = [earlier[i][0] for i in best if i < len(earlier)]
+    chosen = sorted(learned + [own[i - len(earlier)] for i in best if i >= len(earlier)])
     return torch.cat(before + [written[i] for i in chosen], dim=1)
 
 
@@ -145,7 +160,9 @@ class Trainer:
         self.step = 0
         self.seconds = 0.0  # training time so far, across resumes: `max_minutes` bounds the whole run
         self.carried: torch.Tensor | None = None  # the memory the last episode left; a resumed run starts empty
-        self.earlier: deque[torch.Tensor] = deque(maxlen=64)  # recent writes' new memories, for reads of a few writes
+        # Recent writes' (new memory, key), for reads of a few writes.
+        self.earlier: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=64)
+        self.keys = LexicalKeys(episodes.tokenizer)
         self.pad_id = episodes.tokenizer.pad_token_id or 0
 
     def save(self) -> None:
@@ -182,10 +199,12 @@ class Trainer:
         episode = self.episodes(self.step)
         read = None
         if rng.random() < c.read_share:
-            read = functools.partial(some_writes, episode, count=c.read_writes, earlier=list(self.earlier), rng=rng)
+            earlier = list(self.earlier)
+            read = functools.partial(some_writes, episode, count=c.read_writes, earlier=earlier, keys=self.keys)
         parts, pool, written = episode_loss(self.model, episode, seed, c.text_weight, self.pad_id, start, read)
         self.carried = pool.memory.detach()
-        self.earlier.extend(new.detach() for new in written)
+        for new, (ids, _) in zip(written, episode.writes):
+            self.earlier.append((new.detach(), self.keys(torch.tensor(ids))))
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()

@@ -1,4 +1,5 @@
-"""The service on an M+ model (random:tiny-mplus): the long-term memory is as durable as the pool.
+"""The service on models with a long-term memory, M+'s (random:tiny-mplus) and one of whole
+writes (random:tiny-writes): the long-term memory is as durable as the pool.
 
 A crash (kill -9 of a server process) and a restart give the same long-term memory, bit for
 bit, whether it comes back from the log alone or from a snapshot plus the log's tail; Forget
@@ -29,15 +30,26 @@ from .conftest import RunningServer
 
 pytestmark = pytest.mark.timeout(300)
 
-MODEL = "random:tiny-mplus"
-K = 8  # tokens a write drops per layer; without decay or bound, all of them are kept
+K = 8  # tokens a write adds to the long-term memory per layer; without decay or bound, all are kept
+# The writes each model's long-term memory does not get: M+'s first write drops nothing.
+UNSTORED = {"random:tiny-mplus": 1, "random:tiny-writes": 0}
 NAMES = "Ana Ben Cai Dov Eli Fay Gus Hal Ivo Jon".split()
 NOTES = [f"Note {i}: locker {i} holds parcel {i * 7} for {name}." for i, name in enumerate(NAMES)]
 
 
+@pytest.fixture(scope="module", params=list(UNSTORED))
+def model(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def engine() -> memagent.Engine:
-    return memagent.load(MODEL)
+def engine(model) -> memagent.Engine:
+    return memagent.load(model)
+
+
+def stored(model: str, step: int) -> int:
+    """Long-term tokens per layer after `step` writes."""
+    return K * (step - UNSTORED[model])
 
 
 def pool_state(pool_file: bytes) -> tuple[dict, dict]:
@@ -57,9 +69,9 @@ def exported_pool(client: Client, memory: str, folder: Path) -> tuple[dict, dict
         return pool_state(tar.extractfile("pool.safetensors").read())
 
 
-def test_a_crash_gives_back_the_same_long_term_memory_from_the_log_or_a_snapshot_and_its_tail(engine, tmp_path):
+def test_a_crash_gives_back_the_same_long_term_memory_from_the_log_or_a_snapshot_and_its_tail(model, engine, tmp_path):
     data = tmp_path / "data"
-    server = ServerProcess(data, tmp_path / "first.log", "--snapshot-every", "3", model=MODEL)
+    server = ServerProcess(data, tmp_path / "first.log", "--snapshot-every", "3", model=model)
     with Client(server.address) as client:
         client.create("snapped")
         client.create("logged")
@@ -74,7 +86,7 @@ def test_a_crash_gives_back_the_same_long_term_memory_from_the_log_or_a_snapshot
     assert snapshots and not list((data / "default" / "logged").glob("pool-*.safetensors"))
     assert sizes["snapped"] > sizes["logged"] > 0, "both stores hold tokens"
 
-    server = ServerProcess(data, tmp_path / "second.log", "--snapshot-every", "3", model=MODEL)
+    server = ServerProcess(data, tmp_path / "second.log", "--snapshot-every", "3", model=model)
     try:
         with Client(server.address) as client:
             assert client.get("logged").long_term_tokens is None, "not opened yet, no snapshot of its whole log"
@@ -108,21 +120,22 @@ def write(client: Client, memory: str, texts: list[str]) -> list[int]:
     return [client.inject(memory, text).entry_id for text in texts]
 
 
-def test_forget_rebuilds_the_long_term_memory_as_if_never_told(client, tmp_path):
+def test_forget_rebuilds_the_long_term_memory_as_if_never_told(model, client, tmp_path):
     ids = write(client, "told", NOTES[:6])
     write(client, "never-told", [NOTES[i] for i in (0, 2, 3, 5)])
     result = client.forget("told", [ids[1], ids[4]])
-    assert result.memory.long_term_tokens == client.get("never-told").long_term_tokens == K * (result.memory.step - 1)
+    sizes = result.memory.long_term_tokens, client.get("never-told").long_term_tokens
+    assert sizes == (stored(model, result.memory.step),) * 2
     told, never = (exported_pool(client, m, tmp_path) for m in ("told", "never-told"))
     assert told == never
 
 
-def test_export_and_import_carry_the_long_term_memory(client, tmp_path):
+def test_export_and_import_carry_the_long_term_memory(model, client, tmp_path):
     write(client, "original", NOTES[:5])
     path = tmp_path / "original.tar"
     client.export("original", path)
     copy = client.import_memory(path, "copy")
-    assert copy.long_term_tokens == client.get("original").long_term_tokens == K * (copy.step - 1)
+    assert copy.long_term_tokens == client.get("original").long_term_tokens == stored(model, copy.step)
     assert exported_pool(client, "copy", tmp_path) == exported_pool(client, "original", tmp_path)
     client.inject("copy", NOTES[5])
     client.inject("original", NOTES[5])
@@ -153,8 +166,8 @@ def _nan_in_a_token(tensors):
     tensors["ltm.1"][2, 5] = float("nan")
 
 
-def _keys_cut_short(tensors):
-    tensors["ltm_keys.0"] = tensors["ltm_keys.0"][:-1].contiguous()
+def _tokens_cut_short(tensors):
+    tensors["ltm.0"] = tensors["ltm.0"][:-1].contiguous()
 
 
 def _store_dropped(tensors):
@@ -162,8 +175,10 @@ def _store_dropped(tensors):
         del tensors[name]
 
 
-@pytest.mark.parametrize("change", [_nan_in_a_token, _keys_cut_short, _store_dropped])
-def test_an_import_with_a_damaged_long_term_memory_is_refused_and_nothing_stored_is_lost(client, tmp_path, change):
+@pytest.mark.parametrize("change", [_nan_in_a_token, _tokens_cut_short, _store_dropped])
+def test_an_import_with_a_damaged_long_term_memory_is_refused_and_nothing_stored_is_lost(
+    model, client, tmp_path, change
+):
     memory = f"kept-{change.__name__.strip('_').replace('_', '-')}"
     write(client, memory, NOTES[:4])
     path = tmp_path / "kept.tar"
@@ -176,7 +191,7 @@ def test_an_import_with_a_damaged_long_term_memory_is_refused_and_nothing_stored
     assert f"{memory}-copy" not in [m.memory_id for m in client.list()]
     assert exported_pool(client, memory, tmp_path) == before
     copy = client.import_memory(path, f"{memory}-copy")
-    assert copy.long_term_tokens == K * (copy.step - 1) > 0, "the sound export still imports"
+    assert copy.long_term_tokens == stored(model, copy.step) > 0, "the sound export still imports"
 
 
 def test_eviction_to_disk_and_back_keeps_the_long_term_memory(engine, tmp_path):
@@ -196,7 +211,7 @@ def test_eviction_to_disk_and_back_keeps_the_long_term_memory(engine, tmp_path):
         assert pool_state(tight.export("t", memory).pool) == pool_state(roomy.export("t", memory).pool)
 
 
-def test_a_memory_evicted_during_a_write_reports_no_size_until_it_is_opened_again(engine, tmp_path):
+def test_a_memory_evicted_during_a_write_reports_no_size_until_it_is_opened_again(model, engine, tmp_path):
     store = MemoryStore(engine, tmp_path, device_bytes=1, snapshot_every=10_000, replay_seconds=float("inf"))
     store.create("t", "m")
     store.create("t", "other")
@@ -210,11 +225,11 @@ def test_a_memory_evicted_during_a_write_reports_no_size_until_it_is_opened_agai
     assert store.get("t", "m").long_term_tokens is None
     store.export("t", "m")  # opened: replayed from the log
     info = store.get("t", "m")
-    assert info.long_term_tokens == K * (info.step - 1)
+    assert info.long_term_tokens == stored(model, info.step)
 
 
-def test_serve_bounds_the_long_term_memory_and_get_reports_its_size(tmp_path):
-    server = ServerProcess(tmp_path / "data", tmp_path / "serve.log", "--max-long-term-tokens", "16", model=MODEL)
+def test_serve_bounds_the_long_term_memory_and_get_reports_its_size(model, tmp_path):
+    server = ServerProcess(tmp_path / "data", tmp_path / "serve.log", "--max-long-term-tokens", "16", model=model)
     try:
         with Client(server.address) as client:
             client.create("m")
@@ -222,12 +237,12 @@ def test_serve_bounds_the_long_term_memory_and_get_reports_its_size(tmp_path):
             for text in NOTES[:4]:
                 client.inject("m", text)
                 info = client.get("m")
-                assert info.long_term_tokens == min(16, K * (info.step - 1))
+                assert info.long_term_tokens == min(16, stored(model, info.step))
             assert info.long_term_tokens == 16
     finally:
         assert server.stop() == 0
 
 
-def test_serve_refuses_a_bound_below_what_a_read_places(tmp_path):
+def test_serve_refuses_a_bound_below_what_a_read_places(model, tmp_path):
     with pytest.raises(RuntimeError, match="at least the 16 long-term tokens a read places"):
-        ServerProcess(tmp_path / "data", tmp_path / "serve.log", "--max-long-term-tokens", "8", model=MODEL)
+        ServerProcess(tmp_path / "data", tmp_path / "serve.log", "--max-long-term-tokens", "8", model=model)

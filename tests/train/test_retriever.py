@@ -15,10 +15,11 @@ from memagent.train.retriever import (
     RETRIEVER_STATE,
     RetrieverConfig,
     StreamMaker,
-    export_with_retriever,
+    export_with_long_term,
     layer_loss,
     thinned,
     train_retriever,
+    whole_writes,
     with_long_term,
 )
 
@@ -85,7 +86,7 @@ def test_the_exported_adapter_loads_with_a_long_term_memory(model, tmp_path):
     trainable = make_trainable(MemoryLLM.from_random(shape_config("tiny"), seed=0), AdapterShape(rank=4, alpha=8.0))
     export_adapter(trainable, tmp_path)
     retriever = Retriever(with_long_term(model.config, DEFAULT_LONG_TERM))
-    export_with_retriever(tmp_path, retriever, DEFAULT_LONG_TERM)
+    export_with_long_term(tmp_path, DEFAULT_LONG_TERM, retriever)
 
     config = MemoryLLMConfig.from_json(tmp_path / "config.json")
     assert config.long_term == DEFAULT_LONG_TERM
@@ -97,3 +98,20 @@ def test_the_exported_adapter_loads_with_a_long_term_memory(model, tmp_path):
     for step in range(3):
         loaded.inject(torch.randint(3, 100, (1, 8)), pool=pool)
     assert pool.long_term.sizes() == [2 * config.num_tokens] * config.num_hidden_layers
+
+
+def test_an_adapter_exported_with_whole_writes_recalls_them_and_has_no_retriever(model, tmp_path):
+    trainable = make_trainable(MemoryLLM.from_random(shape_config("tiny"), seed=0), AdapterShape(rank=4, alpha=8.0))
+    export_adapter(trainable, tmp_path)
+    export_with_long_term(tmp_path, whole_writes(3))
+
+    config = MemoryLLMConfig.from_json(tmp_path / "config.json")
+    assert config.long_term.ltm_recall == "writes" and config.long_term.num_ltm_blocks == 3
+    assert not [k for k in load_file(tmp_path / "adapter.safetensors") if k.startswith("retriever.")]
+    loaded = MemoryLLM.from_state(config, model.state_dict() | load_file(tmp_path / "adapter.safetensors"))
+    assert loaded.retriever is None
+    pool = loaded.new_pool()
+    for step in range(4):
+        loaded.inject(torch.randint(3, 100, (1, 8)), pool=pool)
+    assert pool.long_term.num_writes == 4
+    assert loaded(torch.tensor([[5, 6]]), pool=pool).long_term_order.shape == (1, 2, 3)

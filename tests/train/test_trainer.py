@@ -1,7 +1,6 @@
 """The training step on a tiny random model: loss falls, only the adapter learns, export reloads."""
 
 import functools
-import random
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ import torch
 from memagent import MemoryLLM, default_model
 from memagent.model.shapes import shape_config
 from memagent.train.adapter import AdapterShape, export_adapter, export_difference, make_trainable, start_from
-from memagent.train.episodes import Episode, EpisodeMaker, Schedule
+from memagent.train.episodes import Episode, EpisodeMaker, Schedule, Target
 from memagent.train.trainer import TrainConfig, Trainer, episode_loss, some_writes, write_episode
 
 
@@ -75,16 +74,22 @@ def test_episodes_start_from_the_pool_the_last_one_left(maker, tmp_path):
     assert not torch.equal(trainer.carried, left)
 
 
-def test_a_read_of_some_writes_holds_the_facts_whole_among_others_in_written_order(maker):
-    episode = Episode(writes=[([1], False), ([2], True), ([3], False), ([4], True), ([5], False)])
+def test_a_read_of_some_writes_holds_the_facts_whole_among_the_best_matches_in_written_order(maker):
+    def keys(ids: torch.Tensor) -> torch.Tensor:
+        return ids.unique()
+
+    # Writes 1 and 3 are facts; the question shares 9 (rare) with write 2, and 7 with every write.
+    writes = [([1, 7], False), ([2, 7], True), ([3, 9, 7], False), ([4, 7], True), ([5, 7], False)]
+    episode = Episode(writes=writes, targets=[Target([9, 7], [0], "qa"), Target([5], [0], "text")])
     written = [torch.full((2, 3, 4), float(i)) for i in range(5)]
-    earlier = [torch.full((2, 3, 4), -1.0)]
-    for seed in range(5):
-        memory = some_writes(episode, written, 3, earlier, random.Random(seed))
-        blocks = [int(memory[0, i, 0]) for i in range(0, 9, 3)]
-        assert 1 in blocks and 3 in blocks and blocks == sorted(blocks) and len(set(blocks)) == 3
-    memory = some_writes(Episode(writes=[([1], True)]), written[:1], 3, earlier * 2, random.Random(0))
-    assert [int(memory[0, i, 0]) for i in range(0, 9, 3)] == [-1, -1, 0]  # earlier writes come first
+    earlier = [(torch.full((2, 3, 4), -1.0), torch.tensor([8]))]
+    memory = some_writes(episode, written, 3, earlier, keys)
+    assert [int(memory[0, i, 0]) for i in range(0, 9, 3)] == [1, 2, 3], "the facts and write 3, in order"
+    memory = some_writes(episode, written, 4, earlier, keys)
+    assert [int(memory[0, i, 0]) for i in range(0, 12, 3)] == [1, 2, 3, 4], "then the latest of the equals"
+    asked_earlier = Episode(writes=[([1], True)], targets=[Target([8], [0], "qa")])
+    memory = some_writes(asked_earlier, written[:1], 2, earlier * 2, keys)
+    assert [int(memory[0, i, 0]) for i in range(0, 6, 3)] == [-1, 0]  # earlier writes come first
 
 
 def test_reads_of_some_writes_train_the_writes_they_see(maker, tmp_path):
@@ -93,7 +98,7 @@ def test_reads_of_some_writes_train_the_writes_they_see(maker, tmp_path):
     trainer.train_step()
     trainer.model.zero_grad()
     episode = trainer.episodes(0)
-    read = functools.partial(some_writes, episode, count=2, earlier=list(trainer.earlier), rng=random.Random(0))
+    read = functools.partial(some_writes, episode, count=2, earlier=list(trainer.earlier), keys=trainer.keys)
     loss = episode_loss(trainer.model, episode, 0, 0.0, 0, read=read)[0]["qa"]
     loss.backward()
     assert trainer.model.new_memory_positional_emb.grad.abs().sum() > 0

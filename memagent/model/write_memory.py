@@ -1,0 +1,224 @@
+"""A long-term memory of whole writes: every write's K new tokens per layer, recalled whole.
+
+M+ keeps the tokens a pool drops one by one and a read retrieves M of them per layer, each
+layer its own. A fact written once then lives in K tokens scattered by random drops over many
+layers' stores, and a read rarely brings all of them back together. This store keeps each
+write whole instead: the K tokens per layer it produced (the very tokens the pool received)
+with a key of the ids written (`memagent.model.recall_keys`). A read takes the R = M / K
+writes whose keys best match its prompt's, by idf-weighted overlap (a write sharing a rare id
+with the prompt outranks one sharing common ones; among equals the later write wins), and
+places them in every layer's long-term region in the order they were written. Every layer
+reads the same writes, each as it was made.
+
+A read scores every key (a few ids per write, so cheap beside the model) and moves only its
+R writes' tokens to the device; the tokens stay in host memory. A bound evicts the oldest
+writes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import torch
+
+from memagent.model.config import LongTermConfig
+from memagent.model.memory_pool import fill
+
+HOST = torch.device("cpu")
+
+
+def best_matches(key_ids: torch.Tensor, key_ends: torch.Tensor, prompt_key: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the `count` writes (keys: `key_ids` cut at `key_ends`) that best match
+    `prompt_key`, ascending: the sum over shared ids of log((n + 1) / (writes holding the id + 1/2)),
+    the later write first among equals."""
+    n = len(key_ends)
+    owner = torch.repeat_interleave(torch.arange(n), key_ends.diff(prepend=key_ends.new_zeros(1)))
+    matched = torch.isin(key_ids, prompt_key)
+    _, which, holding = key_ids[matched].unique(return_inverse=True, return_counts=True)
+    idf = torch.log((n + 1) / (holding.double() + 0.5))[which]
+    scores = torch.zeros(n, dtype=torch.float64).index_add_(0, owner[matched], idf)
+    latest_first = torch.arange(n - 1, -1, -1)
+    return latest_first[scores[latest_first].argsort(descending=True, stable=True)[:count]].sort().values
+
+
+class WriteMemory:
+    """The whole writes of one pool: tokens [L, n * K, d] in host memory and each write's key."""
+
+    def __init__(
+        self,
+        config: LongTermConfig,
+        tokens_per_write: int,
+        tokens: torch.Tensor,
+        key_ids: torch.Tensor,
+        key_ends: torch.Tensor,
+    ):
+        self.config = config
+        self.tokens_per_write = tokens_per_write  # K
+        # A view of `_buffer`, which has room for later writes: a write appends in place and an
+        # eviction moves the view's start, so no row a `state_dict` handed out ever changes.
+        self.tokens = tokens
+        self._buffer = tokens
+        self.key_ids = key_ids  # [E] int64: each write's distinct token ids, write after write
+        self.key_ends = key_ends  # [n] int64: where each write's ids end in `key_ids`
+        self.max_tokens: int | None = None
+
+    @classmethod
+    def empty(cls, config: LongTermConfig, tokens_per_write: int, memory: torch.Tensor) -> "WriteMemory":
+        """An empty store for a pool `memory` [L, N, d]."""
+        L, _, d = memory.shape
+        none = torch.zeros(0, dtype=torch.long)
+        return cls(config, tokens_per_write, torch.zeros(L, 0, d, dtype=memory.dtype, device=HOST), none, none)
+
+    @property
+    def slots(self) -> int:
+        """M: tokens a read places in each layer's prefix, R whole writes."""
+        return self.config.num_ltm_blocks * self.tokens_per_write
+
+    @property
+    def num_layers(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def num_writes(self) -> int:
+        return len(self.key_ends)
+
+    def sizes(self) -> list[int]:
+        """Stored tokens per layer."""
+        return [self.tokens.shape[1]] * self.num_layers
+
+    @property
+    def size(self) -> int:
+        return self.tokens.shape[1]
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write(self, new: torch.Tensor, key: torch.Tensor) -> None:
+        """Keep the new memory [L, n, d] of one write whose key is `key` (distinct ids; a first
+        write's n < K tokens are repeated to K, as they fill the pool)."""
+        block = fill(new.detach().to(HOST, self.tokens.dtype), self.tokens_per_write)
+        self.tokens = self._append(block)
+        self.key_ids = torch.cat([self.key_ids, key.to(HOST, torch.long)])
+        self.key_ends = torch.cat([self.key_ends, torch.tensor([len(self.key_ids)])])
+        self._bound()
+
+    def _append(self, block: torch.Tensor) -> torch.Tensor:
+        """`torch.cat([self.tokens, block], 1)`, in place after the tokens where the buffer has
+        room, else in a new buffer of twice the live size."""
+        L, n, d = self.tokens.shape
+        start = (self.tokens.data_ptr() - self._buffer.data_ptr()) // (d * self.tokens.itemsize) if n else 0
+        end = start + n + block.shape[1]
+        if not n or end > self._buffer.shape[1]:
+            self._buffer = self.tokens.new_empty(L, 2 * (n + block.shape[1]), d)
+            self._buffer[:, :n] = self.tokens
+            start, end = 0, n + block.shape[1]
+        self._buffer[:, start + n : end] = block
+        return self._buffer[:, start:end]
+
+    # -- the bound -------------------------------------------------------------------------
+
+    def limit(self, max_tokens: int | None) -> None:
+        """Keep at most `max_tokens` tokens per layer (None: unbounded): the latest writes, now
+        and after every write. At least M, so that a full read always has R writes."""
+        if max_tokens is not None and max_tokens < self.slots:
+            raise ValueError(
+                f"a long-term memory bound of {max_tokens} tokens per layer is below the {self.slots} a read places"
+            )
+        self.max_tokens = max_tokens
+        self._bound()
+
+    def _bound(self) -> None:
+        if self.max_tokens is None:
+            return
+        evicted = self.num_writes - self.max_tokens // self.tokens_per_write
+        if evicted > 0:
+            first_kept = int(self.key_ends[evicted - 1])
+            self.tokens = self.tokens[:, evicted * self.tokens_per_write :]
+            self.key_ids = self.key_ids[first_kept:]
+            self.key_ends = self.key_ends[evicted:] - first_kept
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def choose(self, prompt_keys: list[torch.Tensor]) -> torch.Tensor:
+        """The writes [B, R'] each of B prompts, given by their keys, reads, R' = min(R, writes
+        held), in the order they were written."""
+        R = self.config.num_ltm_blocks
+        return torch.stack([best_matches(self.key_ids, self.key_ends, key, R) for key in prompt_keys])
+
+    def gather(self, layer: int, chosen: torch.Tensor, device=None) -> torch.Tensor:
+        """Layer `layer`'s tokens [B, R' * K, d] of the writes `chosen` [B, R'], on `device`;
+        only these cross to it."""
+        K = self.tokens_per_write
+        picked = self.tokens[layer].view(self.num_writes, K, -1)[chosen.to(HOST)].flatten(1, 2)
+        device = torch.device(device) if device is not None else HOST
+        if device.type != "cuda":
+            return picked.to(device)
+        return picked.pin_memory().to(device, non_blocking=True)
+
+    # -- whole-store operations --------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget every write (the pool was reset)."""
+        self.tokens = self._buffer = self.tokens[:, :0].clone()
+        self.key_ids, self.key_ends = self.key_ids[:0], self.key_ends[:0]
+
+    def clone(self) -> "WriteMemory":
+        keys = self.key_ids.clone(), self.key_ends.clone()
+        twin = WriteMemory(self.config, self.tokens_per_write, self.tokens.clone(), *keys)
+        twin.max_tokens = self.max_tokens
+        return twin
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "WriteMemory":
+        """Cast the tokens to `dtype`, in place; they stay in host memory whatever `device`."""
+        if dtype is not None and dtype != self.tokens.dtype:
+            self.tokens = self._buffer = self.tokens.to(dtype)
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        return self.tokens.nbytes + self.key_ids.nbytes + self.key_ends.nbytes
+
+    @property
+    def host_nbytes(self) -> int:
+        return self.tokens.nbytes
+
+    # -- files -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors to save: each layer's tokens (views no later write changes) and the keys."""
+        state = {f"ltm.{layer}": tokens for layer, tokens in enumerate(self.tokens)}
+        state |= {"ltm_write_keys": self.key_ids, "ltm_write_key_ends": self.key_ends}
+        return {k: v.detach().contiguous() for k, v in state.items()}
+
+    def metadata(self) -> str:
+        return json.dumps({"config": asdict(self.config), "tokens_per_write": self.tokens_per_write})
+
+    @classmethod
+    def from_state(
+        cls, config: LongTermConfig, tokens_per_write: int, state: dict[str, torch.Tensor], memory: torch.Tensor
+    ) -> "WriteMemory":
+        """Take the store's tensors out of `state`, for the pool `memory` [L, N, d]. Raises
+        ValueError on missing, misshapen or inconsistent tensors."""
+        L, _, d = memory.shape
+        K = tokens_per_write
+        names = [f"ltm.{layer}" for layer in range(L)] + ["ltm_write_keys", "ltm_write_key_ends"]
+        missing = [name for name in names if name not in state]
+        if missing:
+            raise ValueError(f"long-term memory tensors missing: {missing}")
+        layers = [state.pop(f"ltm.{layer}") for layer in range(L)]
+        key_ids, key_ends = state.pop("ltm_write_keys"), state.pop("ltm_write_key_ends")
+        n = len(key_ends)
+        for layer, tokens in enumerate(layers):
+            if tokens.shape != (n * K, d):
+                raise ValueError(f"ltm.{layer} {tuple(tokens.shape)} is not {n} writes of {K} tokens of size {d}")
+            if not tokens.isfinite().all():
+                raise ValueError(f"ltm.{layer} holds values that are not finite")
+        if key_ids.dim() != 1 or key_ends.dim() != 1 or key_ids.is_floating_point() or key_ends.is_floating_point():
+            raise ValueError("ltm_write_keys and ltm_write_key_ends must be vectors of integers")
+        key_ids, key_ends = key_ids.long(), key_ends.long()
+        if n and (bool((key_ends.diff(prepend=key_ends.new_zeros(1)) < 0).any()) or int(key_ends[-1]) != len(key_ids)):
+            raise ValueError("ltm_write_key_ends does not divide ltm_write_keys into writes")
+        if bool((key_ids < 0).any()):
+            raise ValueError("ltm_write_keys holds negative token ids")
+        tokens = torch.stack(layers).to(HOST, memory.dtype)
+        return cls(config, K, tokens, key_ids, key_ends)
