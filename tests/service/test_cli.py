@@ -88,7 +88,8 @@ def test_help_shows_defaults_but_never_the_token(capsys, monkeypatch):
 
 def test_train_and_eval_describe_themselves(capsys):
     train, evaluate = _help(capsys, "train"), _help(capsys, "eval")
-    assert "Train the memory adapter of the embedded default" in train and "(default: 380)" in train
+    assert "Train the memory adapter of the embedded default" in train and "(default: 330)" in train
+    assert "{writes,tokens}" in train
     assert "Evaluate a memory adapter on held-out facts" in evaluate
     assert "comma-separated k values, e.g. 0,5,10" in evaluate and "(default: 0,1,5,10,20,50,100,200)" in evaluate
     assert build_parser().parse_args(["eval", "--distractors", "0,3"]).distractors == [0, 3]
