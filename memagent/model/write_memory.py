@@ -104,16 +104,20 @@ class WriteMemory:
 
     def _append(self, block: torch.Tensor) -> torch.Tensor:
         """`torch.cat([self.tokens, block], 1)`, in place after the tokens where the buffer has
-        room, else in a new buffer of twice the live size."""
+        room, else in a new buffer of twice the live size; a bounded store's buffer holds at most
+        a quarter more than the bound (one copy of the store per quarter-bound of writes)."""
         L, n, d = self.tokens.shape
         start = (self.tokens.data_ptr() - self._buffer.data_ptr()) // (d * self.tokens.itemsize) if n else 0
-        end = start + n + block.shape[1]
-        if not n or end > self._buffer.shape[1]:
-            self._buffer = self.tokens.new_empty(L, 2 * (n + block.shape[1]), d)
+        needed = n + block.shape[1]
+        if not n or start + needed > self._buffer.shape[1]:
+            rows = 2 * needed
+            if self.max_tokens is not None:
+                rows = max(needed, min(rows, self.max_tokens + max(self.max_tokens // 4, block.shape[1])))
+            self._buffer = self.tokens.new_empty(L, rows, d)
             self._buffer[:, :n] = self.tokens
-            start, end = 0, n + block.shape[1]
-        self._buffer[:, start + n : end] = block
-        return self._buffer[:, start:end]
+            start = 0
+        self._buffer[:, start + n : start + needed] = block
+        return self._buffer[:, start : start + needed]
 
     # -- the bound -------------------------------------------------------------------------
 
@@ -216,7 +220,8 @@ class WriteMemory:
         if key_ids.dim() != 1 or key_ends.dim() != 1 or key_ids.is_floating_point() or key_ends.is_floating_point():
             raise ValueError("ltm_write_keys and ltm_write_key_ends must be vectors of integers")
         key_ids, key_ends = key_ids.long(), key_ends.long()
-        if n and (bool((key_ends.diff(prepend=key_ends.new_zeros(1)) < 0).any()) or int(key_ends[-1]) != len(key_ids)):
+        total = int(key_ends[-1]) if n else 0
+        if bool((key_ends.diff(prepend=key_ends.new_zeros(1)) < 0).any()) or total != len(key_ids):
             raise ValueError("ltm_write_key_ends does not divide ltm_write_keys into writes")
         if bool((key_ids < 0).any()):
             raise ValueError("ltm_write_keys holds negative token ids")

@@ -79,6 +79,7 @@ def test_the_store_round_trips_and_a_damaged_one_is_refused():
         ("ltm.0", lambda t: t[:-1], "is not 2 writes of 4 tokens"),
         ("ltm.0", lambda t: t.fill_(float("inf")), "not finite"),
         ("ltm_write_key_ends", lambda t: t + 1, "does not divide"),
+        ("ltm_write_key_ends", lambda t: t[:0], "is not 0 writes"),
         ("ltm_write_keys", lambda t: -t, "negative token ids"),
         ("ltm_write_keys", lambda t: t.float(), "vectors of integers"),
         ("ltm_write_keys", None, "missing"),
@@ -90,6 +91,13 @@ def test_the_store_round_trips_and_a_damaged_one_is_refused():
             state[name] = damage(state[name])
         with pytest.raises(ValueError, match=message):
             WriteMemory.from_state(wm.config, K, state, memory)
+    keys_of_no_write = {
+        "ltm.0": torch.zeros(0, d),
+        "ltm_write_keys": torch.tensor([5]),
+        "ltm_write_key_ends": torch.zeros(0, dtype=torch.long),
+    }
+    with pytest.raises(ValueError, match="does not divide"):
+        WriteMemory.from_state(wm.config, K, keys_of_no_write, memory)
 
 
 @pytest.fixture
@@ -193,3 +201,12 @@ def test_an_engine_keys_writes_through_its_tokenizer():
         pool.inject(text)
     question = engine.tokenizer(engine.question_prompt("What is RAVI?"), return_tensors="pt")["input_ids"]
     assert 0 in engine.model(question, pool=pool.pool).long_term_order[0, 0].tolist()
+
+
+def test_a_bounded_store_holds_at_most_a_quarter_more_than_its_bound():
+    wm = store()
+    wm.limit(8 * K)
+    for value in range(40):
+        write(wm, float(value), [value])
+        assert wm._buffer.shape[1] <= 10 * K and wm.num_writes == min(value + 1, 8)
+    assert values(wm) == [float(v) for v in range(32, 40)]
