@@ -434,18 +434,20 @@ class LongTermMemory:
 LongTermStore = LongTermMemory | WriteMemory  # M+'s kind, or whole writes
 
 
+def _kind(config: LongTermConfig) -> type[LongTermMemory] | type[WriteMemory]:
+    return WriteMemory if config.ltm_recall == "writes" else LongTermMemory
+
+
 def new_long_term(config: LongTermConfig, tokens_per_write: int, memory: torch.Tensor) -> LongTermStore:
     """An empty long-term memory of the kind `config` asks for, for a pool `memory` [L, N, d]."""
-    kind = WriteMemory if config.ltm_recall == "writes" else LongTermMemory
-    return kind.empty(config, tokens_per_write, memory)
+    return _kind(config).empty(config, tokens_per_write, memory)
 
 
 def long_term_from_state(
     config: LongTermConfig, tokens_per_write: int, state: dict[str, torch.Tensor], memory: torch.Tensor
 ) -> LongTermStore:
     """`from_state` of the kind `config` asks for."""
-    kind = WriteMemory if config.ltm_recall == "writes" else LongTermMemory
-    return kind.from_state(config, tokens_per_write, state, memory)
+    return _kind(config).from_state(config, tokens_per_write, state, memory)
 
 
 def long_term_from_metadata(metadata: str, state: dict[str, torch.Tensor], memory: torch.Tensor) -> LongTermStore:
