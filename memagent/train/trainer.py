@@ -79,6 +79,7 @@ def some_writes(
     count: int,
     earlier: list[tuple[torch.Tensor, torch.Tensor]],
     keys: Callable[[torch.Tensor], torch.Tensor],
+    write_keys: list[torch.Tensor],
 ) -> torch.Tensor:
     """A memory [L, count * K, d] of whole writes, as a long-term memory of whole writes recalls
     them for the episode's questions: its learned writes (its facts), then, to `count`, those of
@@ -86,7 +87,7 @@ def some_writes(
     questions' (`best_matches`); the earlier writes first, then the episode's, in the order written."""
     learned = [i for i, (_, learn) in enumerate(episode.writes) if learn][:count]
     own = [i for i in range(len(written)) if i not in learned]
-    candidates = [key for _, key in earlier] + [keys(torch.tensor(episode.writes[i][0])) for i in own]
+    candidates = [key for _, key in earlier] + [write_keys[i] for i in own]
     asked = [keys(torch.tensor(t.prompt)) for t in episode.targets if t.kind == "qa"]
     question = torch.cat(asked).unique() if asked else torch.zeros(0, dtype=torch.long)
     ends = torch.tensor([len(key) for key in candidates], dtype=torch.long).cumsum(0)
@@ -197,14 +198,16 @@ class Trainer:
         seed = c.seed + self.step
         start = self.carried if carry else None
         episode = self.episodes(self.step)
+        write_keys = [self.keys(torch.tensor(ids)) for ids, _ in episode.writes]
         read = None
         if rng.random() < c.read_share:
             earlier = list(self.earlier)
-            read = functools.partial(some_writes, episode, count=c.read_writes, earlier=earlier, keys=self.keys)
+            read = functools.partial(
+                some_writes, episode, count=c.read_writes, earlier=earlier, keys=self.keys, write_keys=write_keys
+            )
         parts, pool, written = episode_loss(self.model, episode, seed, c.text_weight, self.pad_id, start, read)
         self.carried = pool.memory.detach()
-        for new, (ids, _) in zip(written, episode.writes):
-            self.earlier.append((new.detach(), self.keys(torch.tensor(ids))))
+        self.earlier.extend((new.detach(), key) for new, key in zip(written, write_keys))
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()

@@ -83,12 +83,13 @@ def test_a_read_of_some_writes_holds_the_facts_whole_among_the_best_matches_in_w
     episode = Episode(writes=writes, targets=[Target([9, 7], [0], "qa"), Target([5], [0], "text")])
     written = [torch.full((2, 3, 4), float(i)) for i in range(5)]
     earlier = [(torch.full((2, 3, 4), -1.0), torch.tensor([8]))]
-    memory = some_writes(episode, written, 3, earlier, keys)
+    write_keys = [keys(torch.tensor(ids)) for ids, _ in writes]
+    memory = some_writes(episode, written, 3, earlier, keys, write_keys)
     assert [int(memory[0, i, 0]) for i in range(0, 9, 3)] == [1, 2, 3], "the facts and write 3, in order"
-    memory = some_writes(episode, written, 4, earlier, keys)
+    memory = some_writes(episode, written, 4, earlier, keys, write_keys)
     assert [int(memory[0, i, 0]) for i in range(0, 12, 3)] == [1, 2, 3, 4], "then the latest of the equals"
     asked_earlier = Episode(writes=[([1], True)], targets=[Target([8], [0], "qa")])
-    memory = some_writes(asked_earlier, written[:1], 2, earlier * 2, keys)
+    memory = some_writes(asked_earlier, written[:1], 2, earlier * 2, keys, [torch.tensor([1])])
     assert [int(memory[0, i, 0]) for i in range(0, 6, 3)] == [-1, 0]  # earlier writes come first
 
 
@@ -98,7 +99,9 @@ def test_reads_of_some_writes_train_the_writes_they_see(maker, tmp_path):
     trainer.train_step()
     trainer.model.zero_grad()
     episode = trainer.episodes(0)
-    read = functools.partial(some_writes, episode, count=2, earlier=list(trainer.earlier), keys=trainer.keys)
+    write_keys = [trainer.keys(torch.tensor(ids)) for ids, _ in episode.writes]
+    earlier = list(trainer.earlier)
+    read = functools.partial(some_writes, episode, count=2, earlier=earlier, keys=trainer.keys, write_keys=write_keys)
     loss = episode_loss(trainer.model, episode, 0, 0.0, 0, read=read)[0]["qa"]
     loss.backward()
     assert trainer.model.new_memory_positional_emb.grad.abs().sum() > 0
