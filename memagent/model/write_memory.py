@@ -5,10 +5,10 @@ layer its own. A fact written once then lives in K tokens scattered by random dr
 layers' stores, and a read rarely brings all of them back together. This store keeps each
 write whole instead: the K tokens per layer it produced (the very tokens the pool received)
 with a key of the ids written (`memagent.model.recall_keys`). A read takes the R = M / K
-writes whose keys best match its prompt's, by idf-weighted overlap (a write sharing a rare id
-with the prompt outranks one sharing common ones; among equals the later write wins), and
-places them in every layer's long-term region in the order they were written. Every layer
-reads the same writes, each as it was made.
+writes whose keys best match its prompt's, by BM25 over the keys as sets (a write sharing a
+rare id with the prompt outranks one sharing common ones, and a short write one as long as
+many; among equals the later write wins), and places them in every layer's long-term region
+in the order they were written. Every layer reads the same writes, each as it was made.
 
 A read scores every key (a few ids per write, so cheap beside the model) and moves only its
 R writes' tokens to the device; the tokens stay in host memory. A bound evicts the oldest
@@ -27,17 +27,30 @@ from memagent.model.memory_pool import fill
 
 HOST = torch.device("cpu")
 
+# The pool beside a store of whole writes is never read: it only gives each write its context,
+# its last K tokens. So it needs no more than the two blocks a config allows at least.
+POOL_BLOCKS = 2
+
+# BM25's usual constants: how fast a shared id's weight falls with the write's length, and how much.
+SATURATION, LENGTH_WEIGHT = 1.2, 0.75
+
 
 def best_matches(key_ids: torch.Tensor, key_ends: torch.Tensor, prompt_key: torch.Tensor, count: int) -> torch.Tensor:
     """Indices of the `count` writes (keys: `key_ids` cut at `key_ends`) that best match
-    `prompt_key`, ascending: the sum over shared ids of log((n + 1) / (writes holding the id + 1/2)),
-    the later write first among equals."""
+    `prompt_key`, ascending. A write scores the sum over the ids it shares of
+    idf * (s + 1) / (1 + s * (1 - w + w * its key's length / the mean length)), idf =
+    log((n + 1) / (writes holding the id + 1/2)): BM25 where every id occurs once. Without the
+    length term, a long write of common words outranks the short one that names the subject
+    (see `recall_keys` for what the two changes gave). Among equals the later write comes first."""
     n = len(key_ends)
-    owner = torch.repeat_interleave(torch.arange(n), key_ends.diff(prepend=key_ends.new_zeros(1)))
+    lengths = key_ends.diff(prepend=key_ends.new_zeros(1))
+    owner = torch.repeat_interleave(torch.arange(n), lengths)
     matched = torch.isin(key_ids, prompt_key)
     _, which, holding = key_ids[matched].unique(return_inverse=True, return_counts=True)
     idf = torch.log((n + 1) / (holding.double() + 0.5))[which]
-    scores = torch.zeros(n, dtype=torch.float64).index_add_(0, owner[matched], idf)
+    relative = lengths.double() / lengths.double().mean().clamp(min=1)
+    damping = (SATURATION + 1) / (1 + SATURATION * (1 - LENGTH_WEIGHT + LENGTH_WEIGHT * relative))
+    scores = torch.zeros(n, dtype=torch.float64).index_add_(0, owner[matched], idf * damping[owner[matched]])
     latest_first = torch.arange(n - 1, -1, -1)
     return latest_first[scores[latest_first].argsort(descending=True, stable=True)[:count]].sort().values
 
@@ -52,6 +65,7 @@ class WriteMemory:
         tokens: torch.Tensor,
         key_ids: torch.Tensor,
         key_ends: torch.Tensor,
+        first: int = 0,
     ):
         self.config = config
         self.tokens_per_write = tokens_per_write  # K
@@ -61,6 +75,7 @@ class WriteMemory:
         self._buffer = tokens
         self.key_ids = key_ids  # [E] int64: each write's distinct token ids, write after write
         self.key_ends = key_ends  # [n] int64: where each write's ids end in `key_ids`
+        self.first = first  # the number of the first write held (writes are numbered from 0 on)
         self.max_tokens: int | None = None
 
     @classmethod
@@ -140,6 +155,7 @@ class WriteMemory:
             self.tokens = self.tokens[:, evicted * self.tokens_per_write :]
             self.key_ids = self.key_ids[first_kept:]
             self.key_ends = self.key_ends[evicted:] - first_kept
+            self.first += evicted
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -165,10 +181,11 @@ class WriteMemory:
         """Forget every write (the pool was reset)."""
         self.tokens = self._buffer = self.tokens[:, :0].clone()
         self.key_ids, self.key_ends = self.key_ids[:0], self.key_ends[:0]
+        self.first = 0
 
     def clone(self) -> "WriteMemory":
         keys = self.key_ids.clone(), self.key_ends.clone()
-        twin = WriteMemory(self.config, self.tokens_per_write, self.tokens.clone(), *keys)
+        twin = WriteMemory(self.config, self.tokens_per_write, self.tokens.clone(), *keys, self.first)
         twin.max_tokens = self.max_tokens
         return twin
 
@@ -188,10 +205,27 @@ class WriteMemory:
 
     # -- files -----------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The tensors to save: each layer's tokens (views no later write changes) and the keys."""
-        state = {f"ltm.{layer}": tokens for layer, tokens in enumerate(self.tokens)}
+    @property
+    def end(self) -> int:
+        """The number the next write will get."""
+        return self.first + self.num_writes
+
+    def rows(self, start: int, end: int) -> torch.Tensor:
+        """The tokens [L, (end - start) * K, d] of writes `start` to `end` (held ones; a view)."""
+        if not self.first <= start <= end <= self.end:
+            raise ValueError(f"writes {start}-{end} are not all held (held: {self.first}-{self.end})")
+        K = self.tokens_per_write
+        return self.tokens[:, (start - self.first) * K : (end - self.first) * K]
+
+    def state_dict(self, since: int | None = None) -> dict[str, torch.Tensor]:
+        """The tensors to save: each layer's tokens (views no later write changes), the keys and
+        the first write's number. With `since`, the tokens of writes `since` on only: the earlier
+        ones are saved apart (snapshot segments, `memagent.store.snapshots`) and `from_state`
+        takes them as `ltm_sealed.{layer}`, from write `ltm_sealed_from` on."""
+        since = self.first if since is None else since
+        state = {f"ltm.{layer}": tokens for layer, tokens in enumerate(self.rows(since, self.end))}
         state |= {"ltm_write_keys": self.key_ids, "ltm_write_key_ends": self.key_ends}
+        state |= {"ltm_first_write": torch.tensor([self.first]), "ltm_tokens_from": torch.tensor([since])}
         return {k: v.detach().contiguous() for k, v in state.items()}
 
     def metadata(self) -> str:
@@ -209,13 +243,19 @@ class WriteMemory:
         missing = [name for name in names if name not in state]
         if missing:
             raise ValueError(f"long-term memory tensors missing: {missing}")
-        layers = [state.pop(f"ltm.{layer}") for layer in range(L)]
+        first = _number(state, "ltm_first_write", 0)  # files from before numbering hold none
+        since = _number(state, "ltm_tokens_from", first)
+        layers = [[state.pop(f"ltm.{layer}")] for layer in range(L)]
+        if since != first:
+            for pieces, sealed in zip(layers, _sealed(state, L, K, first, since)):
+                pieces.insert(0, sealed)
         key_ids, key_ends = state.pop("ltm_write_keys"), state.pop("ltm_write_key_ends")
         n = len(key_ends)
-        for layer, tokens in enumerate(layers):
-            if tokens.shape != (n * K, d):
-                raise ValueError(f"ltm.{layer} {tuple(tokens.shape)} is not {n} writes of {K} tokens of size {d}")
-            if not tokens.isfinite().all():
+        for layer, pieces in enumerate(layers):
+            shape = (sum(p.shape[0] for p in pieces), *pieces[-1].shape[1:])
+            if any(p.dim() != 2 for p in pieces) or shape != (n * K, d):
+                raise ValueError(f"ltm.{layer} {shape} is not {n} writes of {K} tokens of size {d}")
+            if not all(p.isfinite().all() for p in pieces):
                 raise ValueError(f"ltm.{layer} holds values that are not finite")
         if key_ids.dim() != 1 or key_ends.dim() != 1 or key_ids.is_floating_point() or key_ends.is_floating_point():
             raise ValueError("ltm_write_keys and ltm_write_key_ends must be vectors of integers")
@@ -225,5 +265,30 @@ class WriteMemory:
             raise ValueError("ltm_write_key_ends does not divide ltm_write_keys into writes")
         if bool((key_ids < 0).any()):
             raise ValueError("ltm_write_keys holds negative token ids")
-        tokens = torch.stack(layers).to(HOST, memory.dtype)
-        return cls(config, K, tokens, key_ids, key_ends)
+        tokens = torch.empty(L, n * K, d, dtype=memory.dtype, device=HOST)
+        for layer, pieces in enumerate(layers):
+            torch.cat([p.to(HOST, memory.dtype) for p in pieces], out=tokens[layer])
+        return cls(config, K, tokens, key_ids, key_ends, first)
+
+
+def _number(state: dict[str, torch.Tensor], name: str, default: int | None = None) -> int:
+    """The write number saved as `name` (`default` if there is none)."""
+    value = state.pop(name, None)
+    if value is None and default is not None:
+        return default
+    if value is None or value.shape != (1,) or value.is_floating_point() or int(value) < 0:
+        raise ValueError(f"{name} must hold one write number")
+    return int(value)
+
+
+def _sealed(state: dict[str, torch.Tensor], L: int, K: int, first: int, since: int) -> list[torch.Tensor]:
+    """Each layer's tokens of writes `first` to `since`, out of the sealed ones in `state`."""
+    if "ltm_sealed_from" not in state:
+        raise ValueError(f"the tokens of writes {first}-{since} are saved apart, and are not here")
+    start = _number(state, "ltm_sealed_from")
+    layers = [state.pop(f"ltm_sealed.{layer}", None) for layer in range(L)]
+    if any(rows is None or rows.dim() != 2 for rows in layers):
+        raise ValueError("sealed long-term tokens are missing or misshapen for some layers")
+    if not start <= first < since or any(rows.shape[0] < (since - start) * K for rows in layers):
+        raise ValueError(f"the sealed writes (from {start} on) do not hold writes {first}-{since}")
+    return [rows[(first - start) * K : (since - start) * K] for rows in layers]

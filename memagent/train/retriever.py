@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from memagent.model.config import LongTermConfig, MemoryLLMConfig
 from memagent.model.memoryllm import MemoryLLM
 from memagent.model.retriever import Retriever
+from memagent.model.write_memory import POOL_BLOCKS
 from memagent.train.episodes import EpisodeMaker, FactDraw
 from memagent.train.corpus import FactSampler
 from memagent.train.varied import VariedSampler
@@ -89,9 +90,11 @@ def thinned(stream: Stream, per_write: int, generator: torch.Generator) -> Strea
 
 
 def with_long_term(config: MemoryLLMConfig, long_term: LongTermConfig) -> MemoryLLMConfig:
-    """`config` (no long-term memory) plus `long_term`, the short-term pool unchanged."""
+    """`config` (no long-term memory) plus `long_term`: M+'s keeps the short-term pool as it
+    is; whole writes leave it the POOL_BLOCKS that give a write its context."""
     raw = config.to_dict() | asdict(long_term) | {"add_selector": True}
-    raw["num_blocks"] = config.num_blocks + long_term.num_ltm_blocks
+    pool_blocks = POOL_BLOCKS if long_term.ltm_recall == "writes" else config.num_blocks
+    raw["num_blocks"] = pool_blocks + long_term.num_ltm_blocks
     return MemoryLLMConfig.from_dict(raw)
 
 

@@ -36,11 +36,20 @@ def test_a_read_recalls_the_writes_sharing_the_rarest_ids_in_written_order():
     write(wm, 2.0, [1, 9, 7])
     write(wm, 3.0, [1, 5])
     assert wm.choose([torch.tensor([1, 9])]).tolist() == [[2, 3]], "9 first; then 1, which the latest shares too"
-    assert wm.choose([torch.tensor([8, 7])]).tolist() == [[1, 2]], "8 is rarer than 7; of 7's, the later"
+    assert wm.choose([torch.tensor([8, 7])]).tolist() == [[0, 1]], "8 is rarer than 7; of 7's, the shorter"
     assert wm.choose([torch.tensor([42])]).tolist() == [[2, 3]], "nothing matches: the latest writes"
     chosen = wm.choose([torch.tensor([5]), torch.tensor([8])])
     assert chosen.tolist() == [[2, 3], [1, 3]], "each prompt its own writes"
     assert wm.gather(0, chosen)[:, :, 0].tolist() == [[2.0] * K + [3.0] * K, [1.0] * K + [3.0] * K]
+
+
+def test_a_short_write_outranks_a_long_one_sharing_the_same_ids():
+    wm = store()
+    write(wm, 0.0, [7])
+    write(wm, 1.0, [7, *range(20, 40)])  # later, but 7 is one of its many words
+    write(wm, 2.0, [9])
+    write(wm, 3.0, [10])
+    assert wm.choose([torch.tensor([7, 9])]).tolist() == [[0, 2]]
 
 
 def test_writes_append_in_place_and_what_was_saved_never_changes():
@@ -192,6 +201,9 @@ def test_lexical_keys_meet_whatever_the_case_or_the_place_in_a_sentence():
     assert key("ljubljana") <= written and key("5.1.6") <= written
     assert not key("Raul") <= written
 
+    framed = LexicalKeys(tokenizer, frame="You are a helpful assistant.")
+    assert set(framed(torch.tensor(tokenizer("You are a helpful pilot")["input_ids"])).tolist()) == key(" pilot")
+
 
 @torch.no_grad()
 def test_an_engine_keys_writes_through_its_tokenizer():
@@ -201,6 +213,19 @@ def test_an_engine_keys_writes_through_its_tokenizer():
         pool.inject(text)
     question = engine.tokenizer(engine.question_prompt("What is RAVI?"), return_tensors="pt")["input_ids"]
     assert 0 in engine.model(question, pool=pool.pool).long_term_order[0, 0].tolist()
+
+
+@torch.no_grad()
+def test_an_engine_keys_leave_out_its_chat_frame():
+    """A write that shares only the chat frame's words with a question is not its best match."""
+    engine = Engine(MemoryLLM.from_random(shape_config("tiny-writes"), seed=0), default_model.load_tokenizer())
+    pool = engine.pool("m")
+    frame = engine.question_prompt("")
+    for text in ("Mina keeps a parrot called Ravi.", frame, "The depot closes at nine.", "Nils sails on Sunday."):
+        pool.inject(text)
+    assert pool.pool.long_term.key_ends[1] == pool.pool.long_term.key_ends[0], "the frame's write has no key"
+    question = engine.tokenizer(engine.question_prompt("Who keeps Ravi?"), return_tensors="pt")["input_ids"]
+    assert engine.model(question, pool=pool.pool).long_term_order[0, 0].tolist() == [0, 3], "Ravi's, then the latest"
 
 
 def test_a_bounded_store_holds_at_most_a_quarter_more_than_its_bound():

@@ -8,6 +8,7 @@ from memagent import MemoryLLM, default_model
 from memagent.model.config import MemoryLLMConfig
 from memagent.model.retriever import Retriever
 from memagent.model.shapes import shape_config
+from memagent.model.write_memory import POOL_BLOCKS
 from memagent.train.adapter import AdapterShape, export_adapter, make_trainable
 from memagent.train.episodes import EpisodeMaker
 from memagent.train.retriever import (
@@ -107,6 +108,7 @@ def test_an_adapter_exported_with_whole_writes_recalls_them_and_has_no_retriever
 
     config = MemoryLLMConfig.from_json(tmp_path / "config.json")
     assert config.long_term.ltm_recall == "writes" and config.long_term.num_ltm_blocks == 3
+    assert config.num_memory_tokens == POOL_BLOCKS * config.num_tokens, "a pool that gives writes their context"
     assert not [k for k in load_file(tmp_path / "adapter.safetensors") if k.startswith("retriever.")]
     loaded = MemoryLLM.from_state(config, model.state_dict() | load_file(tmp_path / "adapter.safetensors"))
     assert loaded.retriever is None

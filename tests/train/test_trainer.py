@@ -23,6 +23,7 @@ class Repeat:
 
     def __init__(self, maker: EpisodeMaker, step: int):
         self.maker, self.step, self.tokenizer = maker, step, maker.tokenizer
+        self.question_prompt = maker.question_prompt
 
     def __call__(self, step: int):
         return self.maker(self.step)
