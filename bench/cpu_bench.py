@@ -2,11 +2,14 @@
 
 Decode tokens/s at batch 1 and 8 (float32 and int8 reads), plain transformers `generate` of
 the same base model with no memory and with a prompt as long as the memory prefix (1 + N
-tokens), their ratio, the share of the memory-bandwidth floor each reaches (bytes one step
+tokens; with a long-term memory of whole writes, 1 + M: the recalled writes a read attends
+instead of the pool), their ratio, the share of the memory-bandwidth floor each reaches (bytes one step
 reads: weights plus the memory's keys/values, over the bandwidth of a large copy measured
 here), and the first token after a write with the memory's keys/values cold (updated from the
 previous version), cold and recomputed from scratch, warm, and updated by the write itself (as
 `Engine.write` and the server's writes do: the time the write spent on it is shown too).
+With whole writes a read makes its prefix from the writes it recalls, so there is no prefix to
+keep warm: the first token after a write is shown as it is.
 
 Configurations take turns, round after round, so a busy machine slows them alike; each figure
 is the median over rounds. Times are the CPU time of the benchmark's thread (what it would take
@@ -30,6 +33,7 @@ from memagent import default_model
 from memagent.model import generation
 from memagent.model.memoryllm import MemoryLLM
 from memagent.model.quantized import Int8Linear, quantize
+from memagent.model.write_memory import WriteMemory
 from memagent.sampling import SamplingParams
 
 PROMPT = "Question: what is the name of the project that Alice leads, and who works with her on it?"
@@ -95,6 +99,17 @@ def update_prefix(model: MemoryLLM) -> float:
     return CLOCK() - start
 
 
+def read_prefix(model: MemoryLLM) -> tuple[int, int]:
+    """Tokens a read's prefix holds per layer and the bytes of their keys/values."""
+    c = model.config
+    if isinstance(model.pool.long_term, WriteMemory):
+        tokens = int(c.add_bos_embedding) + c.long_term_slots
+        kv_heads, head_dim = c.num_key_value_heads, c.head_dim
+        return tokens, 2 * c.num_hidden_layers * kv_heads * tokens * head_dim * model.dtype.itemsize
+    prefix = model.memory_prefix(model.pool)
+    return prefix.keys[0].shape[2], sum(t.nbytes for t in prefix.keys + prefix.values)
+
+
 def copy_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     """Bytes/s of a large tensor copy (read + write), the best of `repeats`."""
     source = torch.ones(int(gib * 2**30) // 4)
@@ -136,10 +151,9 @@ def main() -> None:
     int8 = quantize(copy.deepcopy(model), "int8")
     hf = AutoModelForCausalLM.from_pretrained(str(default_model.base_checkpoint()), dtype=torch.float32).eval()
     prompt = tokenizer(PROMPT, return_tensors="pt").input_ids
-    P = model.memory_prefix(model.pool).keys[0].shape[2]  # 1 + N
+    P, memory_kv = read_prefix(model)
     long_prompt = torch.randint(100, model.config.vocab_size, (1, P))
-    prefix = model.memory_prefix(model.pool)
-    memory_kv = sum(t.nbytes for t in prefix.keys + prefix.values)  # its token slots add a few KB
+    whole_writes = isinstance(model.pool.long_term, WriteMemory)
 
     memagent_bytes = lambda m: weight_bytes(m) + memory_kv
     runs = {  # name: (batch, run, bytes one step reads)
@@ -153,17 +167,18 @@ def main() -> None:
     }
     gaps: dict[str, list[float]] = {name: [] for name in runs}
     kinds = ("float32", "int8")
-    cold = {
-        f"{name}, {kind}": []
-        for name in kinds
-        for kind in ("cold (updated)", "cold (recomputed)", "warm", "updated by the write", "the write's update")
-    }
+    moments = ("cold (updated)", "cold (recomputed)", "warm", "updated by the write", "the write's update")
+    moments = ("after the write",) if whole_writes else moments
+    cold = {f"{name}, {kind}": [] for name in kinds for kind in moments}
     for round_ in range(args.rounds):
         for name, (_, run, _) in runs.items():
             gaps[name] += run()
         for name, m in (("float32", model), ("int8", int8)):
             write = tokenizer(WRITES[round_ % len(WRITES)], return_tensors="pt").input_ids
             m.inject(write)
+            if whole_writes:
+                cold[f"{name}, after the write"].append(first_token(m, prompt))
+                continue
             cold[f"{name}, cold (updated)"].append(first_token(m, prompt))
             cold[f"{name}, warm"].append(first_token(m, prompt))
             m.inject(write)
@@ -179,8 +194,9 @@ def main() -> None:
     long_base = rates[f"transformers, {P}-token prompt, batch 1"]
 
     clock = "wall-clock" if args.wall else "thread CPU"
-    print(f"embedded default (SmolLM2-135M + adapter, N = {P - 1}), {args.threads} thread(s), {clock} time, "
-          f"{args.rounds} rounds of {args.new_tokens} new tokens; copy bandwidth {bandwidth / 1e9:.1f} GB/s")
+    print(f"embedded default (SmolLM2-135M + adapter, a {P}-token read prefix), {args.threads} thread(s), "
+          f"{clock} time, {args.rounds} rounds of {args.new_tokens} new tokens; "
+          f"copy bandwidth {bandwidth / 1e9:.1f} GB/s")
     print()
     print("| decode | tokens/s | vs transformers, no memory | vs transformers, "
           f"{P}-token prompt | bytes per step | share of the bandwidth floor |")
@@ -195,7 +211,7 @@ def main() -> None:
     print("|---|---|")
     for name, times in cold.items():
         print(f"| {name} | {1000 * statistics.median(times):.0f} |")
-    for name in kinds:
+    for name in kinds if not whole_writes else ():
         for kind in ("cold (updated)", "updated by the write"):
             ratio = statistics.median(cold[f"{name}, {kind}"]) / statistics.median(cold[f"{name}, warm"])
             print(f"| {name}, {kind} / warm | {ratio:.2f}x |")

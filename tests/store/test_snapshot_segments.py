@@ -68,7 +68,8 @@ def test_each_snapshot_writes_the_new_writes_and_merges_like_a_binary_counter(en
         segment_files = [name for name, _ in files if name.startswith("writes-")]
         assert segment_files, "each snapshot seals the write it follows"
     assert ranges == [
-        [(0, 1)], [(0, 2)], [(0, 2), (2, 3)], [(0, 4)], [(0, 4), (4, 5)], [(0, 4), (4, 6)], [(0, 4), (4, 6), (6, 7)], [(0, 8)]
+        [(0, 1)], [(0, 2)], [(0, 2), (2, 3)], [(0, 4)],
+        [(0, 4), (4, 5)], [(0, 4), (4, 6)], [(0, 4), (4, 6), (6, 7)], [(0, 8)],
     ]
     on_disk = sorted(p.name for p in (tmp_path / "t" / "m").glob("writes-*"))
     assert on_disk == [f"writes-{check(store).log_id}-0-8.safetensors"], "merged segments are deleted"
