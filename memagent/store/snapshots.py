@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors.torch import load as tensors_from_bytes
 from safetensors.torch import save
 
 from memagent.model.memory_pool import MemoryPool
@@ -128,10 +128,11 @@ class Snapshots:
         path = self.path(log_id)
         if not path.exists():
             return None
-        problem = self._problem(log_id, entries)
+        check = read_check(self.check_path(log_id))
+        problem = self._problem(check, log_id, entries)
         if problem is None:
             try:
-                sealed = self._sealed(log_id)
+                sealed = self._sealed(check)
                 return load_pool(path, self.fingerprint, device=device, dtype=dtype, sealed=sealed)
             except PoolFileError as err:
                 problem = str(err)
@@ -141,8 +142,7 @@ class Snapshots:
         self.check_path(log_id).unlink(missing_ok=True)  # so that the next snapshot reuses none of it
         return None
 
-    def _problem(self, log_id: str, entries: Sequence[LogEntry]) -> str | None:
-        check = read_check(self.check_path(log_id))
+    def _problem(self, check: SnapshotCheck | None, log_id: str, entries: Sequence[LogEntry]) -> str | None:
         if check is None:
             return "its check file is missing or unreadable"
         if check.log_id != log_id:
@@ -157,10 +157,10 @@ class Snapshots:
             return f"it was taken at entry {check.entry_id}, step {check.step}, which this log does not hold"
         return None
 
-    def _sealed(self, log_id: str) -> dict[str, torch.Tensor] | None:
+    def _sealed(self, check: SnapshotCheck) -> dict[str, torch.Tensor] | None:
         """The long-term tokens the snapshot's segments hold, as `load_pool` takes them; raises
         PoolFileError for a segment missing, unreadable or not matching its checksum."""
-        segments = read_check(self.check_path(log_id)).segments
+        log_id, segments = check.log_id, check.segments
         if not segments:
             return None
         parts = []
@@ -172,8 +172,10 @@ class Snapshots:
                 raise PoolFileError(f"{path}: segment unreadable ({err})") from err
             if hashlib.sha256(data).hexdigest() != segment.sha256:
                 raise PoolFileError(f"{path}: segment bytes do not match their checksum")
-            with safe_open(path, framework="pt") as f:
-                parts.append({name: f.get_tensor(name) for name in f.keys()})
+            try:  # from the bytes already read for the checksum
+                parts.append(tensors_from_bytes(data))
+            except Exception as err:
+                raise PoolFileError(f"{path}: not a readable segment ({err})") from err
         try:  # layer by layer, letting each segment's piece go once joined
             sealed = {name: torch.cat([part.pop(name) for part in parts]) for name in list(parts[0])}
         except (KeyError, RuntimeError) as err:
