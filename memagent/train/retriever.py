@@ -50,6 +50,8 @@ DEFAULT_LONG_TERM = LongTermConfig(
 def whole_writes(writes: int) -> LongTermConfig:
     """The default's long-term memory of whole writes, recalling `writes` per read."""
     return replace(DEFAULT_LONG_TERM, num_ltm_blocks=writes, ltm_recall="writes")
+
+
 RETRIEVER_STATE = "retriever.pt"
 
 
