@@ -12,6 +12,7 @@ tokens are the same alone or in a batch.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -37,6 +38,10 @@ MAX_AHEAD = 4
 # about 1.8x as long; a prompt that nobody may wait for goes in the model's larger chunks.
 # Accelerators always do.
 CPU_PREFILL_QUERIES = 32
+# Prompts of at most this many queries (rows x tokens: questions, chat turns) that wait to
+# start at the same time prefill in one forward pass, up to PREFILL_QUERY_ROWS queries in all:
+# one pass reads the weights once for all of them (see `DecodeBatch.prefill`).
+SHARED_PREFILL_QUERIES = 128
 
 
 def left_align(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pad_id: int):
@@ -123,23 +128,38 @@ class Decoding:
         self.cache = None
         self.graph_step = None  # a captured step of this request's shape, replayed while it runs alone
         self.logits: torch.Tensor | None = None  # [B, V]: the next token's, once prefilled
+        self.error: BaseException | None = None  # what failed a prefill shared with others
         self._held = contextlib.ExitStack()
 
     @property
     def rows(self) -> int:
         return self.input_ids.shape[0]
 
+    @property
+    def max_tokens(self) -> int:
+        return self.input_ids.shape[1] + self.params.max_new_tokens
+
+    @property
+    def shares_prefill(self) -> bool:
+        """Whether the prompt may prefill in one pass with others' (`DecodeBatch.prefill`)."""
+        return self.input_ids.numel() <= SHARED_PREFILL_QUERIES and self.model.shares_prefill(self.pool)
+
+    def open_cache(self) -> None:
+        """The request's cache (a borrowed static step's on CUDA); call under the model's lock:
+        a capture must not interleave with other model calls."""
+        if self.graphs is not None:
+            memory = self.pool if self.pool.initialized else None
+            self.graph_step = self._held.enter_context(self.graphs.borrow(memory, self.rows, self.max_tokens))
+        if self.graph_step is not None:
+            self.cache = self.graph_step.cache
+        else:
+            self.cache = self.model.new_cache(self.pool, self.rows, self.max_tokens)
+
     def prefill(self, lock: contextlib.AbstractContextManager, contended: Callable[[], bool]) -> Iterator[None]:
         """Run the prompt through a new cache, one chunk per hold of `lock`; yields between chunks,
         which are small on the CPU while `contended()`: others wait for them."""
-        B, T = self.input_ids.shape
-        max_tokens = T + self.params.max_new_tokens
         with lock, torch.inference_mode():
-            if self.graphs is not None:
-                # Under the lock: a capture must not interleave with other model calls.
-                memory = self.pool if self.pool.initialized else None
-                self.graph_step = self._held.enter_context(self.graphs.borrow(memory, B, max_tokens))
-            self.cache = self.graph_step.cache if self.graph_step else self.model.new_cache(self.pool, B, max_tokens)
+            self.open_cache()
         hidden = None
         on_cpu = self.model.device.type == "cpu"
 
@@ -195,6 +215,12 @@ class DecodeBatch:
         self.model = model
         self.lock = lock
         self.running: list[Decoding] = []
+        # Short prompts waiting to prefill; any reader holding `lock` may take them all.
+        self.waiting: list[Decoding] = []
+        self._waiting_lock = threading.Lock()  # not `lock`: a request queues while others run
+        self.prefills = 0  # forward passes that prefilled short prompts (tests read it)
+        self._turns = threading.Condition()  # told when a reader's turn at the lock ends
+        self._leading = False
         self.steps = 0  # forward passes run (benchmarks and tests read it)
         self.on_step: Callable[[int], None] | None = None  # told the rows of each forward pass (metrics)
         # Set by a server: requests may come at any moment, and the first to come would wait a
@@ -209,6 +235,68 @@ class DecodeBatch:
         any on a server."""
         return self.serving or bool(self.running)
 
+    def prefill(self, decoding: Decoding) -> Iterator[None]:
+        """Prefill `decoding` and let it join the batch; yields None while others may run.
+
+        A long prompt prefills alone, chunk by chunk (`Decoding.prefill`). A short one waits in
+        `waiting`, first for the requests about to start (`others_starting`), and is prefilled
+        by whoever next holds the lock, in one forward pass with every short prompt waiting
+        then that fits (`MemoryLLM.prefill_shared`): before that reader's own prefill, or
+        before the batch's next step. Requests arriving together thus cost one pass, not one
+        each, and step together from their first token.
+        """
+        if not decoding.shares_prefill:
+            yield from decoding.prefill(self.lock, self.contended)
+            self.join(decoding)
+            if self.others_starting():
+                yield None
+            return
+        with self._waiting_lock:
+            self.waiting.append(decoding)
+        try:
+            if self.others_starting():
+                yield None
+            self._lead(lambda: decoding.logits is None and decoding.error is None, self._prefill_waiting)
+        finally:
+            with self._waiting_lock:
+                if decoding in self.waiting:
+                    self.waiting.remove(decoding)
+        if decoding.error is not None:
+            raise decoding.error
+
+    def _prefill_waiting(self) -> None:
+        """Prefill the first short prompt waiting and those after it that fit one pass with it:
+        at most PREFILL_QUERY_ROWS queries, each cache with room for the longest prompt. They
+        join the batch; a failure is each one's to raise. Under the lock."""
+        with self._waiting_lock:
+            if not self.waiting:
+                return
+            group, rows, longest = [], 0, 0
+            for decoding in self.waiting:
+                length = max(longest, decoding.input_ids.shape[1])
+                fits = (rows + decoding.rows) * length <= PREFILL_QUERY_ROWS
+                if group and (not fits or any(d.max_tokens < length for d in (*group, decoding))):
+                    continue
+                group.append(decoding)
+                rows, longest = rows + decoding.rows, length
+            for decoding in group:
+                self.waiting.remove(decoding)
+        try:
+            for decoding in group:
+                decoding.open_cache()
+            hidden = self.model.prefill_shared([(d.input_ids, d.attention_mask, d.cache) for d in group])
+            logits = self.model.lm_head(hidden)
+        except BaseException as error:
+            for decoding in group:
+                decoding.error = error
+            if not isinstance(error, Exception):
+                raise
+            return
+        self.prefills += 1
+        self.running += group  # before their logits: a reader seeing those finds its request running
+        for decoding, part in zip(group, logits.split([d.rows for d in group])):
+            decoding.logits = part
+
     def join(self, decoding: Decoding) -> None:
         with self.lock:
             self.running.append(decoding)
@@ -220,14 +308,38 @@ class DecodeBatch:
 
     def next_token(self, decoding: Decoding) -> torch.Tensor | None:
         """`decoding`'s next tokens [B], or None once it has ended and everything was taken."""
-        with self.lock, torch.inference_mode():
-            while not decoding.ready:
-                if decoding.done or decoding not in self.running:
-                    return None
-                self._step()
-            return decoding.ready.popleft()
+        self._lead(lambda: not decoding.ready and not self._ended(decoding), self._step)
+        return decoding.ready.popleft() if decoding.ready else None
+
+    def _ended(self, decoding: Decoding) -> bool:
+        return decoding.done or decoding not in self.running
+
+    def _lead(self, needed: Callable[[], bool], work: Callable[[], None]) -> None:
+        """Run `work` under the lock while `needed()`, one reader at a time.
+
+        The others wait for the turn to end rather than for the lock: its work (a step, a
+        shared prefill) is what they wait for, and what it brought (a token: a deque's ends are
+        thread-safe) they take without the lock. Queued at the lock, readers would lose it to
+        whoever steps (a lock is not fair), fall MAX_AHEAD behind and sit steps out, and the
+        batch would run more, emptier steps.
+        """
+        while needed():
+            with self._turns:
+                if self._leading:
+                    self._turns.wait()
+                    continue
+                self._leading = True
+            try:
+                with self.lock, torch.inference_mode():
+                    if needed():
+                        work()
+            finally:
+                with self._turns:
+                    self._leading = False
+                    self._turns.notify_all()
 
     def _step(self) -> None:
+        self._prefill_waiting()  # short prompts waiting join this step, not a later one
         stepping = [d for d in self.running if len(d.ready) < MAX_AHEAD]
         tokens = [d.sample() for d in stepping]
         going = [(d, t) for d, t in zip(stepping, tokens) if not d.done]
@@ -259,18 +371,16 @@ def decode(
     lock: contextlib.AbstractContextManager = contextlib.nullcontext(),
     **options,
 ) -> Iterator[torch.Tensor | None]:
-    """A request's life: None after each prefill chunk but the last (others may run then), and
-    after its prefill while other requests are about to start (so that they join its first
-    step), then its next tokens [B] per step, decoded in `batch` (default: a batch of its own,
-    under `lock`). Closing the iterator ends the request between steps. `options` go to `Decoding`.
+    """A request's life: None while others may run before it decodes (see `DecodeBatch.prefill`:
+    between a long prompt's chunks; while other requests are about to start, so that they
+    prefill and join its first step), then its next tokens [B] per step, decoded in `batch`
+    (default: a batch of its own, under `lock`). Closing the iterator ends the request between
+    steps. `options` go to `Decoding`.
     """
     batch = batch or DecodeBatch(model, lock)
     decoding = Decoding(model, input_ids, params, eos_token_ids, attention_mask, pool, **options)
     try:
-        yield from decoding.prefill(batch.lock, batch.contended)
-        batch.join(decoding)
-        if batch.others_starting():
-            yield None
+        yield from batch.prefill(decoding)
         while (token := batch.next_token(decoding)) is not None:
             yield token
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -401,13 +402,19 @@ class MemoryLLM(nn.Module):
             return None
         return LongTermRead(pool.long_term)
 
+    @staticmethod
+    def shares_prefill(pool: MemoryPool | None) -> bool:
+        """Whether reads of `pool` may prefill with others' (`prefill_shared`): all but M+'s,
+        whose recall reads each layer's input over the whole prompt."""
+        return pool is None or pool.long_term is None or isinstance(pool.long_term, WriteMemory)
+
     def read(
         self,
         input_ids: torch.Tensor,
         positions: torch.Tensor,
         caches: Sequence[tuple[KVCache, torch.Tensor]],
         recall: Callable[[int, torch.Tensor], None] | None = None,
-        first_slot: int | None = None,
+        first_slots: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Final hidden states [B, T, d] for tokens at RoPE `positions` [B, T].
 
@@ -418,8 +425,8 @@ class MemoryLLM(nn.Module):
         run layer by layer, not model by model, so `recall(i, x)` (M+), run before layer i,
         sees that layer's input x for the whole prompt, as M+'s retrieval needs.
 
-        `first_slot` (a prefill, whose slots are consecutive from there): no slot after a
-        chunk's last holds anything yet, so its attention reads only the slots up to that one.
+        `first_slots` (a prefill, each cache's slots consecutive from its first): no slot after
+        a chunk's last holds anything yet, so its attention reads only the slots up to that one.
         """
         B, T = input_ids.shape
         x = self.model.embed_tokens(input_ids)
@@ -434,17 +441,20 @@ class MemoryLLM(nn.Module):
         parts = [slice(start, min(start + size, T)) for start in range(0, T, size)]
         # One mask per cache and chunk, shared by every layer.
         rep = self.config.num_attention_heads // self.config.num_key_value_heads
-        visible = [None if first_slot is None else first_slot + p.stop for p in parts]
+        firsts = first_slots or [None] * len(caches)
+        visible = [[None if first is None else first + p.stop for first in firsts] for p in parts]
         masks = [
-            [(token_mask(c.attention_mask(s[p], end), rep, x.dtype), s[p]) for c, s in caches]
-            for p, end in zip(parts, visible)
+            [(token_mask(c.attention_mask(s[p], end), rep, x.dtype), s[p]) for (c, s), end in zip(caches, ends)]
+            for p, ends in zip(parts, visible)
         ]
         for i, layer in enumerate(self.model.layers):
             if recall is not None:
                 recall(i, x)
             out = []
-            for p, part, end in zip(parts, masks, visible):
-                reads = [LayerRead(c.layers[i], r, s, m, end) for (c, _), r, (m, s) in zip(caches, rows, part)]
+            for p, part, ends in zip(parts, masks, visible):
+                reads = [
+                    LayerRead(c.layers[i], r, s, m, end) for (c, _), r, (m, s), end in zip(caches, rows, part, ends)
+                ]
                 out.append(layer(x[:, p], cos[:, p], sin[:, p], reads=reads))
             x = torch.cat(out, dim=1) if len(out) > 1 else out[0]
         return self.model.norm(x)
@@ -506,24 +516,67 @@ class MemoryLLM(nn.Module):
         each layer's recall reads the whole prompt.
         """
         B, T = input_ids.shape
-        valid = attention_mask.bool()
-        first = cache.long_term_slots  # the prompt's first token slot
-        slots = torch.arange(first, first + T, device=input_ids.device)
-        cache.mark(slots, valid)
-        positions = cache.prefix_length + (attention_mask.long().cumsum(1) - 1).clamp(min=0)
-        recall = None if cache.long_term is None else functools.partial(self._recall, cache, valid)
-        if cache.long_term is not None and isinstance(cache.long_term.store, WriteMemory):
-            self._choose_writes(cache, input_ids, valid)
+        slots, positions, recall = self._begin_prompt(input_ids, attention_mask, cache, T)
+        first = cache.long_term_slots
         part = slice(0, 0)
         while part.stop < T:
             size = T if recall is not None else chunk_size(B, T, min(queries(), PREFILL_QUERY_ROWS))
             part = slice(part.stop, min(part.stop + size, T))
             ids = input_ids[:, part]
-            hidden = self.read(ids, positions[:, part], [(cache, slots[part])], recall, first + part.start)
-            if part.stop == T:
-                cache.next_slot.fill_(first + T)
-                cache.next_position.copy_(positions[:, -1:] + 1)
-            yield hidden
+            yield self.read(ids, positions[:, part], [(cache, slots[part])], recall, [first + part.start])
+
+    def prefill_shared(self, prompts: Sequence[tuple[torch.Tensor, torch.Tensor, KVCache]]) -> torch.Tensor:
+        """Prefill several requests' prompts (left-padded ids and mask [B_i, T_i], each with its
+        own cache) in one forward pass; returns the hidden states of their last tokens [sum B_i, d].
+
+        Each prompt is padded on the right to the longest. The padding fills slots that are
+        marked empty, which decoding overwrites next, and no real token attends it, so each
+        request gets what a prefill of its own gives. A cache needs room for it: the longest
+        prompt must fit in its `max_tokens`. Not for M+, whose recall reads the prompt.
+        """
+        T = max(ids.shape[1] for ids, _, _ in prompts)
+        ids, positions, reads, recalls, firsts = [], [], [], [], []
+        for prompt_ids, mask, cache in prompts:
+            if T > cache.max_tokens:
+                raise ValueError(f"a prompt of {T} tokens does not fit a cache of {cache.max_tokens}")
+            pad = (0, T - prompt_ids.shape[1])
+            padded = F.pad(prompt_ids, pad), F.pad(mask, pad)
+            slots, prompt_positions, recall = self._begin_prompt(*padded, cache, prompt_ids.shape[1])
+            ids.append(padded[0])
+            positions.append(prompt_positions)
+            reads.append((cache, slots))
+            recalls.append(recall)
+            firsts.append(cache.long_term_slots)
+        bounds = [0, *itertools.accumulate(p.shape[0] for p in ids)]
+        rows = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+        def recall(i: int, x: torch.Tensor) -> None:
+            for row, each in zip(rows, recalls):
+                if each is not None:
+                    each(i, x[row])
+
+        hidden = self.read(torch.cat(ids), torch.cat(positions), reads, recall, firsts)
+        return torch.cat([hidden[row, prompt_ids.shape[1] - 1] for row, (prompt_ids, _, _) in zip(rows, prompts)])
+
+    def _begin_prompt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache, length: int):
+        """Mark a prompt's token slots in `cache`, choose its recalled writes, and leave the
+        decode cursor after its first `length` tokens (the rest: padding on the right). Returns
+        the slots [T], the RoPE positions [B, T] and the recall to run before each layer (M+,
+        whole writes) or None."""
+        T = input_ids.shape[1]
+        valid = attention_mask.bool()
+        first = cache.long_term_slots  # the prompt's first token slot
+        slots = torch.arange(first, first + T, device=input_ids.device)
+        cache.mark(slots, valid)
+        # Padding on the right repeats the last real position: the cursor goes on from there.
+        positions = cache.prefix_length + (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+        cache.next_slot.fill_(first + length)
+        cache.next_position.copy_(positions[:, -1:] + 1)
+        if cache.long_term is None:
+            return slots, positions, None
+        if isinstance(cache.long_term.store, WriteMemory):
+            self._choose_writes(cache, input_ids, valid)
+        return slots, positions, functools.partial(self._recall, cache, valid)
 
     def decode_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits [B, V] for one new token per row [B, 1], at the cache's cursor, which advances.

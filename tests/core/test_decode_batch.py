@@ -244,3 +244,105 @@ def test_mplus_requests_batch_with_their_own_long_term_reads():
     expected = [alone(model, *r) for r in requests]
     got, _ = together(model, requests)
     assert got == expected
+
+
+def starting_batch(model) -> DecodeBatch:
+    batch = DecodeBatch(model, threading.RLock())
+    batch.others_starting = lambda: True  # as a server's queue says: requests arrive together
+    return batch
+
+
+def drained(streams) -> list[list[list[int]]]:
+    """Each stream's tokens, taken in turns as readers on one thread would."""
+    tokens = [[] for _ in streams]
+    live = set(range(len(streams)))
+    while live:
+        for i in sorted(live):
+            token = next(streams[i], "end")
+            if isinstance(token, str):
+                live.discard(i)
+            elif token is not None:
+                tokens[i].append(token)
+    return [torch.stack(t, 1).tolist() for t in tokens]
+
+
+@pytest.mark.parametrize("params", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_short_prompts_arriving_together_prefill_in_one_pass(model, params):
+    memories = pools(model)
+    requests = [
+        (memories[1], prompt(0, 4), params),
+        (memories[2], torch.cat([prompt(1, 9), prompt(2, 9)]), params),  # two rows
+        (memories[0], prompt(3, 7), params),  # an empty memory
+        (memories[1], prompt(4, 2), params),
+    ]
+    expected = [alone(model, *r) for r in requests]
+    batch = starting_batch(model)
+    streams = [decode(model, ids, p, (), None, pool, batch=batch) for pool, ids, p in requests]
+    assert [next(s) for s in streams] == [None] * 4  # each waits for the others
+    rows: list[int] = []
+    batch.on_step = rows.append
+    assert drained(streams) == expected
+    assert batch.prefills == 1
+    assert rows[0] == 5  # every row in the first step
+
+
+def test_a_shared_prefill_gives_each_prompt_its_own_prefill():
+    """Whole writes recalled per prompt, left padding within a request, right padding between."""
+    model = MemoryLLM.from_random(MemoryLLMConfig(**SHAPES["tiny-writes"]), seed=1)
+    memory = model.new_pool(seed=2)
+    for j in range(3):
+        model.inject((torch.arange(20) * (j + 3))[None] % 200, pool=memory)
+    two_rows = torch.tensor([[0, 0, 5, 9, 12], [4, 6, 8, 10, 12]])
+    prompts = [(torch.arange(30, 40)[None] * 3) % 200, two_rows, prompt(1, 3)]
+    masks = [torch.ones_like(prompts[0]), torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]), torch.ones_like(prompts[2])]
+    with torch.inference_mode():
+        own_caches = [model.new_cache(memory, ids.shape[0], 16) for ids in prompts]
+        own = [model.prefill(ids, mask, c)[:, -1] for ids, mask, c in zip(prompts, masks, own_caches)]
+        caches = [model.new_cache(memory, ids.shape[0], 16) for ids in prompts]
+        shared = model.prefill_shared(list(zip(prompts, masks, caches)))
+        torch.testing.assert_close(shared, torch.cat(own), rtol=0, atol=1e-5)
+        for ids, a, b in zip(prompts, own_caches, caches):  # the cursors go on after each prompt
+            token = torch.full((ids.shape[0], 1), 7)
+            torch.testing.assert_close(model.decode_step(token, b), model.decode_step(token, a), rtol=0, atol=1e-5)
+
+
+def test_a_prompt_without_room_for_the_longest_prefills_in_another_pass(model):
+    memories = pools(model, 2)
+    requests = [
+        (memories[1], prompt(0, 3), SamplingParams(max_new_tokens=2)),  # its cache holds 5 tokens
+        (memories[0], prompt(1, 9), GREEDY),
+    ]
+    expected = [alone(model, *r) for r in requests]
+    batch = starting_batch(model)
+    streams = [decode(model, ids, p, (), None, pool, batch=batch) for pool, ids, p in requests]
+    assert [next(s) for s in streams] == [None, None]
+    assert drained(streams) == expected
+    assert batch.prefills == 2
+
+
+def test_a_failed_shared_prefill_fails_each_request_it_held_and_the_batch_goes_on(model, monkeypatch):
+    memories = pools(model, 2)
+    batch = starting_batch(model)
+    streams = [decode(model, prompt(i), GREEDY, (), None, memories[i], batch=batch) for i in range(2)]
+    assert [next(s) for s in streams] == [None, None]
+    monkeypatch.setattr(model, "prefill_shared", lambda prompts: (_ for _ in ()).throw(RuntimeError("device lost")))
+    for stream in streams:
+        with pytest.raises(RuntimeError, match="device lost"):
+            next(stream)
+    assert batch.waiting == [] and batch.running == []
+    monkeypatch.undo()
+    assert drained([decode(model, prompt(0), GREEDY, (), None, memories[0], batch=batch)]) == [
+        alone(model, memories[0], prompt(0), GREEDY)
+    ]
+
+
+def test_a_request_closed_while_it_waits_to_prefill_leaves_the_queue(model):
+    memories = pools(model, 2)
+    batch = starting_batch(model)
+    gone = decode(model, prompt(0), GREEDY, (), None, memories[1], batch=batch)
+    assert next(gone) is None
+    gone.close()
+    assert batch.waiting == []
+    kept = decode(model, prompt(1), GREEDY, (), None, memories[0], batch=batch)
+    assert drained([kept]) == [alone(model, memories[0], prompt(1), GREEDY)]
+    assert batch.prefills == 1 and batch.running == []
