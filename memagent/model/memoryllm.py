@@ -26,6 +26,7 @@ from memagent.model.long_term_memory import LongTermRead, new_long_term
 from memagent.model.lora import writing
 from memagent.model.quantized import float_weights
 from memagent.model.recall_keys import distinct_ids
+from memagent.model.recalled_kv import RecalledKV
 from memagent.model.memory_pool import Dropped, MemoryPool, PrefixKV
 from memagent.model.retriever import Retriever
 from memagent.model.rope import RotaryEmbedding, apply_rope, rotate_into
@@ -66,8 +67,12 @@ class Attention(nn.Module):
         return x.view(B, T, n, self.head_dim).transpose(1, 2)
 
     def project_kv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        k = apply_rope(self._heads(self.k_proj(x), self.kv_heads), cos, sin)
-        return k, self._heads(self.v_proj(x), self.kv_heads)
+        k, v = self.unrotated_kv(x)
+        return apply_rope(k, cos, sin), v
+
+    def unrotated_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys before RoPE and values [B, kv_heads, T, head_dim] of normed inputs x [B, T, d]."""
+        return self._heads(self.k_proj(x), self.kv_heads), self._heads(self.v_proj(x), self.kv_heads)
 
     def forward(
         self,
@@ -191,6 +196,7 @@ class MemoryLLM(nn.Module):
         # A long-term memory of whole writes matches prompts to writes by these keys; an engine
         # sets keys through its tokenizer (`memagent.model.recall_keys`).
         self.recall_keys: Callable[[torch.Tensor], torch.Tensor] = distinct_ids
+        self.recalled_kv = RecalledKV()  # what reads of whole writes projected, for the next reads
         self.pool = self.new_pool()
         self._fingerprint: str | None = None
 
@@ -241,7 +247,12 @@ class MemoryLLM(nn.Module):
         # and the like would not reach it: it follows the weights here instead.
         super()._apply(fn, recurse)
         self.pool.to(self.device, self.dtype)
+        self.recalled_kv.clear()  # kept in the old device and dtype
         return self
+
+    def train(self, mode: bool = True) -> "MemoryLLM":
+        self.recalled_kv.clear()  # training changes the weights they were projected with
+        return super().train(mode)
 
     def new_pool(self, seed: int = 0, memory: torch.Tensor | None = None) -> MemoryPool:
         """An empty pool, or one holding `memory` [L, N, d] (with an empty long-term memory)."""
@@ -465,9 +476,14 @@ class MemoryLLM(nn.Module):
         fewer than M tokens (whole writes, while fewer are held) takes the region's last slots."""
         read, layer = cache.long_term, self.model.layers[i]
         store = read.store
-        if isinstance(store, WriteMemory):
-            chosen = read.chosen[0]
-            tokens = store.gather(i, chosen, x.device)
+
+        def project(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return layer.self_attn.unrotated_kv(layer.input_layernorm(tokens.to(device=x.device, dtype=x.dtype)))
+
+        if isinstance(store, WriteMemory) and torch.is_inference_mode_enabled() and not self.training:
+            k, v = self.recalled_kv.layer(store, i, read.chosen[0], project, x.device)
+        elif isinstance(store, WriteMemory):
+            k, v = project(store.gather(i, read.chosen[0], x.device))
         else:
             scores = None
             if store.scored(i):
@@ -475,13 +491,11 @@ class MemoryLLM(nn.Module):
                 scores = torch.cat([self.retriever.scores(i, normed, valid, rows.keys) for rows in store.candidates(i)], 1)
             chosen = store.choose(i, scores, x.shape[0])
             read.chosen.append(chosen)
-            tokens = store.tokens(i, chosen)
-        tokens = tokens.to(device=x.device, dtype=x.dtype)
+            k, v = project(store.tokens(i, chosen))
         first = int(self.config.add_bos_embedding)
         cos, sin = self._rope(first + store.slots, x.dtype)
-        region = slice(store.slots - tokens.shape[1], store.slots)
-        cos, sin = cos[:, first:][:, region], sin[:, first:][:, region]
-        k, v = layer.self_attn.project_kv(layer.input_layernorm(tokens), cos, sin)
+        region = slice(store.slots - k.shape[2], store.slots)
+        k = apply_rope(k, cos[:, first:][:, region], sin[:, first:][:, region])
         cache.layers[i].keys[:, :, region] = k
         cache.layers[i].values[:, :, region] = v
 

@@ -24,6 +24,7 @@ import torch
 
 from memagent.model.config import LongTermConfig
 from memagent.model.memory_pool import fill
+from memagent.model.recalled_kv import store_id
 
 HOST = torch.device("cpu")
 
@@ -77,6 +78,7 @@ class WriteMemory:
         self.key_ends = key_ends  # [n] int64: where each write's ids end in `key_ids`
         self.first = first  # the number of the first write held (writes are numbered from 0 on)
         self.max_tokens: int | None = None
+        self.uid = store_id()  # names these writes' tokens to what reads keep of them (`RecalledKV`)
 
     @classmethod
     def empty(cls, config: LongTermConfig, tokens_per_write: int, memory: torch.Tensor) -> "WriteMemory":
@@ -182,6 +184,7 @@ class WriteMemory:
         self.tokens = self._buffer = self.tokens[:, :0].clone()
         self.key_ids, self.key_ends = self.key_ids[:0], self.key_ends[:0]
         self.first = 0
+        self.uid = store_id()  # numbers start again from 0, for other writes
 
     def clone(self) -> "WriteMemory":
         keys = self.key_ids.clone(), self.key_ends.clone()
@@ -193,6 +196,7 @@ class WriteMemory:
         """Cast the tokens to `dtype`, in place; they stay in host memory whatever `device`."""
         if dtype is not None and dtype != self.tokens.dtype:
             self.tokens = self._buffer = self.tokens.to(dtype)
+            self.uid = store_id()
         return self
 
     @property
