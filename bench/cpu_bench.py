@@ -8,8 +8,9 @@ reads: weights plus the memory's keys/values, over the bandwidth of a large copy
 here), and the first token after a write with the memory's keys/values cold (updated from the
 previous version), cold and recomputed from scratch, warm, and updated by the write itself (as
 `Engine.write` and the server's writes do: the time the write spent on it is shown too).
-With whole writes a read makes its prefix from the writes it recalls, so there is no prefix to
-keep warm: the first token after a write is shown as it is.
+With whole writes a read makes its prefix from the writes it recalls, whose keys and values
+reads keep (`memagent/model/recalled_kv.py`): the first token after a write is shown beside the
+next read's (warm), and their ratio.
 
 Configurations take turns, round after round, so a busy machine slows them alike; each figure
 is the median over rounds. Times are the CPU time of the benchmark's thread (what it would take
@@ -168,7 +169,7 @@ def main() -> None:
     gaps: dict[str, list[float]] = {name: [] for name in runs}
     kinds = ("float32", "int8")
     moments = ("cold (updated)", "cold (recomputed)", "warm", "updated by the write", "the write's update")
-    moments = ("after the write",) if whole_writes else moments
+    moments = ("after the write", "warm") if whole_writes else moments
     cold = {f"{name}, {kind}": [] for name in kinds for kind in moments}
     for round_ in range(args.rounds):
         for name, (_, run, _) in runs.items():
@@ -178,6 +179,7 @@ def main() -> None:
             m.inject(write)
             if whole_writes:
                 cold[f"{name}, after the write"].append(first_token(m, prompt))
+                cold[f"{name}, warm"].append(first_token(m, prompt))
                 continue
             cold[f"{name}, cold (updated)"].append(first_token(m, prompt))
             cold[f"{name}, warm"].append(first_token(m, prompt))
@@ -211,8 +213,8 @@ def main() -> None:
     print("|---|---|")
     for name, times in cold.items():
         print(f"| {name} | {1000 * statistics.median(times):.0f} |")
-    for name in kinds if not whole_writes else ():
-        for kind in ("cold (updated)", "updated by the write"):
+    for name in kinds:
+        for kind in ("after the write",) if whole_writes else ("cold (updated)", "updated by the write"):
             ratio = statistics.median(cold[f"{name}, {kind}"]) / statistics.median(cold[f"{name}, warm"])
             print(f"| {name}, {kind} / warm | {ratio:.2f}x |")
 

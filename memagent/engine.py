@@ -17,12 +17,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from memagent.abstention import ABSTENTION, names_in
 from memagent.model.decoding import DecodeBatch, decode
 from memagent.model.long_term_memory import mismatch
 from memagent.model.memory_pool import MemoryPool
 from memagent.model.memoryllm import MemoryLLM
 from memagent.model.pool_file import PoolFileError, load_pool, save_pool
 from memagent.model.recall_keys import LexicalKeys
+from memagent.model.write_memory import WriteMemory
 from memagent.sampling import SamplingParams, Usage
 from memagent.text_stream import TextStream
 
@@ -255,6 +257,30 @@ class Engine:
         """How `ask` puts a question to the model (training uses the same form)."""
         return self.chat_prompt([{"role": "user", "content": question}])
 
+    def answer(self, pool: MemoryPool, question: str, params: SamplingParams | None = None, **options) -> TextPieces:
+        """`ask`'s answer to `question` from `pool` as text pieces (a `Generation`, or an
+        `Abstained` when `abstains` says so without reading); `options` as for `generate`."""
+        prompt = self.question_prompt(question)
+        if self.abstains(pool, question):
+            return Abstained(len(self.encode(prompt)), pool.step)
+        return self.generate(pool, prompt, SamplingParams.for_ask(params, **options))
+
+    def abstains(self, pool: MemoryPool, question: str) -> bool:
+        """Whether the answer is "I don't know." without reading: `pool` keeps whole writes and
+        holds none, or none that holds a name the question uses (`memagent.abstention.names_in`)
+        spelled as in the question, as a word of its own or after a space (a tokenizer splits
+        "Ottilie" and " Ottilie" differently). Other memories always read."""
+        store = pool.long_term
+        if not isinstance(store, WriteMemory):
+            return False
+        if not store.num_writes:
+            return True
+
+        def held(spelling: str) -> bool:
+            return store.holds(self.model.recall_keys(torch.tensor(self.encode(spelling), dtype=torch.long)))
+
+        return not all(held(name) or held(" " + name) for name in names_in(question))
+
     def stream(
         self, pool: MemoryPool, prompts: Sequence[str], params: SamplingParams | None = None, **options
     ) -> BatchGeneration:
@@ -370,6 +396,32 @@ class Generation:
         self._batch.close()
 
 
+class Abstained:
+    """`ask`'s answer when the memory cannot hold one (`Engine.abstains`): "I don't know." as
+    one piece, nothing read or generated; `usage` is set once it was handed out."""
+
+    def __init__(self, prompt_tokens: int, step: int):
+        self.usage: Usage | None = None
+        self._usage = Usage(prompt_tokens, 0, "stop", step)
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        if self.usage is not None:
+            raise StopIteration
+        self.usage = self._usage
+        return ABSTENTION
+
+    def close(self) -> None:
+        if self.usage is None:
+            self.usage = Usage(self._usage.prompt_tokens, 0, "cancelled", self._usage.step)
+
+
+# What a read hands out: text pieces, then its `usage`.
+TextPieces = Generation | Abstained
+
+
 class NamedPool:
     """A memory pool with a name, on an engine: write text into it, read from it.
 
@@ -399,8 +451,7 @@ class NamedPool:
     def ask(self, question: str, params: SamplingParams | None = None, **options) -> str:
         """A short answer to `question`, from what this memory holds (`SamplingParams.for_ask`);
         exactly "I don't know." (`memagent.abstention.ABSTENTION`) when it does not hold one."""
-        prompt = self.engine.question_prompt(question)
-        return self.generate(prompt, SamplingParams.for_ask(params, **options)).strip()
+        return "".join(self.engine.answer(self.pool, question, params, **options)).strip()
 
     def reset(self) -> None:
         with self.engine.lock:

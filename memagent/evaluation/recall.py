@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from memagent.abstention import is_abstention
+from memagent.abstention import ABSTENTION, is_abstention
 from memagent.engine import Engine, NamedPool
 from memagent.evaluation.outside import Write
 from memagent.sampling import SamplingParams
@@ -163,12 +163,12 @@ class Retention:
 
 
 def ask_all(pool: NamedPool, questions: Sequence[str]) -> list[str]:
-    """`pool.ask` of every question, decoded in one batch."""
-    if not questions:
-        return []
-    prompts = [pool.engine.question_prompt(q) for q in questions]
-    replies = pool.generate_batch(prompts, SamplingParams.for_ask(max_new_tokens=ANSWER_TOKENS))
-    return [reply.strip() for reply in replies]
+    """`pool.ask` of every question, those that read decoded in one batch."""
+    read = [q for q in questions if not pool.engine.abstains(pool.pool, q)]
+    prompts = [pool.engine.question_prompt(q) for q in read]
+    replies = pool.generate_batch(prompts, SamplingParams.for_ask(max_new_tokens=ANSWER_TOKENS)) if read else []
+    answers = dict(zip(read, (reply.strip() for reply in replies)))
+    return [answers.get(q, ABSTENTION) for q in questions]
 
 
 def run_stream(pool: NamedPool, writes: Stream, desc: str) -> Retention:

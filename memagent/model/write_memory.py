@@ -45,7 +45,7 @@ def best_matches(key_ids: torch.Tensor, key_ends: torch.Tensor, prompt_key: torc
     (see `recall_keys` for what the two changes gave). Among equals the later write comes first."""
     n = len(key_ends)
     lengths = key_ends.diff(prepend=key_ends.new_zeros(1))
-    owner = torch.repeat_interleave(torch.arange(n), lengths)
+    owner = owners(key_ends)
     matched = torch.isin(key_ids, prompt_key)
     _, which, holding = key_ids[matched].unique(return_inverse=True, return_counts=True)
     idf = torch.log((n + 1) / (holding.double() + 0.5))[which]
@@ -54,6 +54,11 @@ def best_matches(key_ids: torch.Tensor, key_ends: torch.Tensor, prompt_key: torc
     scores = torch.zeros(n, dtype=torch.float64).index_add_(0, owner[matched], idf * damping[owner[matched]])
     latest_first = torch.arange(n - 1, -1, -1)
     return latest_first[scores[latest_first].argsort(descending=True, stable=True)[:count]].sort().values
+
+
+def owners(key_ends: torch.Tensor) -> torch.Tensor:
+    """The write each key id belongs to, for keys cut at `key_ends`."""
+    return torch.repeat_interleave(torch.arange(len(key_ends)), key_ends.diff(prepend=key_ends.new_zeros(1)))
 
 
 class WriteMemory:
@@ -166,6 +171,12 @@ class WriteMemory:
         held), in the order they were written."""
         R = self.config.num_ltm_blocks
         return torch.stack([best_matches(self.key_ids, self.key_ends, key, R) for key in prompt_keys])
+
+    def holds(self, ids: torch.Tensor) -> bool:
+        """Whether one write's key holds every id of `ids` (none: True)."""
+        wanted = ids.to(HOST).unique()
+        held = torch.bincount(owners(self.key_ends)[torch.isin(self.key_ids, wanted)], minlength=self.num_writes)
+        return not len(wanted) or bool((held == len(wanted)).any())
 
     def gather(self, layer: int, chosen: torch.Tensor, device=None) -> torch.Tensor:
         """Layer `layer`'s tokens [B, R' * K, d] of the writes `chosen` [B, R'], on `device`;

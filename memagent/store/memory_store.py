@@ -178,9 +178,11 @@ class Generation:
     then the engine's: `finished` says so, before the step that would only end the iteration.
     """
 
-    def __init__(self, ready: Callable[[], Steps[MemoryPool]], start: Callable[[MemoryPool], engine_module.Generation]):
+    def __init__(
+        self, ready: Callable[[], Steps[MemoryPool]], start: Callable[[MemoryPool], engine_module.TextPieces]
+    ):
         self.started = False
-        self._generation: engine_module.Generation | None = None
+        self._generation: engine_module.TextPieces | None = None
         self._steps = self._run(ready, start)
 
     @property
@@ -201,7 +203,7 @@ class Generation:
         self._steps.close()
 
     def _run(
-        self, ready: Callable[[], Steps[MemoryPool]], start: Callable[[MemoryPool], engine_module.Generation]
+        self, ready: Callable[[], Steps[MemoryPool]], start: Callable[[MemoryPool], engine_module.TextPieces]
     ) -> Iterator[str]:
         pool = yield from _as_pieces(ready())
         self._generation = start(pool)
@@ -489,11 +491,11 @@ class MemoryStore:
     def generate(self, tenant: str, memory_id: str, prompt: str, params: SamplingParams | None = None) -> Generation:
         """The continuation of `prompt`; its first step raises what looking the memory up raises."""
         params = params or SamplingParams()
+        return self._read(tenant, memory_id, lambda pool: self.engine.generate(pool, prompt, params))
 
-        def ready() -> Steps[MemoryPool]:
-            return self._ready(self._memory(tenant, memory_id))
-
-        return Generation(ready, lambda pool: self.engine.generate(pool, prompt, params))
+    def _read(self, tenant: str, memory_id: str, start: Callable[[MemoryPool], engine_module.TextPieces]) -> Generation:
+        """A read of the memory, started by `start` once its pool is ready."""
+        return Generation(lambda: self._ready(self._memory(tenant, memory_id)), start)
 
     def chat(
         self, tenant: str, memory_id: str, messages: Sequence[Mapping[str, str]], params: SamplingParams | None = None
@@ -501,8 +503,8 @@ class MemoryStore:
         return self.generate(tenant, memory_id, self.engine.chat_prompt([dict(m) for m in messages]), params)
 
     def ask(self, tenant: str, memory_id: str, question: str, params: SamplingParams | None = None) -> Generation:
-        """Like `NamedPool.ask`: a short answer (`SamplingParams.for_ask`)."""
-        return self.generate(tenant, memory_id, self.engine.question_prompt(question), SamplingParams.for_ask(params))
+        """Like `NamedPool.ask`: a short answer (`SamplingParams.for_ask`), or "I don't know."."""
+        return self._read(tenant, memory_id, lambda pool: self.engine.answer(pool, question, params))
 
     # -- lifetime --------------------------------------------------------------------------
 

@@ -1,9 +1,13 @@
-"""Abstention: the one answer "I don't know.", and the memory-gain score a rule can use."""
+"""Abstention: the one answer "I don't know.", given by the model or, for a memory of whole
+writes, without reading when the question names what no write holds; and the memory-gain score
+a rule can use."""
 
 import pytest
 import torch
 
-from memagent.abstention import ABSTENTION, is_abstention
+import memagent
+from memagent.abstention import ABSTENTION, is_abstention, names_in
+from memagent.sampling import Usage
 from memagent.memory_gain import MemoryGain, answer_logprobs
 from tests.abstaining import abstaining_engine
 
@@ -41,3 +45,63 @@ def test_an_empty_memory_gains_nothing_and_a_written_one_changes_the_answer(tiny
     assert gain(pool, prompt, answer) == 0.0
     tiny_engine.write(pool, "Mia lives in Lisbon.", progress=False)
     assert gain(pool, prompt, answer) != 0.0
+
+
+@pytest.mark.parametrize(
+    "question, names",
+    [
+        ("What is Zoltan's profession?", ["Zoltan"]),
+        ("Which gate does flight KL 1021 leave from?", ["KL", "1021"]),
+        ("Who drives a red van?", []),
+        ("I think so. Where does O'Neill live?", ["O'Neill"]),
+        ("Is \"Bob\" on PostgreSQL v5.1.6?", ["Bob", "PostgreSQL", "v5.1.6"]),
+    ],
+)
+def test_the_names_a_question_uses(question, names):
+    assert names_in(question) == names
+
+
+@pytest.fixture(scope="module")
+def writes_engine() -> memagent.Engine:
+    return memagent.load("random:tiny-writes")
+
+
+def test_a_memory_of_whole_writes_abstains_without_reading_on_names_no_write_holds(writes_engine):
+    pool = writes_engine.pool("names")
+    steps, prefills = writes_engine.batch.steps, writes_engine.batch.prefills
+    assert pool.ask("Who drives a red van?") == ABSTENTION, "an empty memory holds nothing"
+    pool.inject("Ottilie keeps a parrot called Ravi.", progress=False)
+    pool.inject("The depot on Quay 7 closes at nine.", progress=False)
+    assert pool.ask("What does Zoltan keep?") == ABSTENTION
+    assert pool.ask("When does the depot on Quay 8 close?") == ABSTENTION
+    assert (writes_engine.batch.steps, writes_engine.batch.prefills) == (steps, prefills), "nothing was read"
+    # Held, however the question spells them: after a space, in another case, with "'s".
+    held = ("What does ottilie keep?", "Who owns Ravi's cage?", "When does Quay 7 close?", "Who drives a red van?")
+    for question in held:
+        assert not writes_engine.abstains(pool.pool, question), question
+    pool.ask("What bird does Ottilie keep?")
+    assert writes_engine.batch.prefills == prefills + 1
+
+
+def test_a_name_only_evicted_writes_held_is_no_longer_held(writes_engine):
+    slots = writes_engine.model.config.long_term_slots
+    bounded = memagent.Engine(writes_engine.model, writes_engine.tokenizer, max_long_term_tokens=slots)  # R writes
+    pool = bounded.pool("evicted")
+    pool.inject("Zygmunt repairs clocks.", progress=False)
+    assert not bounded.abstains(pool.pool, "What does Zygmunt repair?")
+    for i in range(pool.pool.long_term.config.num_ltm_blocks):
+        pool.inject(f"The depot's door number {i} is painted green.", progress=False)
+    assert bounded.abstains(pool.pool, "What does Zygmunt repair?")
+
+
+def test_an_abstention_without_reading_reports_its_usage(writes_engine):
+    pool = writes_engine.pool("usage")
+    pool.inject("Ottilie keeps a parrot.", progress=False)
+    answer = writes_engine.answer(pool.pool, "What does Zoltan keep?")
+    assert answer.usage is None
+    assert list(answer) == [ABSTENTION]
+    prompt = len(writes_engine.encode(writes_engine.question_prompt("What does Zoltan keep?")))
+    assert answer.usage == Usage(prompt, 0, "stop", pool.step)
+    closed = writes_engine.answer(pool.pool, "What does Zoltan keep?")
+    closed.close()
+    assert closed.usage.finish_reason == "cancelled"

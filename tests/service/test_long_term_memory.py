@@ -22,6 +22,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file
 
 import memagent
+from memagent.abstention import ABSTENTION
 from memagent.client import Client, ClientError
 from memagent.store import MemoryStore, NewText
 from memagent.store.memory_store import run_to_end
@@ -128,6 +129,15 @@ def test_forget_rebuilds_the_long_term_memory_as_if_never_told(model, client, tm
     assert sizes == (stored(model, result.memory.step),) * 2
     told, never = (exported_pool(client, m, tmp_path) for m in ("told", "never-told"))
     assert told == never
+
+
+def test_ask_abstains_without_reading_on_a_name_no_write_holds(model, client):
+    if model != "random:tiny-writes":
+        pytest.skip("only a memory of whole writes tells from its keys what it holds")
+    write(client, "names", NOTES[:3])
+    answer = client.ask_with_usage("names", "Which locker holds the parcel for Zoltan?")
+    assert (answer.text, answer.abstained, answer.usage.completion_tokens) == (ABSTENTION, True, 0)
+    assert client.ask_with_usage("names", "Which locker holds the parcel for Ben?").usage.completion_tokens > 0
 
 
 def test_export_and_import_carry_the_long_term_memory(model, client, tmp_path):
