@@ -13,9 +13,9 @@ import re
 
 ABSTENTION = "I don't know."
 
-# Words: letters, digits and the marks inside names and codes ("O'Neill", "M-699", "v5.1.6").
-_WORD = re.compile(r"\w(?:[\w'.\-]*\w)?")
-_SENTENCE_END = re.compile(r"[.!?:;]\s*$")
+# Words (letters, digits and the marks inside names and codes: "O'Neill", "M-699", "v5.1.6"),
+# and the marks after which a sentence starts.
+_WORD_OR_END = re.compile(r"\w(?:[\w'.\-]*\w)?|[.!?:;]")
 
 
 def is_abstention(answer: str) -> bool:
@@ -27,11 +27,14 @@ def names_in(question: str) -> list[str]:
     """The names and codes a question uses: words with a digit, and capitalized words that do
     not start a sentence (nor are "I"), a possessive "'s" left off. "Which gate does flight KL
     1021 leave from?" -> ["KL", "1021"]; "Who drives a red van?" -> []."""
-    names = []
-    for match in _WORD.finditer(question):
+    names, starts_sentence = [], True
+    for match in _WORD_OR_END.finditer(question):
+        if match.group() in ".!?:;":
+            starts_sentence = True
+            continue
         word = re.sub(r"'s$", "", match.group())
-        starts_sentence = not question[: match.start()].strip() or _SENTENCE_END.search(question[: match.start()])
         capitalized = word[0].isupper() and word != "I" and not starts_sentence
         if capitalized or any(c.isdigit() for c in word):
             names.append(word)
+        starts_sentence = False
     return names

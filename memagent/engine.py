@@ -30,6 +30,9 @@ from memagent.text_stream import TextStream
 
 # The released checkpoints' authors warn that writes under 16 tokens disturb the memory.
 SHORT_WRITE_TOKENS = 16
+# Distinct names of a question `Engine.abstains` looks up: a question rarely has more, and a
+# crafted one with thousands would hold the engine while each is encoded and looked up.
+CHECKED_NAMES = 16
 
 
 @dataclass(frozen=True)
@@ -279,7 +282,8 @@ class Engine:
         def held(spelling: str) -> bool:
             return store.holds(self.model.recall_keys(torch.tensor(self.encode(spelling), dtype=torch.long)))
 
-        return not all(held(name) or held(" " + name) for name in names_in(question))
+        names = list(dict.fromkeys(names_in(question)))[:CHECKED_NAMES]
+        return not all(held(name) or held(" " + name) for name in names)
 
     def stream(
         self, pool: MemoryPool, prompts: Sequence[str], params: SamplingParams | None = None, **options

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import memagent
+from memagent.engine import CHECKED_NAMES
 from memagent.abstention import ABSTENTION, is_abstention, names_in
 from memagent.sampling import Usage
 from memagent.memory_gain import MemoryGain, answer_logprobs
@@ -105,3 +106,13 @@ def test_an_abstention_without_reading_reports_its_usage(writes_engine):
     closed = writes_engine.answer(pool.pool, "What does Zoltan keep?")
     closed.close()
     assert closed.usage.finish_reason == "cancelled"
+
+
+def test_a_question_is_checked_for_its_first_distinct_names_only(writes_engine):
+    """A crafted question with thousands of names costs no more than one with CHECKED_NAMES."""
+    pool = writes_engine.pool("many-names")
+    held = " ".join(f"Ravi{i}" for i in range(CHECKED_NAMES))
+    pool.inject(f"Ottilie keeps parrots: {held}.", progress=False)
+    assert not writes_engine.abstains(pool.pool, f"Are {held} and Zoltan here?"), "Zoltan comes 17th"
+    assert writes_engine.abstains(pool.pool, f"Are Zoltan and {held} here?")
+    assert writes_engine.abstains(pool.pool, f"Are {'Ravi0 ' * 100}and Zoltan here?"), "a name counts once"
