@@ -12,9 +12,9 @@ A long-term memory of whole writes grows by K tokens per layer a write (4.4 MB o
 and a written block never changes, so its tokens are not rewritten by every snapshot: they go
 to segment files (`writes-<log_id>-<first>-<end>.safetensors`: writes first to end, numbered
 from the log's start), each written once, which the check file lists with their checksums. A
-snapshot writes a segment of the writes since the last one, then merges the newest two while
-the older holds no more writes than the newer (as a binary counter carries), up to
-SEGMENT_WRITES: each write's tokens are written about log2(SEGMENT_WRITES / writes per
+snapshot writes one segment: the writes since the last snapshot, merged with the newest
+segments while the older holds no more writes than the newer (as a binary counter carries), up
+to SEGMENT_WRITES: each write's tokens are written about log2(SEGMENT_WRITES / writes per
 snapshot) times in all, and a store of n writes has about n / SEGMENT_WRITES segments.
 Segments of evicted writes are deleted. The pool file keeps the pool, every write's key and
 the tokens of the writes after the last segment.
@@ -108,10 +108,16 @@ class Snapshots:
             kept = []  # not this pool's history (a rebuilt pool): start again
         start = kept[-1].end if kept else store.first
         if start < store.end:
-            kept.append(self._write_segment(store, log_id, start, store.end))
-        while len(kept) > 1 and _held(kept[-2], store) <= _held(kept[-1], store) <= SEGMENT_WRITES // 2:
-            newer, older = kept.pop(), kept.pop()
-            kept.append(self._write_segment(store, log_id, max(older.first, store.first), newer.end))
+            last, first, end = None, start, store.end  # the writes since: a segment to write
+        elif kept:
+            last = kept.pop()
+            first, end = last.first, last.end
+        else:
+            return ()
+        # The carries are found first, so a snapshot writes one segment, not each merge on the way.
+        while kept and _held(kept[-1], store) <= end - max(first, store.first) <= SEGMENT_WRITES // 2:
+            first, last = kept.pop().first, None
+        kept.append(last or self._write_segment(store, log_id, max(first, store.first), end))
         return tuple(kept)
 
     def _write_segment(self, store: WriteMemory, log_id: str, first: int, end: int) -> Segment:
