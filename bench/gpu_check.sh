@@ -45,13 +45,15 @@ fi
 
 { date -u; uname -a; command -v nvidia-smi > /dev/null && nvidia-smi; } > "$OUT/machine.log" 2>&1
 cat "$OUT/machine.log" >> "$LOG"
+# The modules holding GPU tests, named: collecting the others would import what this machine may lack.
+GPU_TESTS=(tests/core/test_cuda.py tests/core/test_half_precision.py tests/core/test_mplus_reference.py)
 PROBE=("$PY" bench/gpu_probe.py --shape "$SHAPE" --device "$DEVICE" --dtype "$DTYPE" $QUICK)
 if [ "$DRY_RUN" = 1 ]; then  # one process: a CPU cannot lose its context to a failed kernel
   stage probe "${LIMITS[2]}" "${PROBE[@]}" --stages env,graphs,caches,prefill,profile,memories,agreement
-  stage tests "${LIMITS[0]}" "$PY" -m pytest -q -m gpu tests/core/test_cuda.py -p no:cacheprovider
+  stage tests "${LIMITS[0]}" "$PY" -m pytest -q -m gpu "${GPU_TESTS[@]}" -p no:cacheprovider
 else  # separate processes: a CUDA error poisons the rest of its process
   stage env 20 "${PROBE[@]}" --stages env
-  stage tests "${LIMITS[0]}" "$PY" -m pytest -q -m gpu tests/core -p no:cacheprovider
+  stage tests "${LIMITS[0]}" "$PY" -m pytest -q -m gpu "${GPU_TESTS[@]}" -p no:cacheprovider
 fi
 stage engine_bench "${LIMITS[1]}" "$PY" bench/engine_bench.py --shape "$SHAPE" --device "$DEVICE" --dtype "$DTYPE" "${BENCH[@]}"
 if [ "$DRY_RUN" != 1 ]; then

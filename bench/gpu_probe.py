@@ -194,11 +194,15 @@ class Probe:
             model.inject(self.ids(self.args.write_tokens)[None], pool=pool)
         params = SamplingParams(max_new_tokens=new)
         prompt = self.ids(self.args.prompt_tokens, 1)
-        for batched in (False, True):
+        graphs = DecodeGraphs.of(model)
+        for how, batched, graphed in [("each decoded on its own", False, True),
+                                      ("decoded in one batch, eagerly", True, False),
+                                      ("decoded in one batch", True, True)]:
+            captures = graphs.captures
             for _ in range(2):
                 # Batched: one DecodeBatch, as an engine runs them; otherwise each stream alone.
                 batch = DecodeBatch(model, contextlib.nullcontext()) if batched else None
-                streams = [stream(model, prompt, params, [], pool=pool, batch=batch) for pool in pools]
+                streams = [stream(model, prompt, params, [], pool=pool, batch=batch, cuda_graph=graphed) for pool in pools]
                 self.sync()
                 start = time.perf_counter()
                 for _ in range(new):
@@ -206,8 +210,8 @@ class Probe:
                         next(s)
                 self.sync()
                 took = time.perf_counter() - start
-            how = "decoded in one batch" if batched else "each decoded on its own"
-            print(f"{count} memories, one batch-1 stream each, {how}: {count * new / took:,.1f} tokens/s aggregate (second round)")
+            print(f"{count} memories, one batch-1 stream each, {how}: {count * new / took:,.1f} tokens/s aggregate "
+                  f"(second round; {graphs.captures - captures} graphs captured, {len(graphs.joint)} over several memories)")
 
 
 STAGES = ["env", "graphs", "profile", "caches", "prefill", "agreement", "memories"]

@@ -7,13 +7,18 @@ input. Capturing costs warm-up steps and an instantiation, so it happens once pe
 per request: a request borrows a free step of its bucket, loads its memory's prefix into it
 (a device copy, skipped when the step last served the same memory version), prefills, replays,
 and gives the step back. Nothing here frees cached device memory.
+
+Requests on different memories that decode in one batch step over several static caches at
+once: once the same static steps have stepped together twice in a row, that step over all of
+their caches is captured too (`DecodeGraphs.together`), and replays while they stay together.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,6 +31,7 @@ if TYPE_CHECKING:
 WARMUP_STEPS = 2
 MIN_BUCKET = 64
 MAX_STEPS = 8  # static steps kept (all buckets together); beyond it, the least recently used idle one goes
+MAX_JOINT_STEPS = 8  # captured steps over several static caches, least recently used out first
 
 
 def length_bucket(tokens: int) -> int:
@@ -34,35 +40,57 @@ def length_bucket(tokens: int) -> int:
 
 
 class StaticDecodeStep:
-    """A decode step over a cache that outlives requests; captured in a CUDA graph if `capture`."""
+    """A decode step over caches that outlive requests; captured in a CUDA graph if `capture`.
 
-    def __init__(self, model: MemoryLLM, cache: KVCache, capture: bool):
+    One cache is a request's own step; several are the step of requests decoding together
+    (`MemoryLLM.decode_rows`), whose rows are the caches' in order.
+    """
+
+    def __init__(self, model: MemoryLLM, caches: Sequence[KVCache], capture: bool, number: int = 0):
         self.model = model
-        self.cache = cache
-        self.tokens = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=model.device)
+        self.caches = list(caches)
+        self.number = number  # a request's own step's place among its DecodeGraphs' steps
+        rows = sum(cache.batch_size for cache in self.caches)
+        self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=model.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
         if capture:
             self._capture()
 
+    @property
+    def cache(self) -> KVCache:
+        """A request's own step's cache."""
+        return self.caches[0]
+
+    def _step(self) -> torch.Tensor:
+        return self.model.decode_rows(self.tokens, self.caches)
+
     def _capture(self) -> None:
         device = self.model.device
+        # The caches may be live (requests mid-answer): warm-up steps write their keys/values at
+        # the cursor, which the next real step overwrites, and the cursor and validity they move
+        # are put back. A capture itself runs nothing.
+        cursors = [(c.key_valid.clone(), c.next_slot.clone(), c.next_position.clone()) for c in self.caches]
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(WARMUP_STEPS):  # on an empty cache: the next request resets it
-                self.model.decode_step(self.tokens, self.cache)
+            for _ in range(WARMUP_STEPS):
+                self._step()
+            for cache, (valid, slot, position) in zip(self.caches, cursors):
+                cache.key_valid.copy_(valid)
+                cache.next_slot.copy_(slot)
+                cache.next_position.copy_(position)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: allocations by other threads during capture are theirs, not errors.
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), torch.inference_mode():
-            self.logits = self.model.decode_step(self.tokens, self.cache)
+            self.logits = self._step()
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits [B, V] after `tokens` [B, 1]; the logits tensor is overwritten by the next call."""
+        """Logits [R, V] after `tokens` [R, 1]; the logits tensor is overwritten by the next call."""
         self.tokens.copy_(tokens)
         if self.graph is None:
-            return self.model.decode_step(self.tokens, self.cache)
+            return self._step()
         self.graph.replay()
         return self.logits
 
@@ -77,8 +105,12 @@ class DecodeGraphs:
         self.max_steps = max_steps
         self.idle: dict[tuple, list[StaticDecodeStep]] = {}
         self.busy = 0
+        self.made = 0
         self.captures = 0
         self.order: list[StaticDecodeStep] = []  # idle steps, least recently used first
+        # Steps over several static steps' caches, by those steps in row order (`together`).
+        self.joint: OrderedDict[tuple[StaticDecodeStep, ...], StaticDecodeStep] = OrderedDict()
+        self._last_together: tuple[StaticDecodeStep, ...] = ()
         self.lock = threading.Lock()  # guards the lists and serializes captures
 
     @classmethod
@@ -128,11 +160,16 @@ class DecodeGraphs:
                 for steps in self.idle.values():
                     if old in steps:
                         steps.remove(old)
+                for steps in [steps for steps in self.joint if old in steps]:
+                    del self.joint[steps]
+                if old in self._last_together:
+                    self._last_together = ()
             if self.busy >= self.max_steps:
                 return None
             batch, length = key[:2]
             cache = self.model.new_cache(pool, batch, length, own_prefix=True)
-            step = StaticDecodeStep(self.model, cache, self.capture)
+            self.made += 1
+            step = StaticDecodeStep(self.model, [cache], self.capture, self.made)
             self.captures += self.capture
             self.busy += 1
             return step
@@ -141,3 +178,28 @@ class DecodeGraphs:
     def steps(self) -> int:
         with self.lock:
             return len(self.order) + self.busy
+
+    def together(self, steps: Sequence[StaticDecodeStep]) -> StaticDecodeStep | None:
+        """The step over `steps`' caches together (rows in their order, which callers keep by
+        `number`), under the model's lock.
+
+        One step is itself. Several get a step of their own (captured, on CUDA) the second time
+        in a row they step together: a batch whose members change at every step would capture
+        for nothing. None until then; the caller steps them eagerly.
+        """
+        steps = tuple(steps)
+        if len(steps) == 1:
+            return steps[0]
+        with self.lock:
+            joint = self.joint.get(steps)
+            if joint is not None:
+                self.joint.move_to_end(steps)
+                return joint
+            if steps != self._last_together:
+                self._last_together = steps
+                return None
+            joint = self.joint[steps] = StaticDecodeStep(self.model, [s.cache for s in steps], self.capture)
+            self.captures += self.capture
+            while len(self.joint) > MAX_JOINT_STEPS:
+                self.joint.popitem(last=False)
+            return joint

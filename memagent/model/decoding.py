@@ -90,7 +90,9 @@ class Decoding:
 
     On CUDA (or with `graphs` given) answers of at least GRAPH_MIN_NEW_TOKENS tokens borrow a
     static step from `graphs` (default: the model's shared CUDA graphs) unless `cuda_graph` is
-    False; the step replays while the request decodes alone.
+    False; the step replays while the request decodes alone, and a step over its cache and
+    those of the requests decoding with it replays while they stay together
+    (`DecodeGraphs.together`).
     """
 
     def __init__(
@@ -126,7 +128,7 @@ class Decoding:
         self.done = False
         self.ready: deque[torch.Tensor] = deque()  # decoded tokens [B] the reader has not taken
         self.cache = None
-        self.graph_step = None  # a captured step of this request's shape, replayed while it runs alone
+        self.graph_step = None  # a static step of this request's shape, whose cache it decodes in
         self.logits: torch.Tensor | None = None  # [B, V]: the next token's, once prefilled
         self.error: BaseException | None = None  # what failed a prefill shared with others
         self._held = contextlib.ExitStack()
@@ -349,15 +351,23 @@ class DecodeBatch:
         self.steps += 1
         if self.on_step is not None:
             self.on_step(sum(d.rows for d, _ in going))
-        if len(going) == 1 and going[0][0].graph_step is not None:
-            decoding, token = going[0]
-            decoding.logits = decoding.graph_step(token[:, None])
-            return
+        step = None
+        if self._in_static_steps([d for d, _ in going]):
+            going.sort(key=lambda pair: pair[0].graph_step.number)  # one row order per set: one capture
+            step = going[0][0].graphs.together([d.graph_step for d, _ in going])
         batch = torch.cat([t for _, t in going])[:, None] if len(going) > 1 else going[0][1][:, None]
-        logits = self.model.decode_rows(batch, [d.cache for d, _ in going])
+        if step is not None:
+            logits = step(batch)
+        else:
+            logits = self.model.decode_rows(batch, [d.cache for d, _ in going])
         for (decoding, _), part in zip(going, logits.split([d.rows for d, _ in going])):
             decoding.logits = part
 
+    @staticmethod
+    def _in_static_steps(going: list[Decoding]) -> bool:
+        """Whether each request decodes in a static step of the same DecodeGraphs."""
+        graphs = going[0].graphs
+        return all(d.graph_step is not None and d.graphs is graphs for d in going)
 
 def decode(
     model: MemoryLLM,

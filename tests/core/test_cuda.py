@@ -1,5 +1,6 @@
 """CUDA: the reference still holds in fp32, the graphed decode step equals the eager one, bf16 runs,
-graphs are captured once per bucket and reused, and a decode step never waits for the host."""
+graphs are captured once per bucket and reused, requests on several memories replay one graph
+together, and a decode step never waits for the host."""
 
 import pytest
 import torch
@@ -7,10 +8,12 @@ from safetensors.torch import load_file
 
 from memagent import MemoryLLM
 from memagent.model.cuda_graph import DecodeGraphs
-from memagent.model.decoding import next_token
+from memagent.model.decoding import decode, next_token
+from memagent.model.generation import stream
 from memagent.model.shapes import shape_config
 from memagent.sampling import SamplingParams
 from tests.conftest import FIXTURES, REFERENCE_CASES
+from tests.core.test_decode_batch import drained, starting_batch
 
 pytestmark = pytest.mark.gpu
 
@@ -60,6 +63,30 @@ def test_graphs_are_captured_once_per_bucket_and_reused_across_memories():
     assert graphs.captures == 1 and graphs.steps == 1
     model.generate(prompts, max_new_tokens=4, eos_token_id=[])
     assert graphs.captures == 1, "short answers are not captured"
+
+
+@pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
+def test_requests_on_several_memories_replay_one_graph_and_get_their_own_tokens(do_sample):
+    model = MemoryLLM.from_random(shape_config("smollm2-135m"), device="cuda")
+    pools = [model.new_pool(seed=i) for i in range(3)]
+    for i, pool in enumerate(pools[1:]):
+        model.inject(torch.randint(0, 49152, (1, 96 + 32 * i), device="cuda"), pool=pool)
+    params = SamplingParams(max_new_tokens=16, do_sample=do_sample, top_k=50, seed=3)
+    prompts = [torch.randint(0, 49152, (rows, 12), device="cuda") for rows in (1, 2, 1)]
+    graphs = DecodeGraphs.of(model)
+    alone = [torch.stack(list(stream(model, ids, params, [], pool=pool)), 1).tolist() for pool, ids in zip(pools, prompts)]
+    batch = starting_batch(model)
+    assert drained([decode(model, ids, params, (), None, pool, batch=batch) for pool, ids in zip(pools, prompts)]) == alone
+    (joint,) = graphs.joint.values()
+    assert joint.graph is not None and len(joint.caches) == 3
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.inference_mode():
+            logits = joint(torch.zeros(4, 1, dtype=torch.long, device="cuda"))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(logits).all()
 
 
 def test_graph_replay_and_sampling_never_sync():

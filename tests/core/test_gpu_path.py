@@ -2,6 +2,7 @@
 compiles whole and never waits for the device, static steps reused across requests, dtypes.
 Most run for MemoryLLM and M+ (whose rows read their own long-term tokens beside the shared prefix)."""
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from memagent import MemoryLLM
 from memagent.model import memoryllm
 from memagent.model.cuda_graph import DecodeGraphs, length_bucket
-from memagent.model.decoding import next_token
+from memagent.model.decoding import DecodeBatch, decode, next_token
 from memagent.model.generation import generate, stream
 from memagent.model.lora import build_lora_linear
 from memagent.model.rope import RotaryEmbedding
 from memagent.model.shapes import shape_config
 from memagent.sampling import SamplingParams
+from tests.core.test_decode_batch import drained, starting_batch
 
 
 MPLUS = Path(__file__).parent.parent / "fixtures" / "reference_mplus" / "gqa_lora_eager" / "checkpoint"
@@ -79,6 +81,32 @@ def test_decode_step_compiles_whole_and_equals_eager(model):
         eager_token = compiled_token = eager.argmax(-1)[:, None]
     assert torch.equal(compiled_cache.next_slot, eager_cache.next_slot)
     assert torch.equal(compiled_cache.next_position, eager_cache.next_position)
+
+
+@torch.inference_mode()
+def test_a_step_over_several_memories_caches_compiles_whole_and_equals_eager(model):
+    torch._dynamo.reset()
+    other = model.new_pool(seed=4)
+    model.inject(torch.arange(120, 150)[None], pool=other)
+    prompts = [(model.pool, torch.tensor([[5, 6, 7]])), (other, torch.tensor([[8, 9, 10], [11, 12, 13]]))]
+
+    def prefilled_caches():
+        caches, tokens = [], []
+        for pool, prompt in prompts:
+            cache = model.new_cache(pool, prompt.shape[0], prompt.shape[1] + 8)
+            tokens.append(model.lm_head(model.prefill(prompt, torch.ones_like(prompt), cache)[:, -1]).argmax(-1))
+            caches.append(cache)
+        return caches, torch.cat(tokens)[:, None]
+
+    eager_caches, token = prefilled_caches()
+    compiled_caches, _ = prefilled_caches()
+    compiled = torch.compile(model.decode_rows, fullgraph=True)  # a graph break raises
+    eager_token = compiled_token = token
+    for _ in range(3):
+        eager = model.decode_rows(eager_token, eager_caches)
+        graphed = compiled(compiled_token, compiled_caches)
+        assert torch.allclose(graphed, eager, atol=1e-4)
+        eager_token = compiled_token = eager.argmax(-1)[:, None]
 
 
 class HostReads(TorchDispatchMode):
@@ -160,6 +188,47 @@ def test_concurrent_requests_borrow_separate_steps(model):
     assert graphs.steps == 2
     for column, (x, y) in enumerate(interleaved):
         assert x.tolist() == y.tolist() == alone[:, column].tolist()
+
+
+def memories(model):
+    """The model's pool, another written one and an empty one."""
+    other, empty = model.new_pool(seed=1), model.new_pool(seed=2)
+    model.inject(torch.arange(150, 180)[None], pool=other)
+    return model.pool, other, empty
+
+
+def test_requests_decoding_together_replay_one_static_step_over_all_their_caches(model):
+    graphs = DecodeGraphs(model, capture=False)
+    sampled = SamplingParams(max_new_tokens=12, do_sample=True, temperature=0.9, top_k=20, seed=5)
+    requests = list(zip(
+        memories(model),
+        [torch.tensor([[5, 6, 7]]), torch.tensor([[8, 9, 10, 4], [11, 12, 13, 4]]), torch.tensor([[14, 15]])],
+        [SamplingParams(max_new_tokens=12), sampled, SamplingParams(max_new_tokens=10)],
+    ))
+    with torch.no_grad():
+        expected = [torch.stack(list(stream(model, ids, p, [], pool=pool)), 1).tolist() for pool, ids, p in requests]
+        for _ in range(2):  # the second round borrows the same steps in another order
+            batch = starting_batch(model)
+            streams = [decode(model, ids, p, (), None, pool, batch=batch, graphs=graphs) for pool, ids, p in requests]
+            assert drained(streams) == expected
+            # All three together, then the two longer answers once the third has ended.
+            assert graphs.steps == 3 and [len(j.caches) for j in graphs.joint.values()] == [3, 2]
+    three, two = graphs.joint
+    assert [step.number for step in three] == [1, 2, 3] and [step.number for step in two] == [1, 2]
+    assert graphs.joint[three].tokens.shape == (4, 1), "one step over the three caches' four rows"
+
+
+def test_a_static_step_over_several_caches_goes_with_any_of_them(model):
+    graphs = DecodeGraphs(model, capture=False, max_steps=2)
+    params = SamplingParams(max_new_tokens=10)
+    batch = DecodeBatch(model, contextlib.nullcontext())
+    with torch.no_grad():
+        streams = [decode(model, torch.tensor([[5, 6, 7]]), params, (), None, pool, batch=batch, graphs=graphs)
+                   for pool in memories(model)[:2]]
+        drained(streams)
+        assert len(graphs.joint) == 1
+        list(stream(model, torch.tensor([[5, 6, 7]] * 3), params, [], graphs=graphs))  # another bucket
+    assert graphs.steps == 2 and not graphs.joint, "an evicted step's joint steps go with it"
 
 
 def test_length_buckets_are_powers_of_two():
