@@ -7,7 +7,8 @@ Stages: env (versions, GPU, attention backends), graphs (construction time, stea
 replay tokens/s), profile (3 decode steps: top kernels, attention's share), caches (new_cache
 time and memory at batch 1, 8, 32), prefill (peak memory of a 4k-token prompt), agreement
 (bf16 vs fp32 greedy tokens, random smollm2-135m shape), memories (aggregate decode of up to
-8 memories, one stream each, decoded on their own and in one batch). A failing stage prints its error
+8 memories, one stream each, decoded on their own and in one batch), compiled (batch 1 with the
+decode step compiled by inductor, then captured). A failing stage prints its error
 and the rest still run; the exit status counts the failures.
 """
 
@@ -104,6 +105,37 @@ class Probe:
             kind = "graph replay" if step.graph is not None else "eager static step"
             print(f"batch {batch}: steady-state {kind} {per_step * 1000:.2f} ms/step, {batch / per_step:,.1f} tokens/s")
 
+    def compiled(self) -> None:
+        """Batch 1: the decode step compiled by inductor (its small kernels fused), captured in a
+        CUDA graph like the served one. An experiment: serving does not compile."""
+        model, new = self.model, self.args.new_tokens
+        prompt = self.ids(self.args.prompt_tokens, 1)
+        step_fn = torch.compile(model.decode_step, fullgraph=True, dynamic=False)
+        graphs = DecodeGraphs(model, capture=False)
+        with torch.inference_mode(), graphs.borrow(model.pool, 1, self.args.prompt_tokens + 2 * new) as step:
+            cache = step.cache
+            token = model.lm_head(model.prefill(prompt, torch.ones_like(prompt), cache)[:, -1]).argmax(-1)[:, None]
+            self.sync()
+            start = time.perf_counter()
+            for _ in range(2):
+                token = step_fn(token, cache).argmax(-1)[:, None]
+            self.sync()
+            print(f"compile and 2 steps: {time.perf_counter() - start:.1f} s")
+            run = lambda: step_fn(token, cache)  # noqa: E731
+            if self.device.type == "cuda":
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    logits = step_fn(token, cache)
+                run = graph.replay
+            self.sync()
+            start = time.perf_counter()
+            for _ in range(new - 4):
+                run()
+            self.sync()
+            per_step = (time.perf_counter() - start) / (new - 4)
+        print(f"batch 1: compiled step {'in a CUDA graph ' if self.device.type == 'cuda' else ''}"
+              f"{per_step * 1000:.2f} ms/step, {1 / per_step:,.1f} tokens/s")
+
     def profile(self) -> None:
         from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -167,6 +199,21 @@ class Probe:
         peak = torch.cuda.max_memory_allocated(self.device) - base if self.device.type == "cuda" else 0
         print(f"prefill {tokens} tokens: {(time.perf_counter() - start) * 1000:.1f} ms, "
               f"peak above the cache {peak / 2**30:.2f} GiB (chunks of {memoryllm.PREFILL_QUERY_ROWS} query rows)")
+        if self.device.type == "cuda":  # a short prompt: is its prefill bound by the device or by launches?
+            from torch.profiler import ProfilerActivity, profile
+
+            prompt = self.ids(self.args.prompt_tokens, 1)
+            cache = model.new_cache(model.pool, 1, self.args.prompt_tokens)
+            with torch.inference_mode():
+                model.prefill(prompt, torch.ones_like(prompt), cache)
+                self.sync()
+                start = time.perf_counter()
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    model.prefill(prompt, torch.ones_like(prompt), cache)
+                    self.sync()
+            busy = sum(e.self_device_time_total for e in prof.key_averages()) / 1000
+            print(f"prefill {self.args.prompt_tokens} tokens: {(time.perf_counter() - start) * 1000:.1f} ms wall "
+                  f"(profiled), of which kernels ran {busy:.1f} ms")
 
     def agreement(self) -> None:
         shape = "tiny" if self.args.quick else "smollm2-135m"
@@ -214,7 +261,7 @@ class Probe:
                   f"(second round; {graphs.captures - captures} graphs captured, {len(graphs.joint)} over several memories)")
 
 
-STAGES = ["env", "graphs", "profile", "caches", "prefill", "agreement", "memories"]
+STAGES = ["env", "graphs", "profile", "caches", "prefill", "agreement", "memories", "compiled"]
 
 
 def main() -> int:

@@ -9,8 +9,8 @@ per request: a request borrows a free step of its bucket, loads its memory's pre
 and gives the step back. Nothing here frees cached device memory.
 
 Requests on different memories that decode in one batch step over several static caches at
-once: once the same static steps have stepped together twice in a row, that step over all of
-their caches is captured too (`DecodeGraphs.together`), and replays while they stay together.
+once: once the same static steps have stepped together twice, that step over all of their
+caches is captured too (`DecodeGraphs.together`), and replays whenever they step together.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 WARMUP_STEPS = 2
 MIN_BUCKET = 64
 MAX_STEPS = 8  # static steps kept (all buckets together); beyond it, the least recently used idle one goes
-MAX_JOINT_STEPS = 8  # captured steps over several static caches, least recently used out first
+# Captured steps over several static caches, least recently used out first: a batch whose
+# readers fall behind by turns alternates between a few sets of members.
+MAX_JOINT_STEPS = 16
 
 
 def length_bucket(tokens: int) -> int:
@@ -46,7 +48,9 @@ class StaticDecodeStep:
     (`MemoryLLM.decode_rows`), whose rows are the caches' in order.
     """
 
-    def __init__(self, model: MemoryLLM, caches: Sequence[KVCache], capture: bool, number: int = 0):
+    def __init__(
+        self, model: MemoryLLM, caches: Sequence[KVCache], capture: bool, number: int = 0, warmup: int = WARMUP_STEPS
+    ):
         self.model = model
         self.caches = list(caches)
         self.number = number  # a request's own step's place among its DecodeGraphs' steps
@@ -55,7 +59,7 @@ class StaticDecodeStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
         if capture:
-            self._capture()
+            self._capture(warmup)
 
     @property
     def cache(self) -> KVCache:
@@ -65,7 +69,7 @@ class StaticDecodeStep:
     def _step(self) -> torch.Tensor:
         return self.model.decode_rows(self.tokens, self.caches)
 
-    def _capture(self) -> None:
+    def _capture(self, warmup: int) -> None:
         device = self.model.device
         # The caches may be live (requests mid-answer): warm-up steps write their keys/values at
         # the cursor, which the next real step overwrites, and the cursor and validity they move
@@ -74,7 +78,7 @@ class StaticDecodeStep:
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(WARMUP_STEPS):
+            for _ in range(warmup):
                 self._step()
             for cache, (valid, slot, position) in zip(self.caches, cursors):
                 cache.key_valid.copy_(valid)
@@ -110,7 +114,7 @@ class DecodeGraphs:
         self.order: list[StaticDecodeStep] = []  # idle steps, least recently used first
         # Steps over several static steps' caches, by those steps in row order (`together`).
         self.joint: OrderedDict[tuple[StaticDecodeStep, ...], StaticDecodeStep] = OrderedDict()
-        self._last_together: tuple[StaticDecodeStep, ...] = ()
+        self._seen_together: OrderedDict[tuple[StaticDecodeStep, ...], None] = OrderedDict()  # once, not yet captured
         self.lock = threading.Lock()  # guards the lists and serializes captures
 
     @classmethod
@@ -160,10 +164,9 @@ class DecodeGraphs:
                 for steps in self.idle.values():
                     if old in steps:
                         steps.remove(old)
-                for steps in [steps for steps in self.joint if old in steps]:
-                    del self.joint[steps]
-                if old in self._last_together:
-                    self._last_together = ()
+                for together in (self.joint, self._seen_together):
+                    for steps in [steps for steps in together if old in steps]:
+                        del together[steps]
             if self.busy >= self.max_steps:
                 return None
             batch, length = key[:2]
@@ -184,8 +187,8 @@ class DecodeGraphs:
         `number`), under the model's lock.
 
         One step is itself. Several get a step of their own (captured, on CUDA) the second time
-        in a row they step together: a batch whose members change at every step would capture
-        for nothing. None until then; the caller steps them eagerly.
+        they step together: a set seen once (requests joining one by one) would capture for
+        nothing. None until then; the caller steps them eagerly.
         """
         steps = tuple(steps)
         if len(steps) == 1:
@@ -195,10 +198,15 @@ class DecodeGraphs:
             if joint is not None:
                 self.joint.move_to_end(steps)
                 return joint
-            if steps != self._last_together:
-                self._last_together = steps
+            if steps not in self._seen_together:
+                self._seen_together[steps] = None
+                while len(self._seen_together) > MAX_JOINT_STEPS:
+                    self._seen_together.popitem(last=False)
                 return None
-            joint = self.joint[steps] = StaticDecodeStep(self.model, [s.cache for s in steps], self.capture)
+            del self._seen_together[steps]
+            # One warm-up step: these caches have just run this step eagerly.
+            joint = StaticDecodeStep(self.model, [s.cache for s in steps], self.capture, warmup=1)
+            self.joint[steps] = joint
             self.captures += self.capture
             while len(self.joint) > MAX_JOINT_STEPS:
                 self.joint.popitem(last=False)
