@@ -257,8 +257,10 @@ class Probe:
                         next(s)
                 self.sync()
                 took = time.perf_counter() - start
+            lanes = sum(lane.step is not None for lane in graphs.lanes.values())
             print(f"{count} memories, one batch-1 stream each, {how}: {count * new / took:,.1f} tokens/s aggregate "
-                  f"(second round; {graphs.captures - captures} graphs captured, {len(graphs.joint)} over several memories)")
+                  f"(second round; {graphs.captures - captures} graphs captured; steps over several memories: "
+                  f"{lanes} of a lane, {len(graphs.joint)} of other sets)")
 
 
 STAGES = ["env", "graphs", "profile", "caches", "prefill", "agreement", "memories", "compiled"]

@@ -45,7 +45,10 @@ def attend(
     """Attention outputs [B_i, H, T_i, D] for the queries [B_i, H, T_i, D] of caches that read one
     memory prefix (keys/values [1, G, P, D], or None): each cache's queries attend its own token
     slots (keys/values [B_i, G, S_i, D], mask from `token_mask`), and all of them attend the
-    prefix in one product, so its keys/values are read once for every request on that memory."""
+    prefix in one product, so its keys/values are read once for every request on that memory.
+
+    A lane's rows each read their own prefix (keys/values [B, G, P, D]; one cache): one batched
+    product, row b's queries with row b's prefix."""
     D = queries[0].shape[-1]
     G = token_ranges[0][0].shape[1]
     scale = D**-0.5
@@ -57,6 +60,11 @@ def attend(
         folded.append(q.transpose(0, 1).reshape(G, -1, D))  # all rows' queries per kv head
     if prefix_keys is None:
         return [out.reshape(q.shape) for (out, _), q in zip(parts, queries)]
+    if prefix_keys.shape[0] > 1:  # a lane
+        (q,), ((out, lse),) = queries, parts
+        B, H, T, _ = q.shape
+        own_out, own_lse = _prefix_attention(q.reshape(B, G, H // G * T, D), prefix_keys, prefix_values, scale)
+        return [_merge(own_out, own_lse[..., None], out, lse).reshape(B, H, T, D)]
     stacked = torch.cat(folded, 1) if len(folded) > 1 else folded[0]
     prefix_out, prefix_lse = _prefix_attention(stacked[None], prefix_keys, prefix_values, scale)
     outputs, start = [], 0
@@ -67,10 +75,15 @@ def attend(
         start = rows.stop
         own_out = prefix_out[0, :, rows].reshape(G, B, M, D).transpose(0, 1)
         own_lse = prefix_lse[0, :, rows].reshape(G, B, M, 1).transpose(0, 1)
-        # The token range's share of the whole softmax: exp(lse) / (exp(lse) + exp(prefix_lse)).
-        share = torch.sigmoid(lse - own_lse).to(out.dtype)
-        outputs.append(torch.lerp(own_out, out, share).reshape(B, H, T, D))
+        outputs.append(_merge(own_out, own_lse, out, lse).reshape(B, H, T, D))
     return outputs
+
+
+def _merge(prefix_out: torch.Tensor, prefix_lse: torch.Tensor, out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """The attention over both key ranges from each range's output and log-sum-exp."""
+    # The token range's share of the whole softmax: exp(lse) / (exp(lse) + exp(prefix_lse)).
+    share = torch.sigmoid(lse - prefix_lse).to(out.dtype)
+    return torch.lerp(prefix_out, out, share)
 
 
 def _token_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float):

@@ -8,17 +8,20 @@ per request: a request borrows a free step of its bucket, loads its memory's pre
 (a device copy, skipped when the step last served the same memory version), prefills, replays,
 and gives the step back. Nothing here frees cached device memory.
 
-Requests on different memories that decode in one batch step over several static caches at
-once: once the same static steps have stepped together twice, that step over all of their
-caches is captured too (`DecodeGraphs.together`), and replays whenever they step together.
+Requests decoding in one batch (`DecodeBatch`) step over several static caches at once
+(`DecodeGraphs.together`). One-row requests take rows of a lane (`Lane`): however many of its
+rows step together, on whatever memories, one graph over the lane replays, with one attention
+call per layer. Other sets of static steps get a step of their own over their caches, captured
+the second time they step together.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,6 +34,11 @@ if TYPE_CHECKING:
 WARMUP_STEPS = 2
 MIN_BUCKET = 64
 MAX_STEPS = 8  # static steps kept (all buckets together); beyond it, the least recently used idle one goes
+# A lane: one-row requests (chat turns, questions) of up to LANE_TOKENS tokens, up to
+# LANE_ROWS of them at once, each on its own memory: LANE_ROWS copies of a memory prefix
+# allocated with the lane (13.4 GB at the 8B shape, 190 MB on the default model).
+LANE_ROWS = 8
+LANE_TOKENS = 512
 # Captured steps over several static caches, least recently used out first: a batch whose
 # readers fall behind by turns alternates between a few sets of members.
 MAX_JOINT_STEPS = 16
@@ -54,6 +62,8 @@ class StaticDecodeStep:
         self.model = model
         self.caches = list(caches)
         self.number = number  # a request's own step's place among its DecodeGraphs' steps
+        self.lane: Lane | None = None  # the lane whose row `row` this step decodes, if any
+        self.row = 0
         rows = sum(cache.batch_size for cache in self.caches)
         self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=model.device)
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -99,8 +109,53 @@ class StaticDecodeStep:
         return self.logits
 
 
+class Lane:
+    """LANE_ROWS one-row static steps reading one prefix shape, in one allocation (a lane
+    `KVCache`): each row is a request's own step, and rows decoding together step in one
+    forward pass over the whole lane (one attention call per layer, whatever memory each row
+    reads), captured once, whichever rows take part."""
+
+    def __init__(self, graphs: DecodeGraphs, pool: MemoryPool):
+        self.graphs = graphs
+        self.cache = graphs.model.new_cache(pool, LANE_ROWS, LANE_TOKENS, lane=True)
+        self.rows: list[StaticDecodeStep | None] = [None] * LANE_ROWS  # each row's own step, made on first use
+        self.free = list(range(LANE_ROWS))
+        self.step: StaticDecodeStep | None = None  # over every row, made when two rows first step together
+        self._sets: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # rows: (active flags, index)
+
+    def take(self) -> StaticDecodeStep | None:
+        """A free row's step (the lowest row), or None."""
+        if not self.free:
+            return None
+        row = self.free.pop(0)
+        if self.rows[row] is None:
+            self.graphs.made += 1
+            step = StaticDecodeStep(self.graphs.model, [self.cache.row(row)], self.graphs.capture, self.graphs.made)
+            step.lane, step.row = self, row
+            self.rows[row] = step
+            self.graphs.captures += self.graphs.capture
+        return self.rows[row]
+
+    def give(self, step: StaticDecodeStep) -> None:
+        self.free = sorted(self.free + [step.row])
+
+    def decode(self, rows: tuple[int, ...], tokens: torch.Tensor) -> torch.Tensor:
+        """Logits [R, V] of `rows` after their `tokens` [R, 1]; the lane's other rows stand still."""
+        if self.step is None:
+            self.step = StaticDecodeStep(self.graphs.model, [self.cache], self.graphs.capture, warmup=1)
+            self.graphs.captures += self.graphs.capture
+        if rows not in self._sets:
+            flags = torch.zeros(LANE_ROWS, dtype=torch.long)
+            flags[list(rows)] = 1
+            self._sets[rows] = flags.to(self.cache.active.device), torch.tensor(rows, device=tokens.device)
+        active, index = self._sets[rows]
+        self.cache.active.copy_(active)
+        return self.step(self.step.tokens.index_copy(0, index, tokens)).index_select(0, index)
+
+
 class DecodeGraphs:
-    """The static decode steps of one model, by (batch, length bucket, prefix length, long-term slots)."""
+    """The static decode steps of one model: a lane per prefix shape for one-row requests of up
+    to LANE_TOKENS tokens, others by (batch, length bucket, prefix length, long-term slots)."""
 
     def __init__(self, model: MemoryLLM, *, capture: bool | None = None, max_steps: int = MAX_STEPS):
         self.model = model
@@ -112,6 +167,7 @@ class DecodeGraphs:
         self.made = 0
         self.captures = 0
         self.order: list[StaticDecodeStep] = []  # idle steps, least recently used first
+        self.lanes: dict[tuple, Lane] = {}  # by (prefix length, long-term slots)
         # Steps over several static steps' caches, by those steps in row order (`together`).
         self.joint: OrderedDict[tuple[StaticDecodeStep, ...], StaticDecodeStep] = OrderedDict()
         self._seen_together: OrderedDict[tuple[StaticDecodeStep, ...], None] = OrderedDict()  # once, not yet captured
@@ -148,12 +204,23 @@ class DecodeGraphs:
             yield step
         finally:
             with self.lock:
-                self.busy -= 1
-                self.idle.setdefault(key, []).append(step)
-                self.order.append(step)
+                if step.lane is not None:
+                    step.lane.give(step)
+                else:
+                    self.busy -= 1
+                    self.idle.setdefault(key, []).append(step)
+                    self.order.append(step)
 
     def _take(self, key: tuple, pool: MemoryPool | None) -> StaticDecodeStep | None:
+        batch, length, prefix, long_term = key
         with self.lock:
+            if batch == 1 and prefix and length <= LANE_TOKENS and self.model.rotary.kind != "dynamic":
+                lane = self.lanes.get(key[2:])
+                if lane is None:
+                    lane = self.lanes[key[2:]] = Lane(self, pool)
+                step = lane.take()
+                if step is not None:
+                    return step
             if self.idle.get(key):
                 step = self.idle[key].pop()
                 self.order.remove(step)
@@ -169,7 +236,6 @@ class DecodeGraphs:
                         del together[steps]
             if self.busy >= self.max_steps:
                 return None
-            batch, length = key[:2]
             cache = self.model.new_cache(pool, batch, length, own_prefix=True)
             self.made += 1
             step = StaticDecodeStep(self.model, [cache], self.capture, self.made)
@@ -179,20 +245,26 @@ class DecodeGraphs:
 
     @property
     def steps(self) -> int:
+        """Static steps kept: lanes' rows in use so far, and the others."""
         with self.lock:
-            return len(self.order) + self.busy
+            rows = sum(step is not None for lane in self.lanes.values() for step in lane.rows)
+            return len(self.order) + self.busy + rows
 
-    def together(self, steps: Sequence[StaticDecodeStep]) -> StaticDecodeStep | None:
-        """The step over `steps`' caches together (rows in their order, which callers keep by
-        `number`), under the model's lock.
+    def together(self, steps: Sequence[StaticDecodeStep]) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The step over `steps`' caches together (logits [R, V] of their rows in order after
+        tokens [R, 1]; callers keep the order by `number`), under the model's lock.
 
-        One step is itself. Several get a step of their own (captured, on CUDA) the second time
-        they step together: a set seen once (requests joining one by one) would capture for
-        nothing. None until then; the caller steps them eagerly.
+        One step is itself; rows of one lane, the lane's. Other sets get a step of their own
+        (captured, on CUDA) the second time they step together: a set seen once (requests
+        joining one by one) would capture for nothing. None until then; the caller steps them
+        eagerly.
         """
         steps = tuple(steps)
         if len(steps) == 1:
             return steps[0]
+        lane = steps[0].lane
+        if lane is not None and all(step.lane is lane for step in steps):
+            return functools.partial(lane.decode, tuple(step.row for step in steps))
         with self.lock:
             joint = self.joint.get(steps)
             if joint is not None:

@@ -11,6 +11,7 @@ without a host sync.
 
 from __future__ import annotations
 
+import copy
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,9 +32,14 @@ class LayerCache:
         self.values = values
 
     def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store k/v [B, kv_heads, T, D] at token slots [T]."""
-        self.keys.index_copy_(2, slots, k)
-        self.values.index_copy_(2, slots, v)
+        """Store k/v [B, kv_heads, T, D] at token slots [T], or each row's own [B, T] (a lane)."""
+        if slots.dim() == 1:
+            self.keys.index_copy_(2, slots, k)
+            self.values.index_copy_(2, slots, v)
+            return
+        rows = torch.arange(slots.shape[0], device=slots.device)[:, None]
+        self.keys[rows, :, slots] = k.transpose(1, 2)  # indexed [B, T, kv_heads, D]
+        self.values[rows, :, slots] = v.transpose(1, 2)
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ class LayerRead:
 
     cache: LayerCache
     rows: slice
-    slots: torch.Tensor
+    slots: torch.Tensor  # [T], or [B, T] for a lane's rows
     mask: torch.Tensor
     visible: int | None = None
 
@@ -60,6 +66,12 @@ class KVCache:
     With `own_prefix` the cache holds its own prefix buffers, filled by `load_prefix` (a cache
     reused across requests, e.g. by a captured graph); otherwise it refers to the pool's
     prefix keys/values without copying them.
+
+    A `lane` is `batch_size` such caches of one row in one allocation, each row reading its own
+    prefix at its own cursor (`row` gives row r as a cache of its own), so one step can decode
+    every row of it: requests on different memories in one attention call per layer. A step
+    over the lane advances only its `active` rows; the others write to a scratch slot past the
+    last, which no query sees, so a row that is prefilling or idle is left as it was.
     """
 
     def __init__(
@@ -74,6 +86,7 @@ class KVCache:
         dtype: torch.dtype,
         device: torch.device,
         own_prefix: bool = False,
+        lane: bool = False,
         long_term_slots: int = 0,
         long_term: LongTermRead | None = None,
     ):
@@ -81,26 +94,54 @@ class KVCache:
         self.prefix_length = prefix.keys[0].shape[2] + M if prefix else 0
         self.max_tokens = max_tokens
         self.layers: list[LayerCache] = []
+        own_prefix = own_prefix or lane
+        slots = M + max_tokens + lane  # a lane's scratch slot last
         for layer in range(num_layers):
-            shape = (batch_size, kv_heads, M + max_tokens, head_dim)
+            shape = (batch_size, kv_heads, slots, head_dim)
             prefix_kv = (None, None)
             if prefix:
                 prefix_kv = (prefix.keys[layer], prefix.values[layer])
-                if own_prefix:
+                if lane:  # zeros: rows never loaded still step (and are discarded), finite
+                    prefix_kv = tuple(t.new_zeros((batch_size, *t.shape[1:])) for t in prefix_kv)
+                elif own_prefix:
                     prefix_kv = tuple(torch.empty_like(t) for t in prefix_kv)
             # Zeros, not empty: masked-out slots still enter the attention product, and stray
             # NaNs in them would poison it (0 * NaN).
             keys = torch.zeros(shape, dtype=dtype, device=device)
             values = torch.zeros(shape, dtype=dtype, device=device)
             self.layers.append(LayerCache(*prefix_kv, keys, values))
-        self.key_valid = torch.zeros(batch_size, M + max_tokens, dtype=torch.bool, device=device)
-        self.next_slot = torch.zeros(1, dtype=torch.long, device=device)
+        self.key_valid = torch.zeros(batch_size, slots, dtype=torch.bool, device=device)
+        self.next_slot = torch.zeros(batch_size if lane else 1, dtype=torch.long, device=device)
         self.next_position = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.active = torch.zeros(batch_size, dtype=torch.long, device=device) if lane else None
         self.own_prefix = bool(prefix) and own_prefix
         self.loaded: weakref.ref | None = None  # the PrefixKV held in the own buffers
-        if self.own_prefix:
+        if self.own_prefix and not lane:
             self.load_prefix(prefix)
         self.reset(long_term)
+
+    def row(self, r: int) -> "KVCache":
+        """Row r of a lane as a cache of one row (views of the lane's buffers, without its
+        scratch slot)."""
+        view = copy.copy(self)
+        end = self.key_valid.shape[1] - 1
+        view.layers = [
+            LayerCache(l.prefix_keys[r : r + 1], l.prefix_values[r : r + 1], l.keys[r : r + 1, :, :end], l.values[r : r + 1, :, :end])
+            for l in self.layers
+        ]
+        view.key_valid = self.key_valid[r : r + 1, :end]
+        view.next_slot = self.next_slot[r : r + 1]
+        view.next_position = self.next_position[r : r + 1]
+        view.active, view.loaded = None, None
+        return view
+
+    def write_slots(self) -> torch.Tensor:
+        """Where the next decode step's keys go: the cursor [1], or a lane's [B, 1] (its
+        inactive rows' the scratch slot)."""
+        if self.active is None:
+            return self.next_slot
+        scratch = self.key_valid.shape[1] - 1
+        return torch.where(self.active.bool(), self.next_slot, scratch)[:, None]
 
     @property
     def batch_size(self) -> int:
@@ -126,8 +167,11 @@ class KVCache:
         self.long_term = long_term
 
     def mark(self, slots: torch.Tensor, valid: torch.Tensor) -> None:
-        """Record which of the token slots [T] now hold real tokens (valid: [B, T] bool)."""
-        self.key_valid.index_copy_(1, slots, valid)
+        """Record which of the token slots [T] (or [B, T]) now hold real tokens (valid: [B, T] bool)."""
+        if slots.dim() == 1:
+            self.key_valid.index_copy_(1, slots, valid)
+        else:
+            self.key_valid.scatter_(1, slots, valid)
 
     def attention_mask(self, slots: torch.Tensor, visible: int | None = None) -> torch.Tensor:
         """Boolean mask [B, 1, T, V] over the first V token slots (`visible`, default all M + S)
@@ -139,16 +183,16 @@ class KVCache:
         """
         valid = self.key_valid[:, :visible]
         key_index = torch.arange(valid.shape[1], device=slots.device)
-        query_index = slots[:, None]
-        causal = key_index[None, :] <= query_index
-        mask = valid[:, None, :] & causal[None]
-        mask = mask | (key_index[None, :] == query_index)[None]
+        query_index = slots[..., None]  # [T, 1], or a lane's [B, T, 1]
+        mask = valid[:, None, :] & (key_index <= query_index)
+        mask = mask | (key_index == query_index)
         return mask[:, None]
 
     def advance(self) -> None:
-        """Move the decode cursor one token on (in place, on the device)."""
-        self.next_slot += 1
-        self.next_position += 1
+        """Move the decode cursor one token on (in place, on the device); a lane's active rows'."""
+        step = 1 if self.active is None else self.active
+        self.next_slot += step
+        self.next_position += step if self.active is None else step[:, None]
 
     @property
     def nbytes(self) -> int:

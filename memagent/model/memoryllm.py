@@ -387,10 +387,13 @@ class MemoryLLM(nn.Module):
         slots = (self.long_term_slots(pool) if pool is not None else 0) + max_tokens
         return 2 * c.num_hidden_layers * batch_size * c.num_key_value_heads * slots * c.head_dim * self.dtype.itemsize
 
-    def new_cache(self, pool: MemoryPool | None, batch_size: int, max_tokens: int, *, own_prefix: bool = False) -> KVCache:
+    def new_cache(
+        self, pool: MemoryPool | None, batch_size: int, max_tokens: int, *, own_prefix: bool = False, lane: bool = False
+    ) -> KVCache:
         """A cache reading `pool`'s memory (None: no memory) for `batch_size` rows of up to
         `max_tokens` prompt and generated tokens; its prefix is the pool's own, not a copy,
-        unless `own_prefix`."""
+        unless `own_prefix`. A `lane` is `batch_size` one-row caches of `pool`'s shape, each
+        loaded with its own memory (see `KVCache`)."""
         c = self.config
         return KVCache(
             self.memory_prefix(pool) if pool is not None else None,
@@ -402,6 +405,7 @@ class MemoryLLM(nn.Module):
             dtype=self.dtype,
             device=self.device,
             own_prefix=own_prefix,
+            lane=lane,
             long_term_slots=self.long_term_slots(pool),
             long_term=self.long_term_read(pool),
         )
@@ -455,7 +459,7 @@ class MemoryLLM(nn.Module):
         firsts = first_slots or [None] * len(caches)
         visible = [[None if first is None else first + p.stop for first in firsts] for p in parts]
         masks = [
-            [(token_mask(c.attention_mask(s[p], end), rep, x.dtype), s[p]) for (c, s), end in zip(caches, ends)]
+            [(token_mask(c.attention_mask(s[..., p], end), rep, x.dtype), s[..., p]) for (c, s), end in zip(caches, ends)]
             for p, ends in zip(parts, visible)
         ]
         for i, layer in enumerate(self.model.layers):
@@ -602,10 +606,11 @@ class MemoryLLM(nn.Module):
     def decode_rows(self, tokens: torch.Tensor, caches: Sequence[KVCache]) -> torch.Tensor:
         """`decode_step` for the rows of several caches at once (each request reading its own
         memory): tokens [R, 1] are the caches' rows in order; logits [R, V]."""
-        for cache in caches:
-            cache.mark(cache.next_slot, torch.ones(cache.batch_size, 1, dtype=torch.bool, device=tokens.device))
+        slots = [cache.write_slots() for cache in caches]
+        for cache, at in zip(caches, slots):
+            cache.mark(at, torch.ones(cache.batch_size, 1, dtype=torch.bool, device=tokens.device))
         positions = torch.cat([c.next_position for c in caches]) if len(caches) > 1 else caches[0].next_position
-        hidden = self.read(tokens, positions, [(c, c.next_slot) for c in caches])
+        hidden = self.read(tokens, positions, list(zip(caches, slots)))
         for cache in caches:
             cache.advance()
         return self.lm_head(hidden[:, -1])

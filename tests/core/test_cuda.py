@@ -2,6 +2,8 @@
 graphs are captured once per bucket and reused, requests on several memories replay one graph
 together, and a decode step never waits for the host."""
 
+import functools
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -65,28 +67,35 @@ def test_graphs_are_captured_once_per_bucket_and_reused_across_memories():
     assert graphs.captures == 1, "short answers are not captured"
 
 
+@pytest.mark.parametrize("rows", [(1, 1, 1), (1, 2, 1)], ids=["lane", "joint"])
 @pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
-def test_requests_on_several_memories_replay_one_graph_and_get_their_own_tokens(do_sample):
+def test_requests_on_several_memories_replay_one_graph_and_get_their_own_tokens(do_sample, rows):
+    """One-row requests step in their lane's graph; a set with a two-row request, in its own."""
     model = MemoryLLM.from_random(shape_config("smollm2-135m"), device="cuda")
     pools = [model.new_pool(seed=i) for i in range(3)]
-    for i, pool in enumerate(pools[1:]):
+    for i, pool in enumerate(pools):
         model.inject(torch.randint(0, 49152, (1, 96 + 32 * i), device="cuda"), pool=pool)
     params = SamplingParams(max_new_tokens=16, do_sample=do_sample, top_k=50, seed=3)
-    prompts = [torch.randint(0, 49152, (rows, 12), device="cuda") for rows in (1, 2, 1)]
-    graphs = DecodeGraphs.of(model)
+    prompts = [torch.randint(0, 49152, (n, 12), device="cuda") for n in rows]
     alone = [torch.stack(list(stream(model, ids, params, [], pool=pool)), 1).tolist() for pool, ids in zip(pools, prompts)]
     batch = starting_batch(model)
     assert drained([decode(model, ids, params, (), None, pool, batch=batch) for pool, ids in zip(pools, prompts)]) == alone
-    (joint,) = graphs.joint.values()
-    assert joint.graph is not None and len(joint.caches) == 3
+    graphs = DecodeGraphs.of(model)
+    if rows == (1, 1, 1):
+        (lane,) = graphs.lanes.values()
+        step = functools.partial(lane.decode, (0, 1, 2))
+        assert lane.step.graph is not None and not graphs.joint
+    else:
+        (step,) = graphs.joint.values()
+        assert step.graph is not None and len(step.caches) == 3
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         with torch.inference_mode():
-            logits = joint(torch.zeros(4, 1, dtype=torch.long, device="cuda"))
+            logits = step(torch.zeros(sum(rows), 1, dtype=torch.long, device="cuda"))
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert torch.isfinite(logits).all()
+    assert logits.shape[0] == sum(rows) and torch.isfinite(logits).all()
 
 
 def test_graph_replay_and_sampling_never_sync():

@@ -43,9 +43,9 @@ def alone(model, pool, ids, params) -> list[list[int]]:
     return torch.stack([t for t in steps if t is not None], 1).tolist()
 
 
-def together(model, requests, *, join_after: dict[int, int] | None = None) -> list[list[list[int]]]:
+def together(model, requests, *, join_after: dict[int, int] | None = None, **options) -> list[list[list[int]]]:
     """Run requests (pool, ids, params) in one batch, their readers taking turns; request i joins
-    once request 0 has taken `join_after[i]` steps."""
+    once request 0 has taken `join_after[i]` steps. `options` go to each `decode`."""
     batch = DecodeBatch(model, threading.RLock())
     join_after = join_after or {}
     streams = [None] * len(requests)
@@ -54,7 +54,7 @@ def together(model, requests, *, join_after: dict[int, int] | None = None) -> li
     while True:
         for i, (pool, ids, params) in enumerate(requests):
             if streams[i] is None and join_after.get(i, 0) <= step:
-                streams[i] = decode(model, ids, params, (), None, pool, batch=batch)
+                streams[i] = decode(model, ids, params, (), None, pool, batch=batch, **options)
         live = [i for i, s in enumerate(streams) if s is not None]
         progressed = False
         for i in live:

@@ -11,14 +11,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from memagent import MemoryLLM
 from memagent.model import memoryllm
-from memagent.model.cuda_graph import DecodeGraphs, length_bucket
+from memagent.model.cuda_graph import LANE_ROWS, LANE_TOKENS, DecodeGraphs, length_bucket
 from memagent.model.decoding import DecodeBatch, decode, next_token
 from memagent.model.generation import generate, stream
 from memagent.model.lora import build_lora_linear
 from memagent.model.rope import RotaryEmbedding
 from memagent.model.shapes import shape_config
 from memagent.sampling import SamplingParams
-from tests.core.test_decode_batch import drained, starting_batch
+from tests.core.test_decode_batch import drained, starting_batch, together
 
 
 MPLUS = Path(__file__).parent.parent / "fixtures" / "reference_mplus" / "gqa_lora_eager" / "checkpoint"
@@ -197,25 +197,86 @@ def memories(model):
     return model.pool, other, empty
 
 
-def test_requests_decoding_together_replay_one_static_step_over_all_their_caches(model):
+def alone(model, requests) -> list[list[list[int]]]:
+    return [torch.stack(list(stream(model, ids, p, [], pool=pool)), 1).tolist() for pool, ids, p in requests]
+
+
+def one_row_requests(model):
+    """Four one-row requests on three memories (two on one), of different lengths, samplings and
+    prompts, one long enough to prefill in chunks while the others decode."""
+    pools = [*memories(model)[:2], model.new_pool(seed=3)]
+    model.inject(torch.arange(60, 90)[None], pool=pools[2])
+    sampled = SamplingParams(max_new_tokens=12, do_sample=True, temperature=0.9, top_k=20, seed=5)
+    return [
+        (pools[0], torch.tensor([[5, 6, 7]]), SamplingParams(max_new_tokens=12)),
+        (pools[1], torch.tensor([[8, 9, 10, 4]]), sampled),
+        (pools[2], torch.tensor([[14, 15]]), SamplingParams(max_new_tokens=9)),
+        (pools[1], (torch.arange(80)[None] * 7) % 190, SamplingParams(max_new_tokens=12)),
+    ]
+
+
+@torch.no_grad()
+def test_one_row_requests_on_several_memories_decode_in_one_lane_step(model):
+    graphs = DecodeGraphs(model, capture=False)
+    requests = one_row_requests(model)
+    rows: list[int] = []
+    got, batch = together(model, requests, join_after={2: 3, 3: 5}, graphs=graphs)
+    assert got == alone(model, requests)
+    (lane,) = graphs.lanes.values()
+    assert lane.step is not None and not graphs.joint, "the lane's step, not one per set of requests"
+    assert graphs.steps == 4 and lane.free == list(range(LANE_ROWS)), "four rows used, all given back"
+    assert lane.step.tokens.shape == (LANE_ROWS, 1)
+
+
+@torch.inference_mode()
+def test_a_lane_step_gives_its_active_rows_what_their_own_caches_give_and_compiles_whole(model):
+    torch._dynamo.reset()
+    pools = memories(model)[:2]
+    prompts = [torch.tensor([[5, 6, 7]]), torch.tensor([[8, 9, 10, 11, 12]])]
+    own = [model.new_cache(pool, 1, 16) for pool in pools]
+    lanes = [model.new_cache(pools[0], 4, 16, lane=True) for _ in range(2)]
+    for lane in lanes:
+        lane.active.copy_(torch.tensor([0, 1, 0, 1]))
+        for row, pool, prompt in zip((1, 3), pools, prompts):
+            cache = lane.row(row)
+            cache.load_prefix(model.memory_prefix(pool))
+            cache.reset(model.long_term_read(pool))
+            model.prefill(prompt, torch.ones_like(prompt), cache)
+    for cache, prompt in zip(own, prompts):
+        model.prefill(prompt, torch.ones_like(prompt), cache)
+    compiled = torch.compile(model.decode_rows, fullgraph=True)  # a graph break raises
+    tokens = torch.tensor([[0], [17], [0], [23]])
+    for _ in range(3):
+        eager = model.decode_rows(tokens, [lanes[0]])
+        graphed = compiled(tokens, [lanes[1]])
+        expected = torch.cat([model.decode_step(tokens[r : r + 1], c) for r, c in zip((1, 3), own)])
+        assert torch.allclose(eager[[1, 3]], expected, atol=1e-5) and torch.allclose(graphed, eager, atol=1e-4)
+        tokens = eager.argmax(-1)[:, None]
+    first = lanes[0].long_term_slots
+    assert lanes[0].next_slot.tolist() == [0, first + 6, 0, first + 8], "inactive rows' cursors stand still"
+    assert not lanes[0].key_valid[[0, 2], first:-1].any(), "inactive rows write only to the scratch slot"
+
+
+@torch.no_grad()
+def test_sets_of_static_steps_outside_a_lane_replay_one_step_over_their_caches(model):
     graphs = DecodeGraphs(model, capture=False)
     sampled = SamplingParams(max_new_tokens=12, do_sample=True, temperature=0.9, top_k=20, seed=5)
     requests = list(zip(
-        memories(model),
-        [torch.tensor([[5, 6, 7]]), torch.tensor([[8, 9, 10, 4], [11, 12, 13, 4]]), torch.tensor([[14, 15]])],
+        memories(model),  # the one-row request on the empty memory is outside the lane too: no prefix
+        [torch.tensor([[5, 6, 7], [1, 2, 3]]), torch.tensor([[8, 9, 10, 4], [11, 12, 13, 4]]), torch.tensor([[14, 15]])],
         [SamplingParams(max_new_tokens=12), sampled, SamplingParams(max_new_tokens=10)],
     ))
-    with torch.no_grad():
-        expected = [torch.stack(list(stream(model, ids, p, [], pool=pool)), 1).tolist() for pool, ids, p in requests]
-        for _ in range(2):  # the second round borrows the same steps in another order
-            batch = starting_batch(model)
-            streams = [decode(model, ids, p, (), None, pool, batch=batch, graphs=graphs) for pool, ids, p in requests]
-            assert drained(streams) == expected
-            # All three together, then the two longer answers once the third has ended.
-            assert graphs.steps == 3 and [len(j.caches) for j in graphs.joint.values()] == [3, 2]
+    expected = alone(model, requests)
+    for _ in range(2):  # the second round borrows the same steps in another order
+        batch = starting_batch(model)
+        streams = [decode(model, ids, p, (), None, pool, batch=batch, graphs=graphs) for pool, ids, p in requests]
+        assert drained(streams) == expected
+        # All three together, then the two longer answers once the third has ended.
+        assert graphs.steps == 3 and [len(j.caches) for j in graphs.joint.values()] == [3, 2]
     three, two = graphs.joint
     assert [step.number for step in three] == [1, 2, 3] and [step.number for step in two] == [1, 2]
-    assert graphs.joint[three].tokens.shape == (4, 1), "one step over the three caches' four rows"
+    assert graphs.joint[three].tokens.shape == (5, 1), "one step over the three caches' five rows"
+    assert not graphs.lanes
 
 
 def test_a_static_step_over_several_caches_goes_with_any_of_them(model):
@@ -223,12 +284,18 @@ def test_a_static_step_over_several_caches_goes_with_any_of_them(model):
     params = SamplingParams(max_new_tokens=10)
     batch = DecodeBatch(model, contextlib.nullcontext())
     with torch.no_grad():
-        streams = [decode(model, torch.tensor([[5, 6, 7]]), params, (), None, pool, batch=batch, graphs=graphs)
+        streams = [decode(model, torch.tensor([[5, 6, 7]] * 2), params, (), None, pool, batch=batch, graphs=graphs)
                    for pool in memories(model)[:2]]
         drained(streams)
         assert len(graphs.joint) == 1
         list(stream(model, torch.tensor([[5, 6, 7]] * 3), params, [], graphs=graphs))  # another bucket
     assert graphs.steps == 2 and not graphs.joint, "an evicted step's joint steps go with it"
+
+
+def test_one_row_requests_beyond_a_lanes_length_take_steps_of_their_own(model):
+    graphs = DecodeGraphs(model, capture=False)
+    list(stream(model, torch.tensor([[5, 6, 7]]), SamplingParams(max_new_tokens=LANE_TOKENS), [], graphs=graphs))
+    assert not graphs.lanes and graphs.steps == 1
 
 
 def test_length_buckets_are_powers_of_two():
