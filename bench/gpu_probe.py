@@ -56,6 +56,7 @@ class Probe:
             start = time.perf_counter()
             torch.manual_seed(0)
             self._model = MemoryLLM.from_random(self.config, device=self.device, dtype=self.dtype)
+            self._model.compile_decode = self.args.compile
             self._model.inject(self.ids(self.args.write_tokens)[None])
             self.sync()
             print(f"model {self.args.shape} built and first write in {time.perf_counter() - start:.1f} s")
@@ -273,6 +274,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--quick", action="store_true", help="small counts for a CPU dry run")
+    parser.add_argument("--compile", action="store_true", help="compile one-row decode steps (MemoryLLM.compile_decode)")
     args = parser.parse_args()
     args.write_tokens = 32 if args.quick else 512
     args.prompt_tokens = 8 if args.quick else 64

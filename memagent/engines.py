@@ -28,6 +28,7 @@ def load(
     dtype: torch.dtype | None = None,
     quantize: str | None = None,
     max_long_term_tokens: int | None = None,
+    compile_decode: bool = False,
 ) -> Engine:
     """An engine on the embedded default (no source), a released checkpoint (folder or hub id),
     or `random:<shape>` (random weights of a named shape with the default's tokenizer; tests).
@@ -36,7 +37,15 @@ def load(
     bound; None: MAX_LONG_TERM_TOKENS for our own models, none for a released checkpoint
     (which then keeps M+'s rules exactly). `quantize="int8"` (CPU, float32) reads through int8
     weights; writes, pools and their fingerprint stay the float model's (`memagent.model.quantized`).
+    `compile_decode` (CUDA): one-row requests decode in steps compiled by inductor, then
+    captured (`memagent.model.cuda_graph.Lane`): faster steps after a compile on first use.
     """
+    engine = _load(source, device=device, dtype=dtype, quantize=quantize, max_long_term_tokens=max_long_term_tokens)
+    engine.model.compile_decode = compile_decode
+    return engine
+
+
+def _load(source, *, device, dtype, quantize, max_long_term_tokens) -> Engine:
     dtype = dtype or (torch.float32 if str(device) == "cpu" else torch.bfloat16)
     if quantize is not None and quantize not in SCHEMES:
         raise ValueError(f"unknown quantization {quantize!r}; known: {', '.join(SCHEMES)}")

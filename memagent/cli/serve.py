@@ -30,8 +30,13 @@ def register(subparsers) -> None:
         "--max-long-term-tokens",
         type=int,
         help="M+ models: long-term tokens each memory keeps per layer, the least recalled and oldest evicted "
-        "first; bounds a read's cost (default: 16384 for the embedded and random models, none for a released "
+        "first; bounds a read's cost (default: 32768 for the embedded and random models, none for a released "
         "checkpoint, which keeps M+'s own rules; 0: none)",
+    )
+    p.add_argument(
+        "--compile-decode",
+        action="store_true",
+        help="CUDA: compile one-row decode steps before capturing them (faster decode; a compile on first use)",
     )
     auth = p.add_mutually_exclusive_group()
     auth.add_argument(
@@ -153,7 +158,11 @@ def run(args: argparse.Namespace) -> int:
         return _run_on_ray(args, tokens)
     try:
         engine = memagent.load(
-            args.model, device=args.device, max_long_term_tokens=args.max_long_term_tokens, quantize=args.quantize
+            args.model,
+            device=args.device,
+            max_long_term_tokens=args.max_long_term_tokens,
+            quantize=args.quantize,
+            compile_decode=args.compile_decode,
         )
     except ValueError as err:
         print(f"memagent serve: {err}", file=sys.stderr)
@@ -202,6 +211,7 @@ def _run_on_ray(args: argparse.Namespace, tokens: dict[str, str] | None) -> int:
         tokens=tokens,
         snapshot_every=args.snapshot_every,
         max_long_term_tokens=args.max_long_term_tokens,
+        compile_decode=args.compile_decode,
         max_pending=args.max_pending,
         max_pending_per_tenant=args.max_pending_per_tenant,
         gpus_per_replica=1.0 if args.device.startswith("cuda") else 0.0,

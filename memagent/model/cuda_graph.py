@@ -57,10 +57,17 @@ class StaticDecodeStep:
     """
 
     def __init__(
-        self, model: MemoryLLM, caches: Sequence[KVCache], capture: bool, number: int = 0, warmup: int = WARMUP_STEPS
+        self,
+        model: MemoryLLM,
+        caches: Sequence[KVCache],
+        capture: bool,
+        number: int = 0,
+        warmup: int = WARMUP_STEPS,
+        decode: Callable[[torch.Tensor, Sequence[KVCache]], torch.Tensor] | None = None,
     ):
         self.model = model
         self.caches = list(caches)
+        self.decode = decode or model.decode_rows  # `MemoryLLM.decode_rows`, or it compiled
         self.number = number  # a request's own step's place among its DecodeGraphs' steps
         self.lane: Lane | None = None  # the lane whose row `row` this step decodes, if any
         self.row = 0
@@ -77,7 +84,7 @@ class StaticDecodeStep:
         return self.caches[0]
 
     def _step(self) -> torch.Tensor:
-        return self.model.decode_rows(self.tokens, self.caches)
+        return self.decode(self.tokens, self.caches)
 
     def _capture(self, warmup: int) -> None:
         device = self.model.device
@@ -113,11 +120,21 @@ class Lane:
     """LANE_ROWS one-row static steps reading one prefix shape, in one allocation (a lane
     `KVCache`): each row is a request's own step, and rows decoding together step in one
     forward pass over the whole lane (one attention call per layer, whatever memory each row
-    reads), captured once, whichever rows take part."""
+    reads), captured once, whichever rows take part.
+
+    With the model's `compile_decode`, both steps (a row's, the lane's) are compiled by
+    inductor before they are captured, which fuses their small kernels (norms, RoPE, the
+    attention merge): at the 8B shape on an H200, batch 1 went from 9.1 to 5.9 ms a step. Each
+    compiles once, on first use (about 50 s there); their shapes never change.
+    """
 
     def __init__(self, graphs: DecodeGraphs, pool: MemoryPool):
         self.graphs = graphs
-        self.cache = graphs.model.new_cache(pool, LANE_ROWS, LANE_TOKENS, lane=True)
+        model = graphs.model
+        self.decode_rows = model.decode_rows
+        if model.compile_decode:
+            self.decode_rows = torch.compile(model.decode_rows, fullgraph=True, dynamic=False)
+        self.cache = model.new_cache(pool, LANE_ROWS, LANE_TOKENS, lane=True)
         self.rows: list[StaticDecodeStep | None] = [None] * LANE_ROWS  # each row's own step, made on first use
         self.free = list(range(LANE_ROWS))
         self.step: StaticDecodeStep | None = None  # over every row, made when two rows first step together
@@ -130,7 +147,9 @@ class Lane:
         row = self.free.pop(0)
         if self.rows[row] is None:
             self.graphs.made += 1
-            step = StaticDecodeStep(self.graphs.model, [self.cache.row(row)], self.graphs.capture, self.graphs.made)
+            step = StaticDecodeStep(
+                self.graphs.model, [self.cache.row(row)], self.graphs.capture, self.graphs.made, decode=self.decode_rows
+            )
             step.lane, step.row = self, row
             self.rows[row] = step
             self.graphs.captures += self.graphs.capture
@@ -142,7 +161,7 @@ class Lane:
     def decode(self, rows: tuple[int, ...], tokens: torch.Tensor) -> torch.Tensor:
         """Logits [R, V] of `rows` after their `tokens` [R, 1]; the lane's other rows stand still."""
         if self.step is None:
-            self.step = StaticDecodeStep(self.graphs.model, [self.cache], self.graphs.capture, warmup=1)
+            self.step = StaticDecodeStep(self.graphs.model, [self.cache], self.graphs.capture, decode=self.decode_rows)
             self.graphs.captures += self.graphs.capture
         if rows not in self._sets:
             flags = torch.zeros(LANE_ROWS, dtype=torch.long)

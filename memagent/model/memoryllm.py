@@ -112,9 +112,10 @@ class Attention(nn.Module):
         by_prefix: dict[int, list[int]] = {}
         for index, read in enumerate(reads):
             read.cache.update(read.slots, k[read.rows], v[read.rows])
-            by_prefix.setdefault(id(read.cache.prefix_keys), []).append(index)
+            if len(reads) > 1:  # one read needs no grouping, nor a compiled step a guard on its prefix's id
+                by_prefix.setdefault(id(read.cache.prefix_keys), []).append(index)
         ys: list[torch.Tensor | None] = [None] * len(reads)
-        for group in by_prefix.values():
+        for group in by_prefix.values() if len(reads) > 1 else [[0]]:
             members = [reads[i] for i in group]
             tokens = [(r.cache.keys[:, :, : r.visible], r.cache.values[:, :, : r.visible], r.mask) for r in members]
             shared = members[0].cache
@@ -197,6 +198,9 @@ class MemoryLLM(nn.Module):
         # sets keys through its tokenizer (`memagent.model.recall_keys`).
         self.recall_keys: Callable[[torch.Tensor], torch.Tensor] = distinct_ids
         self.recalled_kv = RecalledKV()  # what reads of whole writes projected, for the next reads
+        # Whether lanes' static decode steps are compiled by inductor before capture
+        # (`memagent.model.cuda_graph.Lane`; `memagent.load(compile_decode=True)`).
+        self.compile_decode = False
         self.pool = self.new_pool()
         self._fingerprint: str | None = None
 

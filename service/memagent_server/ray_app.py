@@ -65,6 +65,7 @@ class RayConfig:
     tokens: dict[str, str] | None = None  # bearer token -> tenant; None: no authentication
     snapshot_every: int = 64
     max_long_term_tokens: int | None = None  # as for `memagent.load`
+    compile_decode: bool = False  # as for `memagent.load`
     max_pending: int = 256
     max_pending_per_tenant: int | None = None  # None: half of max_pending
     cpus_per_replica: float = 1.0
@@ -143,7 +144,12 @@ class MemoryReplica:
     """One replica: an engine, a store on the shared data directory, the servicer."""
 
     def __init__(self, config: RayConfig):
-        engine = memagent.load(config.model, device=config.device, max_long_term_tokens=config.max_long_term_tokens)
+        engine = memagent.load(
+            config.model,
+            device=config.device,
+            max_long_term_tokens=config.max_long_term_tokens,
+            compile_decode=config.compile_decode,
+        )
         context = serve.get_replica_context()
         self.store = MemoryStore(
             engine,

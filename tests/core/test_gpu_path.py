@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import memagent
 from memagent import MemoryLLM
 from memagent.model import memoryllm
 from memagent.model.cuda_graph import LANE_ROWS, LANE_TOKENS, DecodeGraphs, length_bucket
@@ -226,6 +228,23 @@ def test_one_row_requests_on_several_memories_decode_in_one_lane_step(model):
     assert lane.step is not None and not graphs.joint, "the lane's step, not one per set of requests"
     assert graphs.steps == 4 and lane.free == list(range(LANE_ROWS)), "four rows used, all given back"
     assert lane.step.tokens.shape == (LANE_ROWS, 1)
+
+
+@torch.no_grad()
+def test_compiled_lane_steps_give_the_same_tokens(model, monkeypatch):
+    if model.config.long_term:
+        pytest.skip("one model is enough: each compile takes seconds")
+    torch._dynamo.reset()
+    counters.clear()
+    monkeypatch.setattr(model, "compile_decode", True)
+    graphs = DecodeGraphs(model, capture=False)
+    requests = one_row_requests(model)[:3]
+    got, _ = together(model, requests, join_after={2: 2}, graphs=graphs)
+    assert got == alone(model, requests)
+    (lane,) = graphs.lanes.values()
+    assert lane.step.decode is lane.decode_rows is not model.decode_rows
+    assert counters["stats"]["unique_graphs"] == 2, "a row's step (whichever row) and the lane's"
+    assert memagent.load("random:tiny", compile_decode=True).model.compile_decode
 
 
 @torch.inference_mode()
