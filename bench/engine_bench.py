@@ -74,7 +74,9 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8", help="decode batch sizes, comma-separated")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-cuda-graph", action="store_true", help="decode eagerly on CUDA")
-    parser.add_argument("--compile", action="store_true", help="compile one-row decode steps (MemoryLLM.compile_decode)")
+    parser.add_argument(
+        "--compile", action="store_true", help="compile one-row decode steps (MemoryLLM.compile_decode)"
+    )
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -120,7 +122,7 @@ def main() -> None:
     warm_s = timed(first_token(cold=False), device, args.repeats)
     rows = [
         ("shape", f"{args.shape} (N = {config.num_memory_tokens} memory tokens, K = {config.num_tokens})"),
-        ("device / dtype", f"{device} / {str(dtype).removeprefix('torch.')}{', compiled steps' if args.compile else ''}"),
+        ("device / dtype", f"{device} / {str(dtype).removeprefix('torch.')}" + (", compiled steps" if args.compile else "")),
         (f"write {args.write_tokens} tokens", f"{write_s * 1000:.1f} ms ({args.write_tokens / write_s:,.0f} tokens/s)"),
         (f"first token, {args.prompt_tokens}-token prompt, memory K/V cold", f"{cold_s * 1000:.1f} ms"),
         (f"first token, {args.prompt_tokens}-token prompt, memory K/V warm", f"{warm_s * 1000:.1f} ms"),

@@ -250,7 +250,8 @@ class Probe:
             for _ in range(2):
                 # Batched: one DecodeBatch, as an engine runs them; otherwise each stream alone.
                 batch = DecodeBatch(model, contextlib.nullcontext()) if batched else None
-                streams = [stream(model, prompt, params, [], pool=pool, batch=batch, cuda_graph=graphed) for pool in pools]
+                options = dict(batch=batch, cuda_graph=graphed)
+                streams = [stream(model, prompt, params, [], pool=pool, **options) for pool in pools]
                 self.sync()
                 start = time.perf_counter()
                 for _ in range(new):
@@ -274,7 +275,9 @@ def main() -> int:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--quick", action="store_true", help="small counts for a CPU dry run")
-    parser.add_argument("--compile", action="store_true", help="compile one-row decode steps (MemoryLLM.compile_decode)")
+    parser.add_argument(
+        "--compile", action="store_true", help="compile one-row decode steps (MemoryLLM.compile_decode)"
+    )
     args = parser.parse_args()
     args.write_tokens = 32 if args.quick else 512
     args.prompt_tokens = 8 if args.quick else 64

@@ -174,7 +174,8 @@ class Lane:
 
 class DecodeGraphs:
     """The static decode steps of one model: a lane per prefix shape for one-row requests of up
-    to LANE_TOKENS tokens, others by (batch, length bucket, prefix length, long-term slots)."""
+    to LANE_TOKENS tokens (kept for the model's life: a model has one or two prefix shapes), and
+    at most `max_steps` others by (batch, length bucket, prefix length, long-term slots)."""
 
     def __init__(self, model: MemoryLLM, *, capture: bool | None = None, max_steps: int = MAX_STEPS):
         self.model = model
@@ -231,7 +232,7 @@ class DecodeGraphs:
                     self.order.append(step)
 
     def _take(self, key: tuple, pool: MemoryPool | None) -> StaticDecodeStep | None:
-        batch, length, prefix, long_term = key
+        batch, length, prefix, _ = key
         with self.lock:
             if batch == 1 and prefix and length <= LANE_TOKENS and self.model.rotary.kind != "dynamic":
                 lane = self.lanes.get(key[2:])

@@ -369,6 +369,7 @@ class DecodeBatch:
         graphs = going[0].graphs
         return all(d.graph_step is not None and d.graphs is graphs for d in going)
 
+
 def decode(
     model: MemoryLLM,
     input_ids: torch.Tensor,

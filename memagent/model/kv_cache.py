@@ -126,8 +126,13 @@ class KVCache:
         view = copy.copy(self)
         end = self.key_valid.shape[1] - 1
         view.layers = [
-            LayerCache(l.prefix_keys[r : r + 1], l.prefix_values[r : r + 1], l.keys[r : r + 1, :, :end], l.values[r : r + 1, :, :end])
-            for l in self.layers
+            LayerCache(
+                layer.prefix_keys[r : r + 1],
+                layer.prefix_values[r : r + 1],
+                layer.keys[r : r + 1, :, :end],
+                layer.values[r : r + 1, :, :end],
+            )
+            for layer in self.layers
         ]
         view.key_valid = self.key_valid[r : r + 1, :end]
         view.next_slot = self.next_slot[r : r + 1]

@@ -462,8 +462,11 @@ class MemoryLLM(nn.Module):
         rep = self.config.num_attention_heads // self.config.num_key_value_heads
         firsts = first_slots or [None] * len(caches)
         visible = [[None if first is None else first + p.stop for first in firsts] for p in parts]
-        masks = [
-            [(token_mask(c.attention_mask(s[..., p], end), rep, x.dtype), s[..., p]) for (c, s), end in zip(caches, ends)]
+        masks = [  # slots [T], or a lane's [B, T]: chunks cut the last axis
+            [
+                (token_mask(c.attention_mask(s[..., p], end), rep, x.dtype), s[..., p])
+                for (c, s), end in zip(caches, ends)
+            ]
             for p, ends in zip(parts, visible)
         ]
         for i, layer in enumerate(self.model.layers):

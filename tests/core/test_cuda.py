@@ -77,9 +77,10 @@ def test_requests_on_several_memories_replay_one_graph_and_get_their_own_tokens(
         model.inject(torch.randint(0, 49152, (1, 96 + 32 * i), device="cuda"), pool=pool)
     params = SamplingParams(max_new_tokens=16, do_sample=do_sample, top_k=50, seed=3)
     prompts = [torch.randint(0, 49152, (n, 12), device="cuda") for n in rows]
-    alone = [torch.stack(list(stream(model, ids, params, [], pool=pool)), 1).tolist() for pool, ids in zip(pools, prompts)]
+    requests = list(zip(pools, prompts))
+    alone = [torch.stack(list(stream(model, ids, params, [], pool=pool)), 1).tolist() for pool, ids in requests]
     batch = starting_batch(model)
-    assert drained([decode(model, ids, params, (), None, pool, batch=batch) for pool, ids in zip(pools, prompts)]) == alone
+    assert drained([decode(model, ids, params, (), None, pool, batch=batch) for pool, ids in requests]) == alone
     graphs = DecodeGraphs.of(model)
     if rows == (1, 1, 1):
         (lane,) = graphs.lanes.values()

@@ -280,11 +280,11 @@ def test_a_lane_step_gives_its_active_rows_what_their_own_caches_give_and_compil
 def test_sets_of_static_steps_outside_a_lane_replay_one_step_over_their_caches(model):
     graphs = DecodeGraphs(model, capture=False)
     sampled = SamplingParams(max_new_tokens=12, do_sample=True, temperature=0.9, top_k=20, seed=5)
-    requests = list(zip(
-        memories(model),  # the one-row request on the empty memory is outside the lane too: no prefix
-        [torch.tensor([[5, 6, 7], [1, 2, 3]]), torch.tensor([[8, 9, 10, 4], [11, 12, 13, 4]]), torch.tensor([[14, 15]])],
-        [SamplingParams(max_new_tokens=12), sampled, SamplingParams(max_new_tokens=10)],
-    ))
+    two_rows = torch.tensor([[8, 9, 10, 4], [11, 12, 4, 4]])
+    prompts = [torch.tensor([[5, 6, 7], [1, 2, 3]]), two_rows, torch.tensor([[9, 5]])]
+    params = [SamplingParams(max_new_tokens=12), sampled, SamplingParams(max_new_tokens=10)]
+    # The one-row request is on the empty memory: outside the lane too, having no prefix.
+    requests = list(zip(memories(model), prompts, params))
     expected = alone(model, requests)
     for _ in range(2):  # the second round borrows the same steps in another order
         batch = starting_batch(model)
