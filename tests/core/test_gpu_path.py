@@ -68,19 +68,24 @@ def prefilled(model, prompt):
     return cache, logits.argmax(-1)[:, None]
 
 
+def steps_compiled_and_eager(step, token, eager_state, compiled_state) -> None:
+    """Three greedy steps of `step` compiled whole (a graph break raises) equal eager ones."""
+    compiled = torch.compile(step, fullgraph=True)
+    eager_token = compiled_token = token
+    for _ in range(3):
+        eager = step(eager_token, eager_state)
+        graphed = compiled(compiled_token, compiled_state)
+        assert torch.allclose(graphed, eager, atol=1e-4)
+        eager_token = compiled_token = eager.argmax(-1)[:, None]
+
+
 @torch.inference_mode()
 def test_decode_step_compiles_whole_and_equals_eager(model):
     torch._dynamo.reset()
     prompt = torch.tensor([[5, 6, 7], [8, 9, 10]])
     eager_cache, token = prefilled(model, prompt)
     compiled_cache, _ = prefilled(model, prompt)
-    compiled = torch.compile(model.decode_step, fullgraph=True)  # a graph break raises
-    eager_token = compiled_token = token
-    for _ in range(3):
-        eager = model.decode_step(eager_token, eager_cache)
-        graphed = compiled(compiled_token, compiled_cache)
-        assert torch.allclose(graphed, eager, atol=1e-4)
-        eager_token = compiled_token = eager.argmax(-1)[:, None]
+    steps_compiled_and_eager(model.decode_step, token, eager_cache, compiled_cache)
     assert torch.equal(compiled_cache.next_slot, eager_cache.next_slot)
     assert torch.equal(compiled_cache.next_position, eager_cache.next_position)
 
@@ -102,13 +107,7 @@ def test_a_step_over_several_memories_caches_compiles_whole_and_equals_eager(mod
 
     eager_caches, token = prefilled_caches()
     compiled_caches, _ = prefilled_caches()
-    compiled = torch.compile(model.decode_rows, fullgraph=True)  # a graph break raises
-    eager_token = compiled_token = token
-    for _ in range(3):
-        eager = model.decode_rows(eager_token, eager_caches)
-        graphed = compiled(compiled_token, compiled_caches)
-        assert torch.allclose(graphed, eager, atol=1e-4)
-        eager_token = compiled_token = eager.argmax(-1)[:, None]
+    steps_compiled_and_eager(model.decode_rows, token, eager_caches, compiled_caches)
 
 
 class HostReads(TorchDispatchMode):
