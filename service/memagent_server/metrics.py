@@ -60,19 +60,20 @@ class Metrics:
         self.resident = make.gauge("memagent_memories_resident", "Open memories by where their pool is", ["tier"])
         self.queue = make.gauge("memagent_queue_depth", "Requests admitted and not finished")
         self.in_progress = make.gauge("memagent_calls_in_progress", "MemoryService calls not finished")
+        self.calls = 0  # calls `observed` and not finished: the in-progress gauge unless told otherwise
         self.http_address: tuple | None = None  # where /metrics listens, once serving
 
     def watch(
         self,
         resident: Callable[[], dict[str, int]],
         queue_depth: Callable[[], int],
-        in_progress: Callable[[], int] = lambda: 0,
+        in_progress: Callable[[], int] | None = None,
     ) -> None:
-        """Read gauges from live state at scrape time."""
+        """Read gauges from live state at scrape time (`in_progress`: default, `calls`)."""
         for tier in ("device", "host"):
             self.resident.labels(tier=tier).set_function(lambda tier=tier: resident().get(tier, 0))
         self.queue.set_function(queue_depth)
-        self.in_progress.set_function(in_progress)
+        self.in_progress.set_function(in_progress or (lambda: self.calls))
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint (/metrics); returns its port."""
@@ -101,6 +102,7 @@ async def observed(metrics: Metrics, method: str, context):
     # and grpc_call_get_peer on it is a use-after-free.
     peer = context.peer()
     code = grpc.StatusCode.OK
+    metrics.calls += 1  # on the event loop: no lock needed
     try:
         yield
     except grpc.aio.AbortError:
@@ -113,6 +115,7 @@ async def observed(metrics: Metrics, method: str, context):
         code = grpc.StatusCode.UNKNOWN
         raise
     finally:
+        metrics.calls -= 1
         seconds = time.perf_counter() - start
         name = code.name if isinstance(code, grpc.StatusCode) else str(code)
         metrics.requests.labels(method=method, code=name).inc()

@@ -104,7 +104,7 @@ class Server:
         self.metrics = Metrics()
         self.worker = EngineWorker(config.max_pending, config.max_pending_per_tenant)
         self.gate = ShutdownGate()
-        self.metrics.watch(store.resident, lambda: self.worker.pending, lambda: self.gate.active)
+        self.metrics.watch(store.resident, lambda: self.worker.pending)
         store.engine.batch.on_step = self.metrics.decode_rows.observe
         self.servicer = MemoryServicer(store, self.worker, config.limits, self.metrics)
         self.port = 0
