@@ -1,7 +1,8 @@
 """The embedded default on the CPU against plain transformers, side by side in one run.
 
-Decode tokens/s at batch 1 and 8 (float32 and int8 reads), plain transformers `generate` of
-the same base model with no memory and with a prompt as long as the memory prefix (1 + N
+Decode tokens/s at batch 1 and 8 (float32 and int8 reads; at batch 1 also float32 in steps
+compiled by inductor), plain transformers `generate` of the same base model with no memory
+and with a prompt as long as the memory prefix (1 + N
 tokens; with a long-term memory of whole writes, 1 + M: the recalled writes a read attends
 instead of the pool), their ratio, the share of the memory-bandwidth floor each reaches (bytes one step
 reads: weights plus the memory's keys/values, over the bandwidth of a large copy measured
@@ -67,9 +68,11 @@ def step_times(times: list[float]) -> list[float]:
 
 
 def memagent_decode(model: MemoryLLM, ids: torch.Tensor, new_tokens: int) -> list[float]:
+    """Eager steps, or with the model's `compile_decode` its compiled static steps."""
     times = [CLOCK()]
     params = SamplingParams(max_new_tokens=new_tokens)
-    for _ in generation.stream(model, ids, params, eos_token_ids=(), pool=model.pool, cuda_graph=False):
+    static = model.compile_decode
+    for _ in generation.stream(model, ids, params, eos_token_ids=(), pool=model.pool, cuda_graph=static):
         times.append(CLOCK())
     return step_times(times)
 
@@ -150,6 +153,8 @@ def main() -> None:
     for text in WRITES:
         model.inject(tokenizer(text, return_tensors="pt").input_ids)
     int8 = quantize(copy.deepcopy(model), "int8")
+    compiled = copy.deepcopy(model)  # its decode steps compiled by inductor (`MemoryLLM.compile_decode`)
+    compiled.compile_decode = True
     hf = AutoModelForCausalLM.from_pretrained(str(default_model.base_checkpoint()), dtype=torch.float32).eval()
     prompt = tokenizer(PROMPT, return_tensors="pt").input_ids
     P, memory_kv = read_prefix(model)
@@ -159,6 +164,9 @@ def main() -> None:
     memagent_bytes = lambda m: weight_bytes(m) + memory_kv
     runs = {  # name: (batch, run, bytes one step reads)
         "memagent float32, batch 1": (1, lambda: memagent_decode(model, prompt, args.new_tokens), memagent_bytes(model)),
+        "memagent float32 compiled, batch 1": (
+            1, lambda: memagent_decode(compiled, prompt, args.new_tokens), memagent_bytes(compiled)
+        ),
         "memagent int8, batch 1": (1, lambda: memagent_decode(int8, prompt, args.new_tokens), memagent_bytes(int8)),
         "memagent float32, batch 8": (8, lambda: memagent_decode(model, prompt.expand(8, -1), args.new_tokens), memagent_bytes(model)),
         "memagent int8, batch 8": (8, lambda: memagent_decode(int8, prompt.expand(8, -1), args.new_tokens), memagent_bytes(int8)),
@@ -171,9 +179,11 @@ def main() -> None:
     moments = ("cold (updated)", "cold (recomputed)", "warm", "updated by the write", "the write's update")
     moments = ("after the write", "warm") if whole_writes else moments
     cold = {f"{name}, {kind}": [] for name in kinds for kind in moments}
+    memagent_decode(compiled, prompt, args.new_tokens)  # its compile, once (about a minute), before the rounds
     for round_ in range(args.rounds):
         for name, (_, run, _) in runs.items():
             gaps[name] += run()
+        compiled.inject(tokenizer(WRITES[round_ % len(WRITES)], return_tensors="pt").input_ids)
         for name, m in (("float32", model), ("int8", int8)):
             write = tokenizer(WRITES[round_ % len(WRITES)], return_tensors="pt").input_ids
             m.inject(write)

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from memagent.abstention import ABSTENTION, names_in
-from memagent.model.decoding import DecodeBatch, decode
+from memagent.model.decoding import GRAPH_MIN_NEW_TOKENS, DecodeBatch, decode
 from memagent.model.long_term_memory import mismatch
 from memagent.model.memory_pool import MemoryPool
 from memagent.model.memoryllm import MemoryLLM
@@ -158,6 +158,25 @@ class Engine:
         # Every generation on this engine, whatever memory it reads, decodes in this one batch.
         self.batch = DecodeBatch(model, self.lock)
         self.eos_token_ids = sorted(set(model.config.eos_token_ids()) | self._tokenizer_eos())
+
+    def prepare_decode(self) -> None:
+        """If the model compiles its decode steps (`MemoryLLM.compile_decode`), compile them now,
+        a row's and a lane's, by two one-row answers decoded together on a scratch memory: no
+        request then waits for a compile (a minute or so each)."""
+        if not self.model.compile_decode:
+            return
+        pool = self.new_pool()
+        text = "The decode steps are compiled before the first request."
+        self.write(pool, text, progress=False)
+        ids = torch.tensor([self.encode(text)], device=self.device)
+        params = SamplingParams(max_new_tokens=GRAPH_MIN_NEW_TOKENS)
+        with contextlib.ExitStack() as answers:  # no end-of-sequence: both decode every step
+            both = [
+                answers.enter_context(contextlib.closing(decode(self.model, ids, params, (), None, pool, batch=self.batch)))
+                for _ in range(2)
+            ]
+            for _ in zip(*both):  # in turns, as two readers: their rows step together
+                pass
 
     def _tokenizer_eos(self) -> set[int]:
         eos = getattr(self.tokenizer, "eos_token_id", None)

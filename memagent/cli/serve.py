@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--compile-decode",
         action="store_true",
-        help="CUDA: compile one-row decode steps before capturing them (faster decode; a compile on first use)",
+        help="decode one-row requests in steps compiled by inductor (faster decode, CPU or CUDA; a compile on first use)",
     )
     auth = p.add_mutually_exclusive_group()
     auth.add_argument(
@@ -169,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.cache_budget_mb is not None:
         engine.cache_budget.limit = _megabytes(args.cache_budget_mb)
+    engine.prepare_decode()
     store = MemoryStore(
         engine,
         args.data_dir,

@@ -88,11 +88,11 @@ class Decoding:
     every token on the CPU, every EOS_CHECK_EVERY on an accelerator), so up to that many
     all-pad tokens may follow the last EOS. Rows that ended repeat pad.
 
-    On CUDA (or with `graphs` given) answers of at least GRAPH_MIN_NEW_TOKENS tokens borrow a
-    static step from `graphs` (default: the model's shared CUDA graphs) unless `cuda_graph` is
-    False; the step replays while the request decodes alone, and a step over its cache and
-    those of the requests decoding with it replays while they stay together
-    (`DecodeGraphs.together`).
+    On CUDA, on a model that compiles its decode steps, or with `graphs` given, answers of at
+    least GRAPH_MIN_NEW_TOKENS tokens borrow a static step from `graphs` (default: the model's
+    shared steps, captured in CUDA graphs on CUDA) unless `cuda_graph` is False; the step
+    replays while the request decodes alone, and a step over its cache and those of the
+    requests decoding with it replays while they stay together (`DecodeGraphs.together`).
     """
 
     def __init__(
@@ -120,7 +120,7 @@ class Decoding:
             self.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
         self.eos = torch.tensor(list(eos_token_ids), dtype=torch.long, device=model.device)
         self.check_every = eos_check_every or eos_check_interval(model.device)
-        if graphs is None and cuda_graph and model.device.type == "cuda":
+        if graphs is None and cuda_graph and (model.device.type == "cuda" or model.compile_decode):
             graphs = DecodeGraphs.of(model)
         self.graphs = graphs if cuda_graph and params.max_new_tokens >= GRAPH_MIN_NEW_TOKENS else None
         self.finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=model.device)

@@ -198,8 +198,9 @@ class MemoryLLM(nn.Module):
         # sets keys through its tokenizer (`memagent.model.recall_keys`).
         self.recall_keys: Callable[[torch.Tensor], torch.Tensor] = distinct_ids
         self.recalled_kv = RecalledKV()  # what reads of whole writes projected, for the next reads
-        # Whether lanes' static decode steps are compiled by inductor before capture
-        # (`memagent.model.cuda_graph.Lane`; `memagent.load(compile_decode=True)`).
+        # Whether one-row requests decode in lanes' static steps compiled by inductor (captured
+        # on CUDA; on the CPU static steps are otherwise not used): `memagent.model.cuda_graph.Lane`,
+        # `memagent.load(compile_decode=True)`.
         self.compile_decode = False
         self.pool = self.new_pool()
         self._fingerprint: str | None = None

@@ -150,6 +150,7 @@ class MemoryReplica:
             max_long_term_tokens=config.max_long_term_tokens,
             compile_decode=config.compile_decode,
         )
+        engine.prepare_decode()
         context = serve.get_replica_context()
         self.store = MemoryStore(
             engine,

@@ -235,14 +235,18 @@ def test_compiled_lane_steps_give_the_same_tokens(model, monkeypatch):
         pytest.skip("one model is enough: each compile takes seconds")
     torch._dynamo.reset()
     counters.clear()
-    monkeypatch.setattr(model, "compile_decode", True)
-    graphs = DecodeGraphs(model, capture=False)
     requests = one_row_requests(model)[:3]
+    eager = alone(model, requests)
+    monkeypatch.setattr(model, "compile_decode", True)
+    monkeypatch.setattr(model, "_decode_graphs", None, raising=False)  # the model's own steps, made anew
+    graphs = DecodeGraphs(model, capture=False)
     got, _ = together(model, requests, join_after={2: 2}, graphs=graphs)
-    assert got == alone(model, requests)
+    assert got == eager
     (lane,) = graphs.lanes.values()
     assert lane.step.decode is lane.decode_rows is not model.decode_rows
     assert counters["stats"]["unique_graphs"] == 2, "a row's step (whichever row) and the lane's"
+    # Without steps given, a model that compiles its steps decodes in its own, on the CPU too.
+    assert alone(model, requests[:1]) == eager[:1] and DecodeGraphs.of(model).lanes
     assert memagent.load("random:tiny", compile_decode=True).model.compile_decode
 
 
@@ -403,3 +407,16 @@ def test_read_adapter_is_merged_in_float32_then_rounded_once():
     A, B = adapters["read"]
     assert torch.equal(layer.weight, (base + 2.0 * B @ A).to(torch.bfloat16))
     assert layer.write_A.dtype == layer.write_B.dtype == torch.bfloat16
+
+
+def test_an_engine_compiles_its_decode_steps_before_the_first_request():
+    torch._dynamo.reset()
+    counters.clear()
+    engine = memagent.load("random:tiny", compile_decode=True)
+    engine.prepare_decode()
+    (lane,) = DecodeGraphs.of(engine.model).lanes.values()
+    assert lane.step is not None and counters["stats"]["unique_graphs"] == 2, "a row's step and the lane's"
+    pool = engine.pool("alice")
+    pool.inject("Alice keeps bees.")
+    pool.generate("Alice", max_new_tokens=8)
+    assert counters["stats"]["unique_graphs"] == 2, "no compile at the first request"
