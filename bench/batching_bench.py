@@ -106,11 +106,16 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--server-too", action="store_true", help="also through a local server")
+    parser.add_argument(
+        "--compile-decode", action="store_true", help="in process: one-row requests in compiled lane steps"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     # Sampled with a seed: an answer that ends early would leave the batch with less work.
     params = SamplingParams(max_new_tokens=args.max_new_tokens, do_sample=True, seed=0)
-    figures = engine_figures(memagent.load(args.model), args.clients, params)
+    engine = memagent.load(args.model, compile_decode=args.compile_decode)
+    engine.prepare_decode()
+    figures = engine_figures(engine, args.clients, params)
     if args.server_too:
         from memagent_server.process import ServerProcess
 

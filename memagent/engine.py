@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from memagent.abstention import ABSTENTION, names_in
+from memagent.model.cuda_graph import LANE_ROWS
 from memagent.model.decoding import GRAPH_MIN_NEW_TOKENS, DecodeBatch, decode
 from memagent.model.long_term_memory import mismatch
 from memagent.model.memory_pool import MemoryPool
@@ -161,8 +162,8 @@ class Engine:
 
     def prepare_decode(self) -> None:
         """If the model compiles its decode steps (`MemoryLLM.compile_decode`), compile them now,
-        a row's and a lane's, by two one-row answers decoded together on a scratch memory: no
-        request then waits for a compile (a minute or so each)."""
+        a row's and a lane's, by a lane's worth of one-row answers decoded together on a scratch
+        memory: no request then waits for a compile (a minute or so each)."""
         if not self.model.compile_decode:
             return
         pool = self.new_pool()
@@ -170,12 +171,12 @@ class Engine:
         self.write(pool, text, progress=False)
         ids = torch.tensor([self.encode(text)], device=self.device)
         params = SamplingParams(max_new_tokens=GRAPH_MIN_NEW_TOKENS)
-        with contextlib.ExitStack() as answers:  # no end-of-sequence: both decode every step
-            both = [
+        with contextlib.ExitStack() as answers:  # no end-of-sequence: each decodes every step
+            rows = [
                 answers.enter_context(contextlib.closing(decode(self.model, ids, params, (), None, pool, batch=self.batch)))
-                for _ in range(2)
+                for _ in range(LANE_ROWS)
             ]
-            for _ in zip(*both):  # in turns, as two readers: their rows step together
+            for _ in zip(*rows):  # in turns, as readers would: their rows step together
                 pass
 
     def _tokenizer_eos(self) -> set[int]:

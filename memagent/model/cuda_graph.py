@@ -39,6 +39,9 @@ MAX_STEPS = 8  # static steps kept (all buckets together); beyond it, the least 
 # allocated with the lane (13.4 GB at the 8B shape, 190 MB on the default model).
 LANE_ROWS = 8
 LANE_TOKENS = 512
+# A lane's step computes every row; the rows not taking part cost little on a GPU (reading
+# their prefix), but on the CPU as much as the others: there, fewer rows step their own caches.
+UNCAPTURED_LANE_MIN_ROWS = LANE_ROWS // 2
 # Captured steps over several static caches, least recently used out first: a batch whose
 # readers fall behind by turns alternates between a few sets of members.
 MAX_JOINT_STEPS = 16
@@ -274,7 +277,8 @@ class DecodeGraphs:
         """The step over `steps`' caches together (logits [R, V] of their rows in order after
         tokens [R, 1]; callers keep the order by `number`), under the model's lock.
 
-        One step is itself; rows of one lane, the lane's. Other sets get a step of their own
+        One step is itself; rows of one lane, the lane's (uncaptured, from UNCAPTURED_LANE_MIN_ROWS
+        rows; fewer step their own caches, eagerly). Other sets get a step of their own
         (captured, on CUDA) the second time they step together: a set seen once (requests
         joining one by one) would capture for nothing. None until then; the caller steps them
         eagerly.
@@ -284,6 +288,8 @@ class DecodeGraphs:
             return steps[0]
         lane = steps[0].lane
         if lane is not None and all(step.lane is lane for step in steps):
+            if not self.capture and len(steps) < UNCAPTURED_LANE_MIN_ROWS:
+                return None
             return functools.partial(lane.decode, tuple(step.row for step in steps))
         with self.lock:
             joint = self.joint.get(steps)

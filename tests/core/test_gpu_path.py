@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import memagent
 from memagent import MemoryLLM
 from memagent.model import memoryllm
-from memagent.model.cuda_graph import LANE_ROWS, LANE_TOKENS, DecodeGraphs, length_bucket
+from memagent.model.cuda_graph import LANE_ROWS, LANE_TOKENS, UNCAPTURED_LANE_MIN_ROWS, DecodeGraphs, length_bucket
 from memagent.model.decoding import DecodeBatch, decode, next_token
 from memagent.model.generation import generate, stream
 from memagent.model.lora import build_lora_linear
@@ -235,12 +235,12 @@ def test_compiled_lane_steps_give_the_same_tokens(model, monkeypatch):
         pytest.skip("one model is enough: each compile takes seconds")
     torch._dynamo.reset()
     counters.clear()
-    requests = one_row_requests(model)[:3]
+    requests = one_row_requests(model)
     eager = alone(model, requests)
     monkeypatch.setattr(model, "compile_decode", True)
     monkeypatch.setattr(model, "_decode_graphs", None, raising=False)  # the model's own steps, made anew
     graphs = DecodeGraphs(model, capture=False)
-    got, _ = together(model, requests, join_after={2: 2}, graphs=graphs)
+    got, _ = together(model, requests, join_after={3: 2}, graphs=graphs)
     assert got == eager
     (lane,) = graphs.lanes.values()
     assert lane.step.decode is lane.decode_rows is not model.decode_rows
@@ -248,6 +248,16 @@ def test_compiled_lane_steps_give_the_same_tokens(model, monkeypatch):
     # Without steps given, a model that compiles its steps decodes in its own, on the CPU too.
     assert alone(model, requests[:1]) == eager[:1] and DecodeGraphs.of(model).lanes
     assert memagent.load("random:tiny", compile_decode=True).model.compile_decode
+
+
+@torch.no_grad()
+def test_uncaptured_lanes_step_a_few_rows_in_their_own_caches(model):
+    graphs = DecodeGraphs(model, capture=False)
+    requests = one_row_requests(model)[: UNCAPTURED_LANE_MIN_ROWS - 1]
+    got, _ = together(model, requests, graphs=graphs)
+    assert got == alone(model, requests)
+    (lane,) = graphs.lanes.values()
+    assert lane.step is None, "on the CPU a lane's step costs every row: a few rows step their own caches"
 
 
 @torch.inference_mode()
