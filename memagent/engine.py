@@ -8,6 +8,7 @@ The write path (text -> `WritePlan` -> `MemoryLLM.inject`) and the read path (pr
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -172,10 +173,8 @@ class Engine:
         ids = torch.tensor([self.encode(text)], device=self.device)
         params = SamplingParams(max_new_tokens=GRAPH_MIN_NEW_TOKENS)
         with contextlib.ExitStack() as answers:  # no end-of-sequence: each decodes every step
-            rows = [
-                answers.enter_context(contextlib.closing(decode(self.model, ids, params, (), None, pool, batch=self.batch)))
-                for _ in range(LANE_ROWS)
-            ]
+            answer = functools.partial(decode, self.model, ids, params, (), None, pool, batch=self.batch)
+            rows = [answers.enter_context(contextlib.closing(answer())) for _ in range(LANE_ROWS)]
             for _ in zip(*rows):  # in turns, as readers would: their rows step together
                 pass
 

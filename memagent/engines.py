@@ -38,7 +38,8 @@ def load(
     (which then keeps M+'s rules exactly). `quantize="int8"` (CPU, float32) reads through int8
     weights; writes, pools and their fingerprint stay the float model's (`memagent.model.quantized`).
     `compile_decode`: one-row requests decode in steps compiled by inductor (then captured, on
-    CUDA; `memagent.model.cuda_graph.Lane`): faster steps after a compile on first use.
+    CUDA; `memagent.model.cuda_graph.Lane`): faster steps after a compile on first use, or at
+    `Engine.prepare_decode`.
     """
     engine = _load(source, device=device, dtype=dtype, quantize=quantize, max_long_term_tokens=max_long_term_tokens)
     engine.model.compile_decode = compile_decode

@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--compile-decode",
         action="store_true",
-        help="decode one-row requests in steps compiled by inductor (faster decode, CPU or CUDA; a compile on first use)",
+        help="decode one-row requests in steps compiled by inductor (faster decode, CPU or CUDA), compiled "
+        "before the server serves (a minute or two)",
     )
     auth = p.add_mutually_exclusive_group()
     auth.add_argument(

@@ -60,20 +60,15 @@ class Metrics:
         self.resident = make.gauge("memagent_memories_resident", "Open memories by where their pool is", ["tier"])
         self.queue = make.gauge("memagent_queue_depth", "Requests admitted and not finished")
         self.in_progress = make.gauge("memagent_calls_in_progress", "MemoryService calls not finished")
-        self.calls = 0  # calls `observed` and not finished: the in-progress gauge unless told otherwise
+        self.calls = 0  # calls `observed` and not finished (the in-progress gauge)
         self.http_address: tuple | None = None  # where /metrics listens, once serving
 
-    def watch(
-        self,
-        resident: Callable[[], dict[str, int]],
-        queue_depth: Callable[[], int],
-        in_progress: Callable[[], int] | None = None,
-    ) -> None:
-        """Read gauges from live state at scrape time (`in_progress`: default, `calls`)."""
+    def watch(self, resident: Callable[[], dict[str, int]], queue_depth: Callable[[], int]) -> None:
+        """Read gauges from live state at scrape time."""
         for tier in ("device", "host"):
             self.resident.labels(tier=tier).set_function(lambda tier=tier: resident().get(tier, 0))
         self.queue.set_function(queue_depth)
-        self.in_progress.set_function(in_progress or (lambda: self.calls))
+        self.in_progress.set_function(lambda: self.calls)
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint (/metrics); returns its port."""
