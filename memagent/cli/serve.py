@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 DEFAULT_DATA_DIR = Path(os.environ.get("MEMAGENT_DATA_DIR", Path.home() / ".local/share/memagent"))
@@ -170,7 +171,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.cache_budget_mb is not None:
         engine.cache_budget.limit = _megabytes(args.cache_budget_mb)
-    engine.prepare_decode()
+    if args.compile_decode:
+        start = time.perf_counter()
+        engine.prepare_decode()
+        seconds = round(time.perf_counter() - start, 1)
+        logging.getLogger("memagent_server").info("decode steps compiled", extra={"seconds": seconds})
     store = MemoryStore(
         engine,
         args.data_dir,

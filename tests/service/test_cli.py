@@ -148,6 +148,24 @@ def test_serve_with_int8_reads_answers_from_memory(tmp_path):
         assert server.stop() == 0
 
 
+def test_serve_compiles_its_decode_steps_before_it_serves(tmp_path):
+    server = ServerProcess(tmp_path / "data", tmp_path / "serve.log", "--compile-decode")
+    try:
+        messages = [line["message"] for line in server.log_lines()]
+        assert messages.index("decode steps compiled") < messages.index("serving")
+        with Client(server.address) as client:
+            client.create("notes")
+            client.inject("notes", "Ida's boat is green.")
+            assert client.complete("notes", "Ida's boat is", max_new_tokens=12).usage.completion_tokens > 0
+    finally:
+        assert server.stop() == 0
+
+
+def test_serve_refuses_compiled_steps_with_int8_reads(capsys, tmp_path):
+    assert main(["serve", "--quantize", "int8", "--compile-decode", "--no-auth", "--data-dir", str(tmp_path)]) == 2
+    assert "compile_decode does not take quantized reads" in capsys.readouterr().err
+
+
 def test_serve_refuses_int8_reads_on_ray(capsys, tmp_path):
     assert main(["serve", "--ray", "--quantize", "int8", "--no-auth", "--data-dir", str(tmp_path)]) == 2
     assert "--quantize is not available with --ray" in capsys.readouterr().err
