@@ -52,19 +52,16 @@ def attend(
     D = queries[0].shape[-1]
     G = token_ranges[0][0].shape[1]
     scale = D**-0.5
-    parts, folded = [], []
-    for q, (keys, values, mask) in zip(queries, token_ranges):
-        B, H, T, _ = q.shape
-        q = q.reshape(B, G, H // G * T, D)
-        parts.append(_token_attention(q, keys, values, mask, scale))  # a query always sees itself: finite
-        folded.append(q.transpose(0, 1).reshape(G, -1, D))  # all rows' queries per kv head
+    grouped = [q.reshape(q.shape[0], G, -1, D) for q in queries]  # [B, G, rep * T, D]
+    # A query always sees itself: each token range's softmax is finite.
+    parts = [_token_attention(q, *token_range, scale) for q, token_range in zip(grouped, token_ranges)]
     if prefix_keys is None:
         return [out.reshape(q.shape) for (out, _), q in zip(parts, queries)]
     if prefix_keys.shape[0] > 1:  # a lane
-        (q,), ((out, lse),) = queries, parts
-        B, H, T, _ = q.shape
-        own_out, own_lse = _prefix_attention(q.reshape(B, G, H // G * T, D), prefix_keys, prefix_values, scale)
-        return [_merge(own_out, own_lse[..., None], out, lse).reshape(B, H, T, D)]
+        (q,), ((out, lse),) = grouped, parts
+        own_out, own_lse = _prefix_attention(q, prefix_keys, prefix_values, scale)
+        return [_merge(own_out, own_lse[..., None], out, lse).reshape(queries[0].shape)]
+    folded = [q.transpose(0, 1).reshape(G, -1, D) for q in grouped]  # all rows' queries per kv head
     stacked = torch.cat(folded, 1) if len(folded) > 1 else folded[0]
     prefix_out, prefix_lse = _prefix_attention(stacked[None], prefix_keys, prefix_values, scale)
     outputs, start = [], 0

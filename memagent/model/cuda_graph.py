@@ -67,13 +67,14 @@ class StaticDecodeStep:
         number: int = 0,
         warmup: int = WARMUP_STEPS,
         decode: Callable[[torch.Tensor, Sequence[KVCache]], torch.Tensor] | None = None,
+        lane: Lane | None = None,
+        row: int = 0,
     ):
         self.model = model
         self.caches = list(caches)
         self.decode = decode or model.decode_rows  # `MemoryLLM.decode_rows`, or it compiled
         self.number = number  # a request's own step's place among its DecodeGraphs' steps
-        self.lane: Lane | None = None  # the lane whose row `row` this step decodes, if any
-        self.row = 0
+        self.lane, self.row = lane, row  # the lane whose row `row` this step decodes, if any
         rows = sum(cache.batch_size for cache in self.caches)
         self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=model.device)
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -150,11 +151,10 @@ class Lane:
         row = self.free.pop(0)
         if self.rows[row] is None:
             self.graphs.made += 1
-            step = StaticDecodeStep(
-                self.graphs.model, [self.cache.row(row)], self.graphs.capture, self.graphs.made, decode=self.decode_rows
+            self.rows[row] = StaticDecodeStep(
+                self.graphs.model, [self.cache.row(row)], self.graphs.capture, self.graphs.made,
+                decode=self.decode_rows, lane=self, row=row,
             )
-            step.lane, step.row = self, row
-            self.rows[row] = step
             self.graphs.captures += self.graphs.capture
         return self.rows[row]
 

@@ -492,10 +492,11 @@ class MemoryLLM(nn.Module):
         def project(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return layer.self_attn.unrotated_kv(layer.input_layernorm(tokens.to(device=x.device, dtype=x.dtype)))
 
-        if isinstance(store, WriteMemory) and torch.is_inference_mode_enabled() and not self.training:
-            k, v = self.recalled_kv.layer(store, i, read.chosen[0], project, x.device)
-        elif isinstance(store, WriteMemory):
-            k, v = project(store.gather(i, read.chosen[0], x.device))
+        if isinstance(store, WriteMemory):
+            if torch.is_inference_mode_enabled() and not self.training:  # kept keys/values serve
+                k, v = self.recalled_kv.layer(store, i, read.chosen[0], project, x.device)
+            else:
+                k, v = project(store.gather(i, read.chosen[0], x.device))
         else:
             scores = None
             if store.scored(i):
