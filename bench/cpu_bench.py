@@ -1,6 +1,6 @@
 """The embedded default on the CPU against plain transformers, side by side in one run.
 
-Decode tokens/s at batch 1 and 8 (float32 and int8 reads; at batch 1 also float32 in steps
+Decode tokens/s at batch 1 and 8 (float32 and int8 reads; at batch 1 also both in steps
 compiled by inductor), plain transformers `generate` of the same base model with no memory
 and with a prompt as long as the memory prefix (1 + N
 tokens; with a long-term memory of whole writes, 1 + M: the recalled writes a read attends
@@ -153,6 +153,8 @@ def main() -> None:
     for text in WRITES:
         model.inject(tokenizer(text, return_tensors="pt").input_ids)
     int8 = quantize(copy.deepcopy(model), "int8")
+    int8_compiled = quantize(copy.deepcopy(model), "int8")
+    int8_compiled.compile_decode = True
     compiled = copy.deepcopy(model)  # its decode steps compiled by inductor (`MemoryLLM.compile_decode`)
     compiled.compile_decode = True
     hf = AutoModelForCausalLM.from_pretrained(str(default_model.base_checkpoint()), dtype=torch.float32).eval()
@@ -168,6 +170,9 @@ def main() -> None:
             1, lambda: memagent_decode(compiled, prompt, args.new_tokens), memagent_bytes(compiled)
         ),
         "memagent int8, batch 1": (1, lambda: memagent_decode(int8, prompt, args.new_tokens), memagent_bytes(int8)),
+        "memagent int8 compiled, batch 1": (
+            1, lambda: memagent_decode(int8_compiled, prompt, args.new_tokens), memagent_bytes(int8_compiled)
+        ),
         "memagent float32, batch 8": (8, lambda: memagent_decode(model, prompt.expand(8, -1), args.new_tokens), memagent_bytes(model)),
         "memagent int8, batch 8": (8, lambda: memagent_decode(int8, prompt.expand(8, -1), args.new_tokens), memagent_bytes(int8)),
         "transformers, no memory, batch 1": (1, lambda: transformers_decode(hf, prompt, args.new_tokens), weight_bytes(hf)),
@@ -179,11 +184,13 @@ def main() -> None:
     moments = ("cold (updated)", "cold (recomputed)", "warm", "updated by the write", "the write's update")
     moments = ("after the write", "warm") if whole_writes else moments
     cold = {f"{name}, {kind}": [] for name in kinds for kind in moments}
-    memagent_decode(compiled, prompt, args.new_tokens)  # its compile, once (about a minute), before the rounds
+    for m in (compiled, int8_compiled):  # their compiles, once (about a minute each), before the rounds
+        memagent_decode(m, prompt, args.new_tokens)
     for round_ in range(args.rounds):
         for name, (_, run, _) in runs.items():
             gaps[name] += run()
-        compiled.inject(tokenizer(WRITES[round_ % len(WRITES)], return_tensors="pt").input_ids)
+        for m in (compiled, int8_compiled):
+            m.inject(tokenizer(WRITES[round_ % len(WRITES)], return_tensors="pt").input_ids)
         for name, m in (("float32", model), ("int8", int8)):
             write = tokenizer(WRITES[round_ % len(WRITES)], return_tensors="pt").input_ids
             m.inject(write)

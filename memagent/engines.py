@@ -41,8 +41,6 @@ def load(
     CUDA; `memagent.model.cuda_graph.Lane`): faster steps after a compile on first use, or at
     `Engine.prepare_decode`.
     """
-    if compile_decode and quantize is not None:
-        raise ValueError("compile_decode does not take quantized reads: their fbgemm products do not compile")
     engine = _load(source, device=device, dtype=dtype, quantize=quantize, max_long_term_tokens=max_long_term_tokens)
     engine.model.compile_decode = compile_decode
     return engine

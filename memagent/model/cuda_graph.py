@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from memagent.model import quantized
+
 if TYPE_CHECKING:
     from memagent.model.kv_cache import KVCache
     from memagent.model.memory_pool import MemoryPool
@@ -137,7 +139,8 @@ class Lane:
         model = graphs.model
         self.decode_rows = model.decode_rows
         if model.compile_decode:
-            self.decode_rows = torch.compile(model.decode_rows, fullgraph=True, dynamic=False)
+            options = quantized.COMPILE_OPTIONS if quantized.is_quantized(model) else None
+            self.decode_rows = torch.compile(model.decode_rows, fullgraph=True, dynamic=False, options=options)
         self.cache = model.new_cache(pool, LANE_ROWS, LANE_TOKENS, lane=True)
         self.rows: list[StaticDecodeStep | None] = [None] * LANE_ROWS  # each row's own step, made on first use
         self.free = list(range(LANE_ROWS))

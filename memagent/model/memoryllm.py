@@ -24,7 +24,7 @@ from memagent.model.config import MemoryLLMConfig
 from memagent.model.kv_cache import KVCache, LayerRead
 from memagent.model.long_term_memory import LongTermRead, new_long_term
 from memagent.model.lora import writing
-from memagent.model.quantized import float_weights
+from memagent.model.quantized import float_weights, products
 from memagent.model.recall_keys import distinct_ids
 from memagent.model.recalled_kv import RecalledKV
 from memagent.model.memory_pool import Dropped, MemoryPool, PrefixKV
@@ -72,7 +72,8 @@ class Attention(nn.Module):
 
     def unrotated_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys before RoPE and values [B, kv_heads, T, head_dim] of normed inputs x [B, T, d]."""
-        return self._heads(self.k_proj(x), self.kv_heads), self._heads(self.v_proj(x), self.kv_heads)
+        k, v = products(x, self.k_proj, self.v_proj)
+        return self._heads(k, self.kv_heads), self._heads(v, self.kv_heads)
 
     def forward(
         self,
@@ -134,7 +135,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(f, d, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = products(x, self.gate_proj, self.up_proj)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):

@@ -430,5 +430,3 @@ def test_an_engine_compiles_its_decode_steps_before_the_first_request():
     pool.inject("Alice keeps bees.")
     pool.generate("Alice", max_new_tokens=8)
     assert counters["stats"]["unique_graphs"] == 2, "no compile at the first request"
-    with pytest.raises(ValueError, match="quantized reads"):
-        memagent.load("random:tiny", quantize="int8", compile_decode=True)
