@@ -135,9 +135,6 @@ def run(args: argparse.Namespace) -> int:
     from memagent.store import MemoryStore, TenantQuota
     from memagent.store.data_dir_lock import DataDirBusy, DataDirLock
 
-    if args.ray and args.quantize:
-        print("memagent serve: --quantize is not available with --ray yet", file=sys.stderr)
-        return 2
     if bool(args.tls_cert) != bool(args.tls_key):
         print("memagent serve: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
@@ -218,6 +215,7 @@ def _run_on_ray(args: argparse.Namespace, tokens: dict[str, str] | None) -> int:
         tokens=tokens,
         snapshot_every=args.snapshot_every,
         max_long_term_tokens=args.max_long_term_tokens,
+        quantize=args.quantize,
         compile_decode=args.compile_decode,
         max_pending=args.max_pending,
         max_pending_per_tenant=args.max_pending_per_tenant,

@@ -65,6 +65,7 @@ class RayConfig:
     tokens: dict[str, str] | None = None  # bearer token -> tenant; None: no authentication
     snapshot_every: int = 64
     max_long_term_tokens: int | None = None  # as for `memagent.load`
+    quantize: str | None = None  # as for `memagent.load`: "int8" reads through int8 weights (CPU)
     compile_decode: bool = False  # as for `memagent.load`
     max_pending: int = 256
     max_pending_per_tenant: int | None = None  # None: half of max_pending
@@ -148,6 +149,7 @@ class MemoryReplica:
             config.model,
             device=config.device,
             max_long_term_tokens=config.max_long_term_tokens,
+            quantize=config.quantize,
             compile_decode=config.compile_decode,
         )
         engine.prepare_decode()

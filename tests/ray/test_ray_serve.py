@@ -63,6 +63,7 @@ class Cluster:
         command = [
             *("serve", "--ray", "--replicas", "2", "--data-dir", str(self.data_dir), "--port", str(self.port)),
             *("--model", "random:tiny", "--tokens", str(tokens), "--snapshot-every", "4"),
+            *("--quantize", "int8"),  # replicas read through int8 weights; writes stay the float model's
             *("--resident", "32"),  # no replica evicts, so routing alone decides where memories are
             *("--metrics-port", str(self.metrics_port)),
         ]

@@ -161,8 +161,3 @@ def test_serve_compiles_its_decode_steps_before_it_serves(tmp_path):
             assert client.complete("notes", "Ida's boat is", max_new_tokens=12).usage.completion_tokens > 0
     finally:
         assert server.stop() == 0
-
-
-def test_serve_refuses_int8_reads_on_ray(capsys, tmp_path):
-    assert main(["serve", "--ray", "--quantize", "int8", "--no-auth", "--data-dir", str(tmp_path)]) == 2
-    assert "--quantize is not available with --ray" in capsys.readouterr().err
