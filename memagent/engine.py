@@ -260,12 +260,14 @@ class Engine:
 
     def refresh_reads(self, pool: MemoryPool) -> None:
         """After a write, bring the keys/values that reads of `pool` attend up to date, so the
-        next read's first token does not wait for them. Incremental (a write changed K of N
-        tokens); skipped for a pool never read, which has none to update. Out of device memory,
-        it leaves them to the next read: the write itself is done."""
-        if pool.prefix_kv is not None:
-            with self.lock, torch.inference_mode(), contextlib.suppress(torch.OutOfMemoryError):
+        next read's first token does not wait for them: the pool's prefix, incrementally (a
+        write changed K of N tokens; skipped for a pool never read, which has none to update),
+        or the newest whole write's, which the next read most likely recalls. Out of device
+        memory, it leaves them to the next read: the write itself is done."""
+        with self.lock, torch.inference_mode(), contextlib.suppress(torch.OutOfMemoryError):
+            if pool.prefix_kv is not None:
                 self.model.memory_prefix(pool)
+            self.model.keep_last_write(pool)
 
     # -- reading ---------------------------------------------------------------------------
 

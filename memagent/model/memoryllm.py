@@ -490,10 +490,7 @@ class MemoryLLM(nn.Module):
         fewer than M tokens (whole writes, while fewer are held) takes the region's last slots."""
         read, layer = cache.long_term, self.model.layers[i]
         store = read.store
-
-        def project(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return layer.self_attn.unrotated_kv(layer.input_layernorm(tokens.to(device=x.device, dtype=x.dtype)))
-
+        project = functools.partial(self._project_long_term, layer)
         if isinstance(store, WriteMemory):
             if torch.is_inference_mode_enabled() and not self.training:  # kept keys/values serve
                 k, v = self.recalled_kv.layer(store, i, read.chosen[0], project, x.device)
@@ -513,6 +510,21 @@ class MemoryLLM(nn.Module):
         k = apply_rope(k, cos[:, first:][:, region], sin[:, first:][:, region])
         cache.layers[i].keys[:, :, region] = k
         cache.layers[i].values[:, :, region] = v
+
+    def _project_long_term(self, layer: DecoderLayer, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (before RoPE) and values of long-term tokens [n, K, d] as `layer` reads them."""
+        return layer.self_attn.unrotated_kv(layer.input_layernorm(tokens.to(device=self.device, dtype=self.dtype)))
+
+    @torch.inference_mode()
+    def keep_last_write(self, pool: MemoryPool) -> None:
+        """Project the keys/values of `pool`'s newest whole write for the reads to come
+        (`recalled_kv`), so the first read after a write, which most likely recalls it, need not."""
+        store = pool.long_term
+        if not isinstance(store, WriteMemory) or not store.num_writes or self.training:
+            return
+        newest = torch.tensor([[store.num_writes - 1]])
+        for i, layer in enumerate(self.model.layers):
+            self.recalled_kv.layer(store, i, newest, functools.partial(self._project_long_term, layer), self.device)
 
     def _choose_writes(self, cache: KVCache, input_ids: torch.Tensor, valid: torch.Tensor) -> None:
         """Whole writes: choose each row's writes from its prompt, once for every layer, and hide

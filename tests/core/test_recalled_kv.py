@@ -4,6 +4,7 @@ them each time, never another store's or an old write's, and within their budget
 import pytest
 import torch
 
+import memagent
 from memagent import MemoryLLM
 from memagent.model.config import MemoryLLMConfig
 from memagent.model.recalled_kv import RecalledKV
@@ -87,3 +88,14 @@ def test_a_cast_or_training_drops_what_was_kept(model):
     assert len(model.recalled_kv) == 0
     pool.to(model.device, torch.float64)
     torch.testing.assert_close(kept(model, pool), projected_each_time(model, pool), rtol=0, atol=1e-10)
+
+
+
+def test_a_write_keeps_its_keys_and_values_for_the_read_after_it():
+    engine = memagent.load("random:tiny-writes")
+    model, pool = engine.model, engine.new_pool()
+    for writes, text in enumerate(("Ada keeps bees.", "Bo sails a green boat.", "Cy plays the oboe."), 1):
+        engine.write(pool, text, progress=False)
+        assert len(model.recalled_kv) == writes * model.config.num_hidden_layers, "every layer's, of the newest write"
+    torch.testing.assert_close(kept(model, pool), projected_each_time(model, pool), rtol=0, atol=1e-5)
+    assert len(model.recalled_kv) == 3 * model.config.num_hidden_layers, "the read found them kept"
