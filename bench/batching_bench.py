@@ -109,11 +109,12 @@ def main() -> None:
     parser.add_argument(
         "--compile-decode", action="store_true", help="in process: one-row requests in compiled lane steps"
     )
+    parser.add_argument("--quantize", choices=("int8",), help="in process: int8 reads (`memagent.load(quantize=...)`)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     # Sampled with a seed: an answer that ends early would leave the batch with less work.
     params = SamplingParams(max_new_tokens=args.max_new_tokens, do_sample=True, seed=0)
-    engine = memagent.load(args.model, compile_decode=args.compile_decode)
+    engine = memagent.load(args.model, quantize=args.quantize, compile_decode=args.compile_decode)
     engine.prepare_decode()
     figures = engine_figures(engine, args.clients, params)
     if args.server_too:
@@ -126,7 +127,9 @@ def main() -> None:
             finally:
                 server.stop()
     best = figures[f"one memory, batch of {args.clients}"]
-    print(f"| decode, {args.max_new_tokens} tokens each ({args.model or 'embedded default'}, {args.threads} thread) | tokens/s | vs one batch |")
+    reads = ", ".join(["float32" if args.quantize is None else args.quantize] + ["compiled"] * args.compile_decode)
+    print(f"| decode, {args.max_new_tokens} tokens each ({args.model or 'embedded default'}, {reads}, {args.threads} thread) "
+          "| tokens/s | vs one batch |")
     print("|---|---|---|")
     for name, value in figures.items():
         print(f"| {name} | {value:.1f} | {value / best:.2f}x |")
