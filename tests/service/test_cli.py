@@ -137,8 +137,9 @@ def test_serve_turns_off_the_progress_bars_of_model_loading():
     assert _python(DRAW_BARS).stderr == ""
 
 
-def test_serve_with_int8_reads_in_compiled_steps_answers_from_memory(tmp_path):
-    server = ServerProcess(tmp_path / "data", tmp_path / "serve.log", "--quantize", "int8", "--compile-decode")
+@pytest.mark.parametrize("reads", [(), ("--quantize", "int8")], ids=["float32", "int8"])
+def test_serve_compiles_its_decode_steps_before_it_serves_and_answers(tmp_path, reads):
+    server = ServerProcess(tmp_path / "data", tmp_path / "serve.log", *reads, "--compile-decode")
     try:
         messages = [line["message"] for line in server.log_lines()]
         assert messages.index("decode steps compiled") < messages.index("serving")
@@ -146,18 +147,6 @@ def test_serve_with_int8_reads_in_compiled_steps_answers_from_memory(tmp_path):
             client.create("notes")
             client.inject("notes", "Ida's boat is green.")
             assert isinstance(client.ask("notes", "What colour is Ida's boat?", max_new_tokens=4), str)
-    finally:
-        assert server.stop() == 0
-
-
-def test_serve_compiles_its_decode_steps_before_it_serves(tmp_path):
-    server = ServerProcess(tmp_path / "data", tmp_path / "serve.log", "--compile-decode")
-    try:
-        messages = [line["message"] for line in server.log_lines()]
-        assert messages.index("decode steps compiled") < messages.index("serving")
-        with Client(server.address) as client:
-            client.create("notes")
-            client.inject("notes", "Ida's boat is green.")
             assert client.complete("notes", "Ida's boat is", max_new_tokens=12).usage.completion_tokens > 0
     finally:
         assert server.stop() == 0
