@@ -8,7 +8,9 @@ with a key of the ids written (`memagent.model.recall_keys`). A read takes the R
 writes whose keys best match its prompt's, by BM25 over the keys as sets (a write sharing a
 rare id with the prompt outranks one sharing common ones, and a short write one as long as
 many; among equals the later write wins), and places them in every layer's long-term region
-in the order they were written. Every layer reads the same writes, each as it was made.
+best match last, nearest the prompt. Every layer reads the same writes, each as it was made.
+The order matters: the default reads the writes nearest its prompt best (README, "Why the best
+match goes last").
 
 A read scores every key (a few ids per write, so cheap beside the model) and moves only its
 R writes' tokens to the device; the tokens stay in host memory. A bound evicts the oldest
@@ -38,11 +40,17 @@ SATURATION, LENGTH_WEIGHT = 1.2, 0.75
 
 def best_matches(key_ids: torch.Tensor, key_ends: torch.Tensor, prompt_key: torch.Tensor, count: int) -> torch.Tensor:
     """Indices of the `count` writes (keys: `key_ids` cut at `key_ends`) that best match
-    `prompt_key`, ascending. A write scores the sum over the ids it shares of
-    idf * (s + 1) / (1 + s * (1 - w + w * its key's length / the mean length)), idf =
-    log((n + 1) / (writes holding the id + 1/2)): BM25 where every id occurs once. Without the
-    length term, a long write of common words outranks the short one that names the subject
-    (see `recall_keys` for what the two changes gave). Among equals the later write comes first."""
+    `prompt_key`, as a read places them: the best match last (`ranked`)."""
+    return ranked(key_ids, key_ends, prompt_key)[:count].flip(0)
+
+
+def ranked(key_ids: torch.Tensor, key_ends: torch.Tensor, prompt_key: torch.Tensor) -> torch.Tensor:
+    """Every write's index (keys: `key_ids` cut at `key_ends`), the best match to `prompt_key`
+    first. A write scores the sum over the ids it shares of idf * (s + 1) / (1 + s * (1 - w + w *
+    its key's length / the mean length)), idf = log((n + 1) / (writes holding the id + 1/2)):
+    BM25 where every id occurs once. Without the length term, a long write of common words
+    outranks the short one that names the subject (see `recall_keys` for what the two changes
+    gave). Among equals the later write comes first."""
     n = len(key_ends)
     lengths = key_ends.diff(prepend=key_ends.new_zeros(1))
     owner = owners(key_ends)
@@ -53,7 +61,7 @@ def best_matches(key_ids: torch.Tensor, key_ends: torch.Tensor, prompt_key: torc
     damping = (SATURATION + 1) / (1 + SATURATION * (1 - LENGTH_WEIGHT + LENGTH_WEIGHT * relative))
     scores = torch.zeros(n, dtype=torch.float64).index_add_(0, owner[matched], idf * damping[owner[matched]])
     latest_first = torch.arange(n - 1, -1, -1)
-    return latest_first[scores[latest_first].argsort(descending=True, stable=True)[:count]].sort().values
+    return latest_first[scores[latest_first].argsort(descending=True, stable=True)]
 
 
 def owners(key_ends: torch.Tensor) -> torch.Tensor:
@@ -168,7 +176,7 @@ class WriteMemory:
 
     def choose(self, prompt_keys: list[torch.Tensor]) -> torch.Tensor:
         """The writes [B, R'] each of B prompts, given by their keys, reads, R' = min(R, writes
-        held), in the order they were written."""
+        held), the best match last."""
         R = self.config.num_ltm_blocks
         return torch.stack([best_matches(self.key_ids, self.key_ends, key, R) for key in prompt_keys])
 

@@ -29,18 +29,18 @@ def values(wm: WriteMemory) -> list[float]:
     return wm.tokens[0, ::K, 0].tolist()
 
 
-def test_a_read_recalls_the_writes_sharing_the_rarest_ids_in_written_order():
+def test_a_read_recalls_the_writes_sharing_the_rarest_ids_the_best_last():
     wm = store()
     write(wm, 0.0, [1, 7])  # 1 is in every write: it tells writes apart least
     write(wm, 1.0, [1, 8])
     write(wm, 2.0, [1, 9, 7])
     write(wm, 3.0, [1, 5])
-    assert wm.choose([torch.tensor([1, 9])]).tolist() == [[2, 3]], "9 first; then 1, which the latest shares too"
+    assert wm.choose([torch.tensor([1, 9])]).tolist() == [[3, 2]], "9 best, so last; then 1, which the latest shares too"
     assert wm.choose([torch.tensor([8, 7])]).tolist() == [[0, 1]], "8 is rarer than 7; of 7's, the shorter"
     assert wm.choose([torch.tensor([42])]).tolist() == [[2, 3]], "nothing matches: the latest writes"
     chosen = wm.choose([torch.tensor([5]), torch.tensor([8])])
-    assert chosen.tolist() == [[2, 3], [1, 3]], "each prompt its own writes"
-    assert wm.gather(0, chosen)[:, :, 0].tolist() == [[2.0] * K + [3.0] * K, [1.0] * K + [3.0] * K]
+    assert chosen.tolist() == [[2, 3], [3, 1]], "each prompt its own writes"
+    assert wm.gather(0, chosen)[:, :, 0].tolist() == [[2.0] * K + [3.0] * K, [3.0] * K + [1.0] * K]
 
 
 def test_a_short_write_outranks_a_long_one_sharing_the_same_ids():
@@ -122,7 +122,7 @@ def test_a_first_short_write_is_kept_whole_and_every_layer_reads_the_same_writes
     for start in (20, 30):
         model.inject(torch.arange(start, start + 10)[None], pool=pool)
     out = model(torch.tensor([[11, 31, 5]]), pool=pool)
-    assert out.long_term_order.tolist() == [[[0, 2], [0, 2]]]
+    assert out.long_term_order.tolist() == [[[2, 0], [2, 0]]]  # the short write's id is worth more: last
 
 
 @torch.no_grad()
@@ -225,7 +225,7 @@ def test_an_engine_keys_leave_out_its_chat_frame():
         pool.inject(text)
     assert pool.pool.long_term.key_ends[1] == pool.pool.long_term.key_ends[0], "the frame's write has no key"
     question = engine.tokenizer(engine.question_prompt("Who keeps Ravi?"), return_tensors="pt")["input_ids"]
-    assert engine.model(question, pool=pool.pool).long_term_order[0, 0].tolist() == [0, 3], "Ravi's, then the latest"
+    assert engine.model(question, pool=pool.pool).long_term_order[0, 0].tolist() == [3, 0], "the latest, then Ravi's, the best, last"
 
 
 def test_a_bounded_store_holds_at_most_a_quarter_more_than_its_bound():
