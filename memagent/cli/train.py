@@ -23,9 +23,9 @@ def register(subparsers) -> None:
         "Resumes from --run-dir; exports the adapter to RUN_DIR/adapter. Uses CUDA when present.",
     )
     train.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="checkpoints, log and exported adapter go here")
-    train.add_argument("--steps", type=int, default=330, help="optimizer steps in all")
+    train.add_argument("--steps", type=int, default=900, help="optimizer steps in all")
     train.add_argument(
-        "--max-minutes", type=float, default=30,
+        "--max-minutes", type=float, default=80,
         help="wall time in all: with --long-term tokens the adapter stops early enough to leave --retriever-minutes",
     )  # fmt: skip
     train.add_argument(
@@ -36,13 +36,13 @@ def register(subparsers) -> None:
     train.add_argument("--num-tokens", type=int, default=64, help="K: memory tokens per write")
     train.add_argument("--num-blocks", type=int, default=16, help="the pool holds N = K * num_blocks tokens")
     train.add_argument("--rank", type=int, default=8, help="LoRA rank")
-    train.add_argument("--lr", type=float, default=3e-4, help="learning rate")
+    train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     train.add_argument("--max-facts", type=int, default=3, help="facts written per episode at the end of the schedule")
     train.add_argument(
         "--max-distractors", type=int, default=12,
         help="unrelated writes after the facts, at most (drawn log-uniformly from 0 to the schedule's limit)",
     )  # fmt: skip
-    train.add_argument("--ramp-steps", type=int, default=50, help="steps over which episodes grow to the maximum")
+    train.add_argument("--ramp-steps", type=int, default=300, help="steps over which episodes grow to the maximum")
     train.add_argument("--varied-share", type=float, default=0.5, help="share of facts in the varied forms (train/varied.py)")
     train.add_argument(
         "--abstain-share", type=float, default=0.3,

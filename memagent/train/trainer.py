@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from memagent.model.memory_pool import MemoryPool
 from memagent.model.memoryllm import MemoryLLM
 from memagent.model.recall_keys import LexicalKeys
-from memagent.model.write_memory import ranked
+from memagent.model.write_memory import best_matches
 from memagent.train.adapter import AdapterShape, export_adapter, trainable_state
 from memagent.train.episodes import Episode, EpisodeMaker, Schedule, Target
 
@@ -84,17 +84,20 @@ def some_writes(
     """A memory [L, count * K, d] of whole writes, as a long-term memory of whole writes recalls
     them for the episode's questions: its learned writes (its facts), then, to `count`, those of
     its other writes and of `earlier` ones ((new memory, key) pairs) whose keys best match the
-    questions', all placed as a read places them, the best match last (`ranked`)."""
-    memories = [memory for memory, _ in earlier] + written
-    learned = [len(earlier) + i for i, (_, learn) in enumerate(episode.writes) if learn][:count]
-    candidates = [key for _, key in earlier] + write_keys
+    questions' (`best_matches`); the earlier writes first, then the episode's, in the order
+    written. A read places the best match last instead; the shipped adapter, trained so, reads
+    that order better (README, "Why the best match goes last")."""
+    learned = [i for i, (_, learn) in enumerate(episode.writes) if learn][:count]
+    own = [i for i in range(len(written)) if i not in learned]
+    candidates = [key for _, key in earlier] + [write_keys[i] for i in own]
     asked = [keys(torch.tensor(t.prompt)) for t in episode.targets if t.kind == "qa"]
     question = torch.cat(asked).unique() if asked else torch.zeros(0, dtype=torch.long)
     ends = torch.tensor([len(key) for key in candidates], dtype=torch.long).cumsum(0)
-    order = ranked(torch.cat(candidates), ends, question).tolist()
-    others = [i for i in order if i not in learned][: count - len(learned)]
-    chosen = [i for i in order if i in learned or i in others]
-    return torch.cat([memories[i] for i in reversed(chosen)], dim=1)
+    key_ids = torch.cat(candidates) if candidates else torch.zeros(0, dtype=torch.long)
+    best = sorted(best_matches(key_ids, ends, question, count - len(learned)).tolist())
+    before = [earlier[i][0] for i in best if i < len(earlier)]
+    chosen = sorted(learned + [own[i - len(earlier)] for i in best if i >= len(earlier)])
+    return torch.cat(before + [written[i] for i in chosen], dim=1)
 
 
 def batch_targets(targets: list[Target], pad_id: int, device) -> tuple[torch.Tensor, ...]:

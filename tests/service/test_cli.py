@@ -88,7 +88,7 @@ def test_help_shows_defaults_but_never_the_token(capsys, monkeypatch):
 
 def test_train_and_eval_describe_themselves(capsys):
     train, evaluate = _help(capsys, "train"), _help(capsys, "eval")
-    assert "Train the memory adapter of the embedded default" in train and "(default: 330)" in train
+    assert "Train the memory adapter of the embedded default" in train and "(default: 900)" in train
     assert "{writes,tokens}" in train
     assert "Evaluate a memory adapter on held-out facts" in evaluate
     assert "comma-separated k values, e.g. 0,5,10" in evaluate and "(default: 0,1,5,10,20,50,100,200)" in evaluate
@@ -99,12 +99,16 @@ def test_train_and_eval_describe_themselves(capsys):
 
 
 def test_train_defaults_are_the_readme_run():
-    """README's training command made the shipped adapter from the one before it (`--start`);
-    given the same start, `memagent train` repeats it."""
-    command = next(line for line in README.read_text().splitlines() if line.startswith("memagent train "))
+    """README's two training commands made the shipped adapter from the base model: the first is
+    `memagent train`'s defaults, the second trains on from its export."""
     parser = build_parser()
-    readme = vars(parser.parse_args(shlex.split(command)[1:]))
-    assert readme["start"] and readme == vars(parser.parse_args(["train", "--start", readme["start"]]))
+    first, second = (
+        vars(parser.parse_args(shlex.split(line)[1:]))
+        for line in README.read_text().splitlines()
+        if line.startswith("memagent train")
+    )
+    assert first == vars(parser.parse_args(["train"]))
+    assert second["start"] == str(Path(first["run_dir"]) / "adapter")
 
 
 def test_serve_logs_json_lines_only(tmp_path):

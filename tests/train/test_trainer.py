@@ -75,7 +75,7 @@ def test_episodes_start_from_the_pool_the_last_one_left(maker, tmp_path):
     assert not torch.equal(trainer.carried, left)
 
 
-def test_a_read_of_some_writes_holds_the_facts_whole_among_the_best_matches_best_last(maker):
+def test_a_read_of_some_writes_holds_the_facts_whole_among_the_best_matches_in_written_order(maker):
     def keys(ids: torch.Tensor) -> torch.Tensor:
         return ids.unique()
 
@@ -86,12 +86,12 @@ def test_a_read_of_some_writes_holds_the_facts_whole_among_the_best_matches_best
     earlier = [(torch.full((2, 3, 4), -1.0), torch.tensor([8]))]
     write_keys = [keys(torch.tensor(ids)) for ids, _ in writes]
     memory = some_writes(episode, written, 3, earlier, keys, write_keys)
-    assert [int(memory[0, i, 0]) for i in range(0, 9, 3)] == [1, 3, 2], "the facts, then write 3, the best, last"
+    assert [int(memory[0, i, 0]) for i in range(0, 9, 3)] == [1, 2, 3], "the facts and write 3, in order"
     memory = some_writes(episode, written, 4, earlier, keys, write_keys)
-    assert [int(memory[0, i, 0]) for i in range(0, 12, 3)] == [1, 3, 4, 2], "among equals the latest nearer"
+    assert [int(memory[0, i, 0]) for i in range(0, 12, 3)] == [1, 2, 3, 4], "then the latest of the equals"
     asked_earlier = Episode(writes=[([1], True)], targets=[Target([8], [0], "qa")])
     memory = some_writes(asked_earlier, written[:1], 2, earlier * 2, keys, [torch.tensor([1])])
-    assert [int(memory[0, i, 0]) for i in range(0, 6, 3)] == [0, -1]  # an earlier write matching better comes after
+    assert [int(memory[0, i, 0]) for i in range(0, 6, 3)] == [-1, 0]  # earlier writes come first
 
 
 def test_reads_of_some_writes_train_the_writes_they_see(maker, tmp_path):
