@@ -40,17 +40,11 @@ SATURATION, LENGTH_WEIGHT = 1.2, 0.75
 
 def best_matches(key_ids: torch.Tensor, key_ends: torch.Tensor, prompt_key: torch.Tensor, count: int) -> torch.Tensor:
     """Indices of the `count` writes (keys: `key_ids` cut at `key_ends`) that best match
-    `prompt_key`, as a read places them: the best match last (`ranked`)."""
-    return ranked(key_ids, key_ends, prompt_key)[:count].flip(0)
-
-
-def ranked(key_ids: torch.Tensor, key_ends: torch.Tensor, prompt_key: torch.Tensor) -> torch.Tensor:
-    """Every write's index (keys: `key_ids` cut at `key_ends`), the best match to `prompt_key`
-    first. A write scores the sum over the ids it shares of idf * (s + 1) / (1 + s * (1 - w + w *
-    its key's length / the mean length)), idf = log((n + 1) / (writes holding the id + 1/2)):
-    BM25 where every id occurs once. Without the length term, a long write of common words
-    outranks the short one that names the subject (see `recall_keys` for what the two changes
-    gave). Among equals the later write comes first."""
+    `prompt_key`, as a read places them: the best match last. A write scores the sum over the
+    ids it shares of idf * (s + 1) / (1 + s * (1 - w + w * its key's length / the mean length)),
+    idf = log((n + 1) / (writes holding the id + 1/2)): BM25 where every id occurs once. Without
+    the length term, a long write of common words outranks the short one that names the subject
+    (see `recall_keys` for what the two changes gave). Among equals the later write is nearer."""
     n = len(key_ends)
     lengths = key_ends.diff(prepend=key_ends.new_zeros(1))
     owner = owners(key_ends)
@@ -61,7 +55,7 @@ def ranked(key_ids: torch.Tensor, key_ends: torch.Tensor, prompt_key: torch.Tens
     damping = (SATURATION + 1) / (1 + SATURATION * (1 - LENGTH_WEIGHT + LENGTH_WEIGHT * relative))
     scores = torch.zeros(n, dtype=torch.float64).index_add_(0, owner[matched], idf * damping[owner[matched]])
     latest_first = torch.arange(n - 1, -1, -1)
-    return latest_first[scores[latest_first].argsort(descending=True, stable=True)]
+    return latest_first[scores[latest_first].argsort(descending=True, stable=True)[:count]].flip(0)
 
 
 def owners(key_ends: torch.Tensor) -> torch.Tensor:
