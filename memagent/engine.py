@@ -11,14 +11,14 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from memagent.abstention import ABSTENTION, names_in
+from memagent.abstention import ABSTENTION, is_abstention, names_in
 from memagent.model.cuda_graph import LANE_ROWS
 from memagent.model.decoding import GRAPH_MIN_NEW_TOKENS, DecodeBatch, decode
 from memagent.model.long_term_memory import mismatch
@@ -26,7 +26,7 @@ from memagent.model.memory_pool import MemoryPool
 from memagent.model.memoryllm import MemoryLLM
 from memagent.model.pool_file import PoolFileError, load_pool, save_pool
 from memagent.model.recall_keys import LexicalKeys
-from memagent.model.write_memory import WriteMemory
+from memagent.model.write_memory import WriteMemory, holding
 from memagent.sampling import SamplingParams, Usage
 from memagent.text_stream import TextStream
 
@@ -281,13 +281,21 @@ class Engine:
         """How `ask` puts a question to the model (training uses the same form)."""
         return self.chat_prompt([{"role": "user", "content": question}])
 
-    def answer(self, pool: MemoryPool, question: str, params: SamplingParams | None = None, **options) -> TextPieces:
+    def answer(
+        self, pool: MemoryPool, question: str, params: SamplingParams | None = None, *, grounded: bool = False, **options
+    ) -> TextPieces:
         """`ask`'s answer to `question` from `pool` as text pieces (a `Generation`, or an
-        `Abstained` when `abstains` says so without reading); `options` as for `generate`."""
+        `Abstained` when `abstains` says so without reading); `options` as for `generate`.
+        `grounded`: an answer no write supports (`grounding`) is "I don't know." as well."""
         prompt = self.question_prompt(question)
         if self.abstains(pool, question):
             return Abstained(len(self.encode(prompt)), pool.step)
-        return self.generate(pool, prompt, SamplingParams.for_ask(params, **options))
+        supported = self.grounding(pool, question) if grounded else None
+        generation = self.generate(pool, prompt, SamplingParams.for_ask(params, **options))
+        return generation if supported is None else Grounded(generation, supported)
+
+    def _key(self, text: str) -> torch.Tensor:
+        return self.model.recall_keys(torch.tensor(self.encode(text), dtype=torch.long))
 
     def abstains(self, pool: MemoryPool, question: str) -> bool:
         """Whether the answer is "I don't know." without reading: `pool` keeps whole writes and
@@ -300,11 +308,37 @@ class Engine:
         if not store.num_writes:
             return True
 
-        def held(spelling: str) -> bool:
-            return store.holds(self.model.recall_keys(torch.tensor(self.encode(spelling), dtype=torch.long)))
-
         names = list(dict.fromkeys(names_in(question)))[:CHECKED_NAMES]
-        return not all(held(name) or held(" " + name) for name in names)
+        return not all(store.holds(self._key(name)) or store.holds(self._key(" " + name)) for name in names)
+
+    def grounding(self, pool: MemoryPool, question: str) -> Callable[[str], bool]:
+        """Whether an answer to `question` is grounded in `pool` as it is now: one write holds
+        every name the question uses (spelled as `abstains` looks them up) and the answer's
+        words that the question does not use. Asked about what no write tells, the model copies
+        a name or value of a look-alike write, which names another subject; an answer made only
+        of the question's words passes. Needs a memory of whole writes, which keeps their words."""
+        store = pool.long_term
+        if not isinstance(store, WriteMemory):
+            raise ValueError("grounded answers need a memory that keeps whole writes, as the embedded default does")
+        key_ids, key_ends = store.key_ids, store.key_ends  # as the read finds them: later writes ground nothing
+
+        def writes_holding(text: str) -> torch.Tensor:
+            return holding(key_ids, key_ends, self._key(text))
+
+        named = torch.ones(len(key_ends), dtype=torch.bool)
+        for name in list(dict.fromkeys(names_in(question)))[:CHECKED_NAMES]:
+            named &= writes_holding(name) | writes_holding(" " + name)
+        asked = self._key(question)
+
+        def supported(answer: str) -> bool:
+            for spelling in (answer, " " + answer):  # as a word of its own or after a space
+                rest = self._key(spelling)
+                rest = rest[~torch.isin(rest, asked)]
+                if not len(rest) or bool((holding(key_ids, key_ends, rest) & named).any()):
+                    return True
+            return False
+
+        return supported
 
     def stream(
         self, pool: MemoryPool, prompts: Sequence[str], params: SamplingParams | None = None, **options
@@ -443,8 +477,40 @@ class Abstained:
             self.usage = Usage(self._usage.prompt_tokens, 0, "cancelled", self._usage.step)
 
 
+class Grounded:
+    """A grounded `ask`'s answer (`Engine.grounding`): the generation's pieces held back, an
+    empty piece for each so that a reader's steps go on, then the whole answer if `supported`
+    says so, else "I don't know."; `usage` is set with that last piece."""
+
+    def __init__(self, generation: Generation, supported: Callable[[str], bool]):
+        self._generation = generation
+        self._supported = supported
+        self._pieces: list[str] = []
+        self._answered = False
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._generation.usage if self._answered else None
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        if self._answered:
+            raise StopIteration
+        self._pieces.append(next(self._generation))
+        if self._generation.usage is None:  # its last piece comes with its usage
+            return ""
+        self._answered = True
+        answer = "".join(self._pieces)
+        return answer if is_abstention(answer) or self._supported(answer.strip()) else ABSTENTION
+
+    def close(self) -> None:
+        self._generation.close()
+
+
 # What a read hands out: text pieces, then its `usage`.
-TextPieces = Generation | Abstained
+TextPieces = Generation | Abstained | Grounded
 
 
 class NamedPool:
@@ -473,10 +539,11 @@ class NamedPool:
     def chat(self, messages: Sequence[dict], params: SamplingParams | None = None, *, stream: bool = False, **options):
         return self.generate(self.engine.chat_prompt(messages), params, stream=stream, **options)
 
-    def ask(self, question: str, params: SamplingParams | None = None, **options) -> str:
+    def ask(self, question: str, params: SamplingParams | None = None, *, grounded: bool = False, **options) -> str:
         """A short answer to `question`, from what this memory holds (`SamplingParams.for_ask`);
-        exactly "I don't know." (`memagent.abstention.ABSTENTION`) when it does not hold one."""
-        return "".join(self.engine.answer(self.pool, question, params, **options)).strip()
+        exactly "I don't know." (`memagent.abstention.ABSTENTION`) when it does not hold one.
+        `grounded`: also when no write supports the answer (`Engine.grounding`)."""
+        return "".join(self.engine.answer(self.pool, question, params, grounded=grounded, **options)).strip()
 
     def reset(self) -> None:
         with self.engine.lock:

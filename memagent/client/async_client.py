@@ -159,16 +159,19 @@ class AsyncClient:
         request = m.chat_request(memory_id, messages, params, options)
         return self._stream(self._stub.Chat, request)
 
-    async def ask(self, memory_id: str, question: str, params: SamplingParams | None = None, **options) -> str:
+    async def ask(
+        self, memory_id: str, question: str, params: SamplingParams | None = None, *, grounded: bool = False, **options
+    ) -> str:
         """A short answer to `question` from what the memory holds (`SamplingParams.for_ask`);
-        exactly "I don't know." when it does not hold one."""
-        return (await self.ask_with_usage(memory_id, question, params, **options)).text
+        exactly "I don't know." when it does not hold one. `grounded`: also when no write
+        supports the answer (memories of whole writes only)."""
+        return (await self.ask_with_usage(memory_id, question, params, grounded=grounded, **options)).text
 
     async def ask_with_usage(
-        self, memory_id: str, question: str, params: SamplingParams | None = None, **options
+        self, memory_id: str, question: str, params: SamplingParams | None = None, *, grounded: bool = False, **options
     ) -> Answer:
         """`ask`'s answer with its usage and whether it abstained ("I don't know.")."""
-        request = m.ask_request(memory_id, question, params, options)
+        request = m.ask_request(memory_id, question, params, options, grounded)
         return m.answer(await self._call(self._stub.Ask, request))
 
     def _stream(self, method, request) -> AsyncGenerationStream:

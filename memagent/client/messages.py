@@ -86,10 +86,12 @@ def chat_request(
     return pb.ChatRequest(memory_id=memory_id, messages=chat_messages(messages), options=sampling(params, **options))
 
 
-def ask_request(memory_id: str, question: str, params: SamplingParams | None, options: Mapping) -> pb.AskRequest:
+def ask_request(
+    memory_id: str, question: str, params: SamplingParams | None, options: Mapping, grounded: bool = False
+) -> pb.AskRequest:
     """Ask's defaults (`SamplingParams.for_ask`) under whatever the caller set."""
     options = sampling(SamplingParams.for_ask(params, **options))
-    return pb.AskRequest(memory_id=memory_id, question=question, options=options)
+    return pb.AskRequest(memory_id=memory_id, question=question, options=options, grounded=grounded)
 
 
 def usage(u: pb.Usage) -> Usage:

@@ -141,6 +141,7 @@ class Retention:
     refused: dict[int, list[bool]] = field(default_factory=dict)
     never_written: dict[int, list[bool]] = field(default_factory=dict)
     abstained: dict[int, list[bool]] = field(default_factory=dict)
+    grounded: Retention | None = None  # the same replies as a grounded ask gives them
 
     @staticmethod
     def rate(outcomes: list[bool]) -> float:
@@ -171,22 +172,26 @@ def ask_all(pool: NamedPool, questions: Sequence[str]) -> list[str]:
     return [answers.get(q, ABSTENTION) for q in questions]
 
 
-def run_stream(pool: NamedPool, writes: Stream, desc: str) -> Retention:
-    """Write the stream into `pool` (from empty), asking each question when it is due."""
-    result = Retention(writes.ks)
+def run_stream(pool: NamedPool, writes: Stream, desc: str, grounded: bool = False) -> Retention:
+    """Write the stream into `pool` (from empty), asking each question when it is due;
+    `grounded`: also record the replies as a grounded ask gives them (`Engine.grounding`)."""
+    result = Retention(writes.ks, grounded=Retention(writes.ks) if grounded else None)
     pool.reset()
     for done, text in enumerate(tqdm(writes.writes, desc=desc, unit="write"), start=1):
         pool.inject(text, progress=False)
         questions = writes.due.get(done, [])
         for question, reply in zip(questions, ask_all(pool, [q.text for q in questions])):
             result.record(question, reply)
+            if grounded:
+                kept = is_abstention(reply) or pool.engine.grounding(pool.pool, question.text)(reply)
+                result.grounded.record(question, reply if kept else ABSTENTION)
     return result
 
 
-def measure_stream(engine: Engine, writes: Stream, desc: str) -> Retention:
+def measure_stream(engine: Engine, writes: Stream, desc: str, grounded: bool = False) -> Retention:
     name = f"eval-{desc}"
     try:
-        return run_stream(engine.pool(name), writes, desc)
+        return run_stream(engine.pool(name), writes, desc, grounded)
     finally:
         engine.drop(name)
 

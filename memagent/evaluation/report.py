@@ -50,10 +50,13 @@ def measure(
     sentences = held_out_facts(facts, seed, tool=False)
     told, never_told = told_and_never_told(facts, seed + 1)
     facts_stream = fact_stream(told, never_told, distractors, gap=gap, seed=seed)
-    retention = measure_stream(engine, facts_stream, "retention")
+    retention = measure_stream(engine, facts_stream, "retention", grounded=True)
     without = measure_stream(short_term, facts_stream, "retention, no long-term memory") if short_term else None
     outside = measure_stream(
-        engine, outside_stream(outside_writes(), never_told_questions(), distractors, gap=gap, seed=seed), "outside set"
+        engine,
+        outside_stream(outside_writes(), never_told_questions(), distractors, gap=gap, seed=seed),
+        "outside set",
+        grounded=True,
     )
     chunks = held_out_chunks(engine.tokenizer, PERPLEXITY_CHUNKS, PERPLEXITY_TOKENS, seed)
     used = engine.pool("eval-perplexity")
@@ -74,6 +77,12 @@ def measure(
         "outside_recall": rates(outside.recall),
         "outside_refused": rates(outside.refused),
         "outside_abstained": rates(outside.abstained),
+        "grounded_recall": rates(retention.grounded.recall),
+        "grounded_refused": rates(retention.grounded.refused),
+        "grounded_abstained": rates(retention.grounded.abstained),
+        "outside_grounded_recall": rates(outside.grounded.recall),
+        "outside_grounded_refused": rates(outside.grounded.refused),
+        "outside_grounded_abstained": rates(outside.grounded.abstained),
         "base_fact_in_prompt": prompt_recall(base, sentences, with_fact=True),
         "base_no_fact": prompt_recall(base, sentences, with_fact=False),
         "sentence_recall": recall_at_zero(engine, sentences, "sentence writes"),
@@ -135,6 +144,12 @@ ROWS = [
     ("outside_recall", "outside set: recall"),
     ("outside_refused", "outside set: told facts answered \"I don't know.\""),
     ("outside_abstained", "outside set: never-told questions answered \"I don't know.\""),
+    ("grounded_recall", "grounded ask: recall"),
+    ("grounded_refused", "grounded ask: told facts answered \"I don't know.\""),
+    ("grounded_abstained", "grounded ask: never-told control answered \"I don't know.\""),
+    ("outside_grounded_recall", "grounded ask, outside set: recall"),
+    ("outside_grounded_refused", "grounded ask, outside set: told facts answered \"I don't know.\""),
+    ("outside_grounded_abstained", "grounded ask, outside set: never-told questions answered \"I don't know.\""),
 ]
 
 

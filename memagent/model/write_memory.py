@@ -63,6 +63,13 @@ def owners(key_ends: torch.Tensor) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(key_ends)), key_ends.diff(prepend=key_ends.new_zeros(1)))
 
 
+def holding(key_ids: torch.Tensor, key_ends: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """[n] bool: which writes' keys (`key_ids` cut at `key_ends`) hold every id of `ids`."""
+    wanted = ids.to(HOST).unique()
+    held = torch.bincount(owners(key_ends)[torch.isin(key_ids, wanted)], minlength=len(key_ends))
+    return held == len(wanted)
+
+
 class WriteMemory:
     """The whole writes of one pool: tokens [L, n * K, d] in host memory and each write's key."""
 
@@ -176,9 +183,7 @@ class WriteMemory:
 
     def holds(self, ids: torch.Tensor) -> bool:
         """Whether one write's key holds every id of `ids` (none: True)."""
-        wanted = ids.to(HOST).unique()
-        held = torch.bincount(owners(self.key_ends)[torch.isin(self.key_ids, wanted)], minlength=self.num_writes)
-        return not len(wanted) or bool((held == len(wanted)).any())
+        return not len(ids) or bool(holding(self.key_ids, self.key_ends, ids).any())
 
     def gather(self, layer: int, chosen: torch.Tensor, device=None) -> torch.Tensor:
         """Layer `layer`'s tokens [B, R' * K, d] of the writes `chosen` [B, R'], on `device`;

@@ -502,9 +502,11 @@ class MemoryStore:
     ) -> Generation:
         return self.generate(tenant, memory_id, self.engine.chat_prompt([dict(m) for m in messages]), params)
 
-    def ask(self, tenant: str, memory_id: str, question: str, params: SamplingParams | None = None) -> Generation:
+    def ask(
+        self, tenant: str, memory_id: str, question: str, params: SamplingParams | None = None, grounded: bool = False
+    ) -> Generation:
         """Like `NamedPool.ask`: a short answer (`SamplingParams.for_ask`), or "I don't know."."""
-        return self._read(tenant, memory_id, lambda pool: self.engine.answer(pool, question, params))
+        return self._read(tenant, memory_id, lambda pool: self.engine.answer(pool, question, params, grounded=grounded))
 
     # -- lifetime --------------------------------------------------------------------------
 

@@ -305,11 +305,13 @@ class FactSampler:
         return Fact(relation, f"{spec['kind']}:{subject}", text, question, answer)
 
     def distinct(self, n: int, **options) -> list[Fact]:
-        """`n` facts about different subjects (so every question has one right answer)."""
+        """`n` facts with different subjects, answers and questions, so every question has one
+        right answer. Subjects alone do not ensure it: "Sofia Costa" and "Sofia Thorne" are
+        both asked about as "Sofia"."""
         facts: list[Fact] = []
         while len(facts) < n:
             fact = self.fact(**options)
-            if all(f.subject != fact.subject and f.answer != fact.answer for f in facts):
+            if all(f.subject != fact.subject and f.answer != fact.answer and f.question != fact.question for f in facts):
                 facts.append(fact)
         return facts
 

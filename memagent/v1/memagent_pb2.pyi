@@ -328,14 +328,16 @@ class ChatRequest(_message.Message):
     def __init__(self, memory_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., options: _Optional[_Union[SamplingOptions, _Mapping]] = ...) -> None: ...
 
 class AskRequest(_message.Message):
-    __slots__ = ("memory_id", "question", "options")
+    __slots__ = ("memory_id", "question", "options", "grounded")
     MEMORY_ID_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    GROUNDED_FIELD_NUMBER: _ClassVar[int]
     memory_id: str
     question: str
     options: SamplingOptions
-    def __init__(self, memory_id: _Optional[str] = ..., question: _Optional[str] = ..., options: _Optional[_Union[SamplingOptions, _Mapping]] = ...) -> None: ...
+    grounded: bool
+    def __init__(self, memory_id: _Optional[str] = ..., question: _Optional[str] = ..., options: _Optional[_Union[SamplingOptions, _Mapping]] = ..., grounded: _Optional[bool] = ...) -> None: ...
 
 class AskResponse(_message.Message):
     __slots__ = ("answer", "usage", "abstained")

@@ -228,7 +228,7 @@ class MemoryServicer(memagent_pb2_grpc.MemoryServiceServicer):
     async def Ask(self, request: pb.AskRequest, context) -> pb.AskResponse:
         params = self._sampling(request.options, ASK_DEFAULTS)
         question = self.limits.prompt(request.question, "question")
-        text, usage = await self._collect(context, self.store.ask, request.memory_id, question, params)
+        text, usage = await self._collect(context, self.store.ask, request.memory_id, question, params, request.grounded)
         return pb.AskResponse(answer=text.strip(), usage=usage, abstained=is_abstention(text))
 
     async def _stream(self, context, start_fn, memory_id: str, *args) -> AsyncIterator[pb.GenerateResponse]:

@@ -116,3 +116,48 @@ def test_a_question_is_checked_for_its_first_distinct_names_only(writes_engine):
     assert not writes_engine.abstains(pool.pool, f"Are {held} and Zoltan here?"), "Zoltan comes 17th"
     assert writes_engine.abstains(pool.pool, f"Are Zoltan and {held} here?")
     assert writes_engine.abstains(pool.pool, f"Are {'Ravi0 ' * 100}and Zoltan here?"), "a name counts once"
+
+
+def test_a_grounded_answer_needs_one_write_holding_the_questions_names_and_the_answer(writes_engine):
+    pool = writes_engine.pool("grounding")
+    pool.inject("Ottilie keeps a parrot called Ravi.", progress=False)
+    pool.inject("Zoltan repairs clocks in Graz.", progress=False)
+    supported = writes_engine.grounding(pool.pool, "What does Ottilie keep?")
+    assert supported("a parrot") and supported("Ravi") and supported(" parrot")
+    assert not supported("clocks"), "a look-alike copy: Zoltan's write holds it, and not Ottilie"
+    assert not supported("a dog"), "no write holds it"
+    assert supported("Ottilie"), "the question's own words"
+    unnamed = writes_engine.grounding(pool.pool, "Who repairs clocks?")
+    assert unnamed("Zoltan") and unnamed("Ravi") and not unnamed("Berlin")
+    pool.inject("Ottilie also keeps a dog.", progress=False)
+    assert not supported("a dog"), "a write after the read grounds nothing"
+    assert writes_engine.grounding(pool.pool, "What does Ottilie keep?")("a dog")
+
+
+def test_a_grounded_ask_is_the_answer_or_i_dont_know(writes_engine):
+    pool = writes_engine.pool("grounded-ask")
+    pool.inject("Ottilie keeps a parrot called Ravi.", progress=False)
+    pool.inject("Zoltan repairs clocks in Graz.", progress=False)
+    # Greedy, the random model answers nothing (which the question's words ground); sampled, words no write holds.
+    sampled = dict(do_sample=True, temperature=1.5, seed=1, stop=["zzzz"], max_new_tokens=4)
+    for question, options in [("What does Ottilie keep?", {}), ("Who repairs clocks?", sampled), ("Where?", sampled)]:
+        plain = writes_engine.answer(pool.pool, question, **options)
+        text = "".join(plain)
+        grounded = writes_engine.answer(pool.pool, question, grounded=True, **options)
+        pieces = []
+        while grounded.usage is None:  # set with the last piece
+            pieces.append(next(grounded))
+        assert list(grounded) == []
+        supported = writes_engine.grounding(pool.pool, question)(text.strip())
+        assert "".join(pieces) == (text if supported else ABSTENTION) and not any(pieces[:-1])
+        assert grounded.usage == plain.usage
+        assert pool.ask(question, grounded=True, **options) == (text.strip() if supported else ABSTENTION)
+        assert supported == (not options), text
+    assert pool.ask("What does Xavier keep?", grounded=True) == ABSTENTION  # no write names Xavier: not read
+
+
+def test_grounded_answers_need_a_memory_of_whole_writes(tiny_engine):
+    pool = tiny_engine.pool("pool-only")
+    pool.inject("Mia lives in Lisbon.", progress=False)
+    with pytest.raises(ValueError, match="whole writes"):
+        pool.ask("Where does Mia live?", grounded=True)

@@ -91,11 +91,12 @@ def test_unrelated_writes_never_contain_the_answer():
         assert all(fact.answer.lower() not in w.lower() for w in writes[::2])
 
 
-def test_never_told_facts_share_no_subject_or_answer_with_told_ones():
+def test_never_told_facts_share_no_subject_answer_or_question_with_told_ones():
     told, never = told_and_never_told(30, seed=1)
     assert len(told) == len(never) == 30
     assert not {f.subject for f in told} & {f.subject for f in never}
     assert not {f.answer for f in told} & {f.answer for f in never}
+    assert not {f.question for f in told} & {f.question for f in never}  # else a write answers it
 
 
 def test_prose_writes_never_name_an_avoided_answer():

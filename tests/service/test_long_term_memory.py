@@ -140,6 +140,24 @@ def test_ask_abstains_without_reading_on_a_name_no_write_holds(model, client):
     assert client.ask_with_usage("names", "Which locker holds the parcel for Ben?").usage.completion_tokens > 0
 
 
+def test_a_grounded_ask_answers_as_the_engine_grounds_it(model, engine, client):
+    write(client, "grounded", NOTES[:3])
+    question, sampled = "Which locker holds the parcel for Ben?", dict(do_sample=True, temperature=1.5, seed=1)
+    if model != "random:tiny-writes":
+        with pytest.raises(ClientError, match="whole writes") as refused:
+            client.ask("grounded", question, grounded=True)
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        return
+    pool = engine.pool("grounded")
+    for text in NOTES[:3]:
+        pool.inject(text, progress=False)
+    local = pool.ask(question, stop=["zzzz"], **sampled)
+    assert local and not engine.grounding(pool.pool, question)(local), "sampled, the random model answers what no write holds"
+    answer = client.ask_with_usage("grounded", question, stop=["zzzz"], grounded=True, **sampled)
+    assert (answer.text, answer.abstained) == (ABSTENTION, True) and answer.usage.completion_tokens > 0
+    assert client.ask("grounded", question, stop=["zzzz"], **sampled) == local
+
+
 def test_export_and_import_carry_the_long_term_memory(model, client, tmp_path):
     write(client, "original", NOTES[:5])
     path = tmp_path / "original.tar"

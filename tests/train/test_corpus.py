@@ -45,6 +45,12 @@ def test_distinct_facts_have_one_right_answer_each():
     assert len({f.answer for f in facts}) == 6
 
 
+def test_distinct_facts_never_share_a_question():
+    """Two Sofias with different phones are different subjects but one question."""
+    facts = FactSampler("eval", seed=1).distinct(80)
+    assert len({f.question for f in facts}) == 80
+
+
 def test_tool_outputs_include_writes_under_16_tokens(tokenizer):
     sampler = FactSampler("train", seed=2)
     lengths = [len(tokenizer(sampler.fact(tool=True).text)["input_ids"]) for _ in range(100)]

@@ -137,14 +137,20 @@ export class MemAgentClient {
     return (await this.unary<{ forgotten: number }>("Forget", { memory_id, entry_ids })).forgotten;
   }
 
-  /** A short answer from what the memory holds; exactly "I don't know." when it holds none. */
-  async ask(memory_id: string, question: string, options: SamplingOptions = {}): Promise<string> {
-    return (await this.askWithUsage(memory_id, question, options)).answer;
+  /** A short answer from what the memory holds; exactly "I don't know." when it holds none
+   * (with `grounded`, also when no write supports the answer). */
+  async ask(memory_id: string, question: string, options: SamplingOptions = {}, grounded = false): Promise<string> {
+    return (await this.askWithUsage(memory_id, question, options, grounded)).answer;
   }
 
   /** `ask`'s answer with its usage and `abstained`: true when the answer is "I don't know.". */
-  askWithUsage(memory_id: string, question: string, options: SamplingOptions = {}): Promise<AskResponse__Output> {
-    return this.unary<AskResponse__Output>("Ask", { memory_id, question, options });
+  askWithUsage(
+    memory_id: string,
+    question: string,
+    options: SamplingOptions = {},
+    grounded = false,
+  ): Promise<AskResponse__Output> {
+    return this.unary<AskResponse__Output>("Ask", { memory_id, question, options, grounded });
   }
 
   /** The continuation of `prompt`, streamed. */
