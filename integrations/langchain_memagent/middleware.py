@@ -34,7 +34,8 @@ class MemAgentMiddleware(ClosesBackend, AgentMiddleware):
     `config={"configurable": {"memory_id": ...}}`; see `langchain_memagent.memory_choice`.
 
     `recall_tool()` makes a tool through which the agent's model can ask the memory a question;
-    its own answers are not written back.
+    its own answers are not written back. `grounded=True`: the tool answers "I don't know." where
+    no write supports the answer (`memagent.Engine.grounding`; memories of whole writes).
 
     Example:
         ```python
@@ -62,11 +63,13 @@ class MemAgentMiddleware(ClosesBackend, AgentMiddleware):
         engine: Engine | None = None,
         source: str = "langchain:agent",
         record_turns: bool | Literal["user"] = True,
+        grounded: bool = False,
     ):
         super().__init__()
         self.backend = connect(memory, server=server, token=token, timeout=timeout, engine=engine)
         self.source = source
         self.record_turns = record_turns
+        self.grounded = grounded  # the recall tool answers only where a write supports it (`Engine.grounding`)
         self._recall_tool_names: set[str] = set()
 
     def wrap_tool_call(self, request: ToolCallRequest, handler: Callable[[ToolCallRequest], ToolResult]) -> ToolResult:
@@ -116,10 +119,10 @@ class MemAgentMiddleware(ClosesBackend, AgentMiddleware):
         """A tool with one argument, `question`, answered by the memory the run names."""
 
         def recall(question: str) -> str:
-            return self._backend_for(None).ask(question)
+            return self._backend_for(None).ask(question, self.grounded)
 
         async def arecall(question: str) -> str:
-            return await self._backend_for(None).aask(question)
+            return await self._backend_for(None).aask(question, self.grounded)
 
         self._recall_tool_names.add(name)
         return StructuredTool.from_function(func=recall, coroutine=arecall, name=name, description=description)

@@ -67,7 +67,8 @@ class MemAgentStore(ClosesBackend, BaseStore):
     - `delete` forgets the key's entries: the memory is rebuilt without them.
     - `search(prefix, query=...)` answers from memory: one `SearchItem` per memory under the
       prefix, key "recall", value `{"query": ..., "answer": <what the memory answers>,
-      "abstained": <True when the answer is "I don't know.">}`.
+      "abstained": <True when the answer is "I don't know.">}`; with `grounded=True` the answer
+      is "I don't know." also where no write supports it (`memagent.Engine.grounding`).
     - `list_namespaces` lists the memories (of the token's tenant, on a server).
 
     What cannot apply, and why: there is no vector index (`index=` on put and the `score` of
@@ -103,9 +104,11 @@ class MemAgentStore(ClosesBackend, BaseStore):
         timeout: float | None = None,
         engine: Engine | None = None,
         source: str = "langgraph:store",
+        grounded: bool = False,
     ):
         self.backend = connect(server=server, token=token, timeout=timeout, engine=engine)
         self.source = source
+        self.grounded = grounded  # a query's answer only where a write supports it (`Engine.grounding`)
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         return [self._run(op) for op in ops]
@@ -176,7 +179,7 @@ class MemAgentStore(ClosesBackend, BaseStore):
 
     def _recall(self, namespace: tuple[str, ...], query: str) -> SearchItem:
         now = datetime.now(UTC)
-        answer = self._memory(namespace).ask(query)
+        answer = self._memory(namespace).ask(query, self.grounded)
         value = {"query": query, "answer": answer, "abstained": is_abstention(answer)}
         return SearchItem(namespace, "recall", value, now, now, score=None)
 

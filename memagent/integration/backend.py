@@ -67,7 +67,7 @@ class MemoryBackend(Protocol):
     def write(self, text: str, source: str | None = None, metadata: Mapping[str, str] | None = None) -> None: ...
     def entries(self) -> list[LoggedText]: ...
     def forget(self, entry_ids: Sequence[int]) -> None: ...
-    def ask(self, question: str) -> str: ...
+    def ask(self, question: str, grounded: bool = False) -> str: ...
     def generate(self, prompt: str, params: SamplingParams) -> Pieces: ...
     def chat(self, messages: Sequence[dict], params: SamplingParams) -> Pieces: ...
     def reset(self) -> None: ...
@@ -75,7 +75,7 @@ class MemoryBackend(Protocol):
     async def awrite(self, text: str, source: str | None = None, metadata: Mapping[str, str] | None = None) -> None: ...
     async def aentries(self) -> list[LoggedText]: ...
     async def aforget(self, entry_ids: Sequence[int]) -> None: ...
-    async def aask(self, question: str) -> str: ...
+    async def aask(self, question: str, grounded: bool = False) -> str: ...
     async def agenerate(self, prompt: str, params: SamplingParams) -> AsyncPieces: ...
     async def achat(self, messages: Sequence[dict], params: SamplingParams) -> AsyncPieces: ...
     async def areset(self) -> None: ...
@@ -287,8 +287,8 @@ class EngineBackend(_BoundMemory):
             log.texts = [t for t in log.texts if t.entry_id not in set(entry_ids)]
             log.steps = sum(pool.inject(t.text, progress=False).chunks for t in log.texts)
 
-    def ask(self, question: str) -> str:
-        return self._pool().ask(question)
+    def ask(self, question: str, grounded: bool = False) -> str:
+        return self._pool().ask(question, grounded=grounded)
 
     def generate(self, prompt: str, params: SamplingParams) -> Pieces:
         return self._pool().generate(prompt, params, stream=True)
@@ -314,8 +314,8 @@ class EngineBackend(_BoundMemory):
     async def aforget(self, entry_ids: Sequence[int]) -> None:
         await asyncio.to_thread(self.forget, entry_ids)
 
-    async def aask(self, question: str) -> str:
-        return await asyncio.to_thread(self.ask, question)
+    async def aask(self, question: str, grounded: bool = False) -> str:
+        return await asyncio.to_thread(self.ask, question, grounded)
 
     async def agenerate(self, prompt: str, params: SamplingParams) -> AsyncPieces:
         return _PiecesInThread(self.generate(prompt, params))
@@ -438,8 +438,8 @@ class ServerBackend(_BoundMemory):
     def forget(self, entry_ids: Sequence[int]) -> None:
         self._ready().forget(self._id, entry_ids)
 
-    def ask(self, question: str) -> str:
-        return self._ready().ask(self._id, question)
+    def ask(self, question: str, grounded: bool = False) -> str:
+        return self._ready().ask(self._id, question, grounded=grounded)
 
     def generate(self, prompt: str, params: SamplingParams) -> Pieces:
         return self._ready().generate(self._id, prompt, params)
@@ -462,8 +462,8 @@ class ServerBackend(_BoundMemory):
     async def aforget(self, entry_ids: Sequence[int]) -> None:
         await (await self._aready()).forget(self._id, entry_ids)
 
-    async def aask(self, question: str) -> str:
-        return await (await self._aready()).ask(self._id, question)
+    async def aask(self, question: str, grounded: bool = False) -> str:
+        return await (await self._aready()).ask(self._id, question, grounded=grounded)
 
     async def agenerate(self, prompt: str, params: SamplingParams) -> AsyncPieces:
         return (await self._aready()).generate(self._id, prompt, params)

@@ -6,8 +6,8 @@ import pytest
 from llama_index.core.llms import ChatMessage
 from pydantic import ValidationError
 
-from langchain_memagent import ChatMemAgent, MemAgentCallbackHandler, MemAgentLLM
-from llama_index.memory.memagent import MemAgentMemory
+from langchain_memagent import ChatMemAgent, MemAgentCallbackHandler, MemAgentLLM, MemAgentMiddleware, MemAgentStore
+from llama_index.memory.memagent import MemAgentMemory, MemAgentMemoryBlock
 from memagent.client import Client, ClientError
 from memagent.integration.backend import EngineBackend, connect
 from tests.integrations.conftest import new_memory_id
@@ -140,3 +140,22 @@ def test_an_engine_memory_written_around_its_log_refuses_to_forget(tiny_engine):
     with pytest.raises(KeyError, match="not in the log"):
         backend.forget([99])
     assert tiny_engine.pool(backend.memory).step == step and len(backend.entries()) == 1
+
+
+def test_adapters_pass_grounded_on_to_the_memory(target):
+    """`grounded=True` reaches the memory, in-process and over gRPC: this model's pool keeps no
+    whole writes, so the grounded ask is refused and the plain one answered."""
+    refused = (ValueError, ClientError)
+    question = [ChatMessage(role="user", content="Who drives a red van?")]
+    memory = MemAgentMemory(**target.kwargs, recall="always", grounded=True)
+    assert isinstance(memory.backend.ask("Who drives a red van?"), str)
+    with pytest.raises(refused, match="whole writes"):
+        memory.get("Who drives a red van?")
+    with pytest.raises(refused, match="whole writes"):
+        asyncio.run(MemAgentMemoryBlock(**target.kwargs, grounded=True).aget(question))
+    tool = MemAgentMiddleware(**target.kwargs, grounded=True).recall_tool()
+    with pytest.raises(refused, match="whole writes"):
+        tool.invoke({"question": "Who drives a red van?"})
+    kwargs = {k: v for k, v in target.kwargs.items() if k != "memory"}
+    with MemAgentStore(**kwargs, grounded=True) as store, pytest.raises(refused, match="whole writes"):
+        store.search((target.kwargs["memory"],), query="Who drives a red van?")

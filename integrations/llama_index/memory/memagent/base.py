@@ -92,6 +92,9 @@ class MemAgentMemory(MemoryConnection, BaseMemory):
     window: int = Field(default=8, description="Recent messages that get() returns besides the recall.")
     source: str = Field(default="llamaindex", description="Source label of the records written.")
     recall: RecallMode = Field(default="always", description="When get() asks the memory: always, questions, never.")
+    grounded: bool = Field(
+        default=False, description="Recall only answers a write supports, else \"I don't know.\" (memories of whole writes)."
+    )
     remember_assistant: bool = Field(default=True, description="Write assistant messages too, not only the user's.")
 
     _messages: List[ChatMessage] = PrivateAttr(default_factory=list)
@@ -138,13 +141,13 @@ class MemAgentMemory(MemoryConnection, BaseMemory):
     def get(self, input: Optional[str] = None, **kwargs: Any) -> List[ChatMessage]:
         recent = self._recent()
         question = input or latest_user_text(recent)
-        answer = self.backend.ask(question) if should_recall(self.recall, question) else ""
+        answer = self.backend.ask(question, self.grounded) if should_recall(self.recall, question) else ""
         return self._with_recall(recent, recalled(answer))
 
     async def aget(self, input: Optional[str] = None, **kwargs: Any) -> List[ChatMessage]:
         recent = self._recent()
         question = input or latest_user_text(recent)
-        answer = await self.backend.aask(question) if should_recall(self.recall, question) else ""
+        answer = await self.backend.aask(question, self.grounded) if should_recall(self.recall, question) else ""
         return self._with_recall(recent, recalled(answer))
 
     def get_all(self) -> List[ChatMessage]:

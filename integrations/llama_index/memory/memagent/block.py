@@ -44,6 +44,9 @@ class MemAgentMemoryBlock(MemoryConnection, BaseMemoryBlock[str]):
     name: str = Field(default="memagent", description="The block's name in the Memory's template.")
     source: str = Field(default="llamaindex:block", description="Source label of the records written.")
     recall: RecallMode = Field(default="always", description="When aget asks the memory: always, questions, never.")
+    grounded: bool = Field(
+        default=False, description="Recall only answers a write supports, else \"I don't know.\" (memories of whole writes)."
+    )
     remember_assistant: bool = Field(default=True, description="Write assistant messages too, not only the user's.")
 
     def _backend_for(self, session_id: str | None) -> MemoryBackend:
@@ -53,7 +56,7 @@ class MemAgentMemoryBlock(MemoryConnection, BaseMemoryBlock[str]):
         question = latest_user_text(messages or [])
         if not should_recall(self.recall, question):
             return ""
-        answer = recalled(await self._backend_for(block_kwargs.get("session_id")).aask(question))
+        answer = recalled(await self._backend_for(block_kwargs.get("session_id")).aask(question, self.grounded))
         return RECALL_PREFIX + answer if answer else ""
 
     async def _aput(self, messages: List[ChatMessage]) -> None:
