@@ -297,6 +297,12 @@ class Engine:
     def _key(self, text: str) -> torch.Tensor:
         return self.model.recall_keys(torch.tensor(self.encode(text), dtype=torch.long))
 
+    def _name_keys(self, question: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The keys of the first CHECKED_NAMES distinct names `question` uses, each spelled as a
+        word of its own and after a space (a tokenizer splits "Ottilie" and " Ottilie" differently)."""
+        names = list(dict.fromkeys(names_in(question)))[:CHECKED_NAMES]
+        return [(self._key(name), self._key(" " + name)) for name in names]
+
     def abstains(self, pool: MemoryPool, question: str) -> bool:
         """Whether the answer is "I don't know." without reading: `pool` keeps whole writes and
         holds none, or none that holds a name the question uses (`memagent.abstention.names_in`)
@@ -308,29 +314,27 @@ class Engine:
         if not store.num_writes:
             return True
 
-        names = list(dict.fromkeys(names_in(question)))[:CHECKED_NAMES]
-        return not all(store.holds(self._key(name)) or store.holds(self._key(" " + name)) for name in names)
+        return not all(store.holds(alone) or store.holds(spaced) for alone, spaced in self._name_keys(question))
 
     def grounding(self, pool: MemoryPool, question: str) -> Callable[[str], bool]:
         """Whether an answer to `question` is grounded in `pool` as it is now: one write holds
         every name the question uses (spelled as `abstains` looks them up) and the answer's
         words that the question does not use. Asked about what no write tells, the model copies
         a name or value of a look-alike write, which names another subject; an answer made only
-        of the question's words passes. Needs a memory of whole writes, which keeps their words."""
+        of the question's words passes, and so does "I don't know.". Needs a memory of whole
+        writes, which keeps their words."""
         store = pool.long_term
         if not isinstance(store, WriteMemory):
             raise ValueError("grounded answers need a memory that keeps whole writes, as the embedded default does")
         key_ids, key_ends = store.key_ids, store.key_ends  # as the read finds them: later writes ground nothing
-
-        def writes_holding(text: str) -> torch.Tensor:
-            return holding(key_ids, key_ends, self._key(text))
-
         named = torch.ones(len(key_ends), dtype=torch.bool)
-        for name in list(dict.fromkeys(names_in(question)))[:CHECKED_NAMES]:
-            named &= writes_holding(name) | writes_holding(" " + name)
+        for alone, spaced in self._name_keys(question):
+            named &= holding(key_ids, key_ends, alone) | holding(key_ids, key_ends, spaced)
         asked = self._key(question)
 
         def supported(answer: str) -> bool:
+            if is_abstention(answer):
+                return True
             for spelling in (answer, " " + answer):  # as a word of its own or after a space
                 rest = self._key(spelling)
                 rest = rest[~torch.isin(rest, asked)]
@@ -503,7 +507,7 @@ class Grounded:
             return ""
         self._answered = True
         answer = "".join(self._pieces)
-        return answer if is_abstention(answer) or self._supported(answer.strip()) else ABSTENTION
+        return answer if self._supported(answer.strip()) else ABSTENTION
 
     def close(self) -> None:
         self._generation.close()

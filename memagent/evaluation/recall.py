@@ -183,8 +183,8 @@ def run_stream(pool: NamedPool, writes: Stream, desc: str, grounded: bool = Fals
         for question, reply in zip(questions, ask_all(pool, [q.text for q in questions])):
             result.record(question, reply)
             if grounded:
-                kept = is_abstention(reply) or pool.engine.grounding(pool.pool, question.text)(reply)
-                result.grounded.record(question, reply if kept else ABSTENTION)
+                supported = pool.engine.grounding(pool.pool, question.text)
+                result.grounded.record(question, reply if supported(reply) else ABSTENTION)
     return result
 
 

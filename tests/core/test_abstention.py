@@ -127,6 +127,7 @@ def test_a_grounded_answer_needs_one_write_holding_the_questions_names_and_the_a
     assert not supported("clocks"), "a look-alike copy: Zoltan's write holds it, and not Ottilie"
     assert not supported("a dog"), "no write holds it"
     assert supported("Ottilie"), "the question's own words"
+    assert supported(ABSTENTION)
     unnamed = writes_engine.grounding(pool.pool, "Who repairs clocks?")
     assert unnamed("Zoltan") and unnamed("Ravi") and not unnamed("Berlin")
     pool.inject("Ottilie also keeps a dog.", progress=False)
