@@ -35,6 +35,11 @@ SHORT_WRITE_TOKENS = 16
 # Distinct names of a question `Engine.abstains` looks up: a question rarely has more, and a
 # crafted one with thousands would hold the engine while each is encoded and looked up.
 CHECKED_NAMES = 16
+# How far an answer leans toward the words of the write its read places nearest the question:
+# logits added to the tokens spelled as them, and to those of "I don't know." (less: enough
+# that abstaining keeps most of its odds). Measured in README, "Answers lean on the best match".
+COPY_BIAS = 3.0
+ABSTENTION_COPY_BIAS = 1.5
 
 
 @dataclass(frozen=True)
@@ -291,8 +296,35 @@ class Engine:
         if self.abstains(pool, question):
             return Abstained(len(self.encode(prompt)), pool.step)
         supported = self.grounding(pool, question) if grounded else None
-        generation = self.generate(pool, prompt, SamplingParams.for_ask(params, **options))
+        generation = self.generate(pool, prompt, SamplingParams.for_ask(params, **options), answers=True)
         return generation if supported is None else Grounded(generation, supported)
+
+    def answer_bias(self, pool: MemoryPool, prompt_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """[B, V] logits that answers to the question prompts `prompt_ids` (left-padded, `mask`)
+        add at every token; None for a memory without whole writes.
+
+        Reading a value it never saw in training, the model rebuilds it from memory tokens and
+        often misspells it ("rammen" for "ramen") or answers with the question's subject. The
+        key of the write its read trusts most, the best match, keeps the value's spelling: the
+        tokens spelled as that write's words that the question does not use get COPY_BIAS, and
+        those of "I don't know." ABSTENTION_COPY_BIAS."""
+        store = pool.long_term
+        if not isinstance(store, WriteMemory) or not store.num_writes:
+            return None
+        keys = self.model.recall_keys
+        asked = [keys(ids[real.bool()]) for ids, real in zip(prompt_ids, mask)]
+        bias = torch.zeros(len(asked), self.model.config.vocab_size)
+        for row, (key, best) in enumerate(zip(asked, store.choose(asked)[:, -1].tolist())):
+            words = store.key(best)
+            copied = COPY_BIAS * keys.tokens_spelled(words[~torch.isin(words, key)])
+            leaning = torch.maximum(copied, ABSTENTION_COPY_BIAS * self._abstention_tokens)[: bias.shape[1]]
+            bias[row, : len(leaning)] = leaning
+        return bias
+
+    @functools.cached_property
+    def _abstention_tokens(self) -> torch.Tensor:
+        keys = self.model.recall_keys
+        return keys.tokens_spelled(keys.spellings(ABSTENTION))
 
     def _key(self, text: str) -> torch.Tensor:
         return self.model.recall_keys(torch.tensor(self.encode(text), dtype=torch.long))
@@ -345,20 +377,33 @@ class Engine:
         return supported
 
     def stream(
-        self, pool: MemoryPool, prompts: Sequence[str], params: SamplingParams | None = None, **options
+        self,
+        pool: MemoryPool,
+        prompts: Sequence[str],
+        params: SamplingParams | None = None,
+        *,
+        answers: bool = False,
+        **options,
     ) -> BatchGeneration:
-        """The prompts' continuations, decoded together; `options` are SamplingParams fields."""
-        return BatchGeneration(self, pool, prompts, SamplingParams.of(params, **options))
+        """The prompts' continuations, decoded together; `options` are SamplingParams fields.
+        `answers`: the prompts are `question_prompt`s, answered as `ask` does (`answer_bias`)."""
+        return BatchGeneration(self, pool, prompts, SamplingParams.of(params, **options), answers)
 
     def generate(self, pool: MemoryPool, prompt: str, params: SamplingParams | None = None, **options) -> Generation:
         """The continuation of one prompt, as text pieces; its `usage` once it ended."""
         return Generation(self.stream(pool, [prompt], params, **options))
 
     def complete(
-        self, pool: MemoryPool, prompts: Sequence[str], params: SamplingParams | None = None, **options
+        self,
+        pool: MemoryPool,
+        prompts: Sequence[str],
+        params: SamplingParams | None = None,
+        *,
+        answers: bool = False,
+        **options,
     ) -> list[str]:
         texts = ["" for _ in prompts]
-        for pieces in self.stream(pool, prompts, params, **options):
+        for pieces in self.stream(pool, prompts, params, answers=answers, **options):
             texts = [t + p for t, p in zip(texts, pieces)]
         return texts
 
@@ -371,10 +416,12 @@ class BatchGeneration:
     end "cancelled". Each prompt is tokenized once, here.
     """
 
-    def __init__(self, engine: Engine, pool: MemoryPool, prompts: Sequence[str], params: SamplingParams):
+    def __init__(
+        self, engine: Engine, pool: MemoryPool, prompts: Sequence[str], params: SamplingParams, answers: bool = False
+    ):
         encoded = engine.tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="pt")
         self.usages: list[Usage] | None = None
-        self._steps = self._run(engine, pool, encoded, params)
+        self._steps = self._run(engine, pool, encoded, params, answers)
 
     def __iter__(self) -> Iterator[list[str]]:
         return self
@@ -385,7 +432,7 @@ class BatchGeneration:
     def close(self) -> None:
         self._steps.close()
 
-    def _run(self, engine: Engine, pool: MemoryPool, encoded, params: SamplingParams) -> Iterator[list[str]]:
+    def _run(self, engine: Engine, pool: MemoryPool, encoded, params: SamplingParams, answers: bool) -> Iterator[list[str]]:
         prompt_tokens = encoded["attention_mask"].sum(1).tolist()
         self._texts = [TextStream(engine.tokenizer, params.stop) for _ in prompt_tokens]
         self._completion = [0 for _ in prompt_tokens]
@@ -394,10 +441,13 @@ class BatchGeneration:
         step = pool.step
         try:
             ids, mask = encoded["input_ids"], encoded["attention_mask"]
+            bias = engine.answer_bias(pool, ids, mask) if answers else None
             cache_bytes = engine.model.cache_nbytes(pool, ids.shape[0], ids.shape[1] + params.max_new_tokens)
             pieces, decoded = ["" for _ in self._texts], 0
             with engine.cache_budget.reserve(cache_bytes):
-                steps = decode(engine.model, ids, params, engine.eos_token_ids, mask, pool, batch=engine.batch)
+                steps = decode(
+                    engine.model, ids, params, engine.eos_token_ids, mask, pool, batch=engine.batch, logit_bias=bias
+                )
                 with contextlib.closing(steps):
                     for row_tokens in steps:
                         if row_tokens is None:  # a prompt chunk went through, or others start: let them run

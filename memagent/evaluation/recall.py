@@ -167,7 +167,8 @@ def ask_all(pool: NamedPool, questions: Sequence[str]) -> list[str]:
     """`pool.ask` of every question, those that read decoded in one batch."""
     read = [q for q in questions if not pool.engine.abstains(pool.pool, q)]
     prompts = [pool.engine.question_prompt(q) for q in read]
-    replies = pool.generate_batch(prompts, SamplingParams.for_ask(max_new_tokens=ANSWER_TOKENS)) if read else []
+    params = SamplingParams.for_ask(max_new_tokens=ANSWER_TOKENS)
+    replies = pool.engine.complete(pool.pool, prompts, params, answers=True) if read else []
     answers = dict(zip(read, (reply.strip() for reply in replies)))
     return [answers.get(q, ABSTENTION) for q in questions]
 

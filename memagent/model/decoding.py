@@ -107,7 +107,9 @@ class Decoding:
         cuda_graph: bool = True,
         graphs: DecodeGraphs | None = None,
         eos_check_every: int | None = None,
+        logit_bias: torch.Tensor | None = None,
     ):
+        """`logit_bias` [B, V]: added to each row's logits before every token is chosen."""
         self.model = model
         self.params = params
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
@@ -130,6 +132,7 @@ class Decoding:
         self.cache = None
         self.graph_step = None  # a static step of this request's shape, whose cache it decodes in
         self.logits: torch.Tensor | None = None  # [B, V]: the next token's, once prefilled
+        self.logit_bias = None if logit_bias is None else logit_bias.to(model.device, torch.float32)
         self.error: BaseException | None = None  # what failed a prefill shared with others
         self._held = contextlib.ExitStack()
 
@@ -179,7 +182,8 @@ class Decoding:
     def sample(self) -> torch.Tensor:
         """The next token of every row [B], from the logits of the last step; ends the decoding
         after its last token."""
-        token = next_token(self.logits, self.params, self.generator).masked_fill(self.finished, self.pad_id)
+        logits = self.logits if self.logit_bias is None else self.logits + self.logit_bias
+        token = next_token(logits, self.params, self.generator).masked_fill(self.finished, self.pad_id)
         self.finished |= torch.isin(token, self.eos)
         self.produced += 1
         self.ready.append(token)

@@ -45,12 +45,18 @@ class LexicalKeys:
 
     @functools.cached_property
     def _frame(self) -> torch.Tensor:
-        return self._spellings(self.frame)
+        return self.spellings(self.frame)
 
-    def _spellings(self, text: str) -> torch.Tensor:
+    def spellings(self, text: str) -> torch.Tensor:
+        """The distinct spelling ids of `text`'s words (a key without the frame left out)."""
         lowered = torch.tensor(self.tokenizer(text.lower(), add_special_tokens=False)["input_ids"], dtype=torch.long)
         return self._spelling[lowered.clamp(max=len(self._spelling) - 1)].unique()
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        key = self._spellings(self.tokenizer.decode(ids.flatten().tolist()))
+        key = self.spellings(self.tokenizer.decode(ids.flatten().tolist()))
         return key[~torch.isin(key, self._frame)]
+
+    def tokens_spelled(self, key: torch.Tensor) -> torch.Tensor:
+        """[V] bool: the token ids spelled as one of `key`'s ids, in any case, with or without
+        a leading space."""
+        return torch.isin(self._spelling, key)

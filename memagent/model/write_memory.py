@@ -181,6 +181,11 @@ class WriteMemory:
         R = self.config.num_ltm_blocks
         return torch.stack([best_matches(self.key_ids, self.key_ends, key, R) for key in prompt_keys])
 
+    def key(self, write: int) -> torch.Tensor:
+        """The key ids of the `write`-th write held (0: the oldest held)."""
+        start = int(self.key_ends[write - 1]) if write else 0
+        return self.key_ids[start : int(self.key_ends[write])]
+
     def holds(self, ids: torch.Tensor) -> bool:
         """Whether one write's key holds every id of `ids` (none: True)."""
         return not len(ids) or bool(holding(self.key_ids, self.key_ends, ids).any())
