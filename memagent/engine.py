@@ -587,8 +587,11 @@ class NamedPool:
         generation = self.engine.generate(self.pool, prompt, params, **options)
         return generation if stream else "".join(generation)
 
-    def generate_batch(self, prompts: Sequence[str], params: SamplingParams | None = None, **options) -> list[str]:
-        return self.engine.complete(self.pool, prompts, params, **options)
+    def generate_batch(
+        self, prompts: Sequence[str], params: SamplingParams | None = None, *, answers: bool = False, **options
+    ) -> list[str]:
+        """The prompts' continuations, decoded together; `answers`: as `Engine.stream`."""
+        return self.engine.complete(self.pool, prompts, params, answers=answers, **options)
 
     def chat(self, messages: Sequence[dict], params: SamplingParams | None = None, *, stream: bool = False, **options):
         return self.generate(self.engine.chat_prompt(messages), params, stream=stream, **options)

@@ -168,7 +168,7 @@ def ask_all(pool: NamedPool, questions: Sequence[str]) -> list[str]:
     read = [q for q in questions if not pool.engine.abstains(pool.pool, q)]
     prompts = [pool.engine.question_prompt(q) for q in read]
     params = SamplingParams.for_ask(max_new_tokens=ANSWER_TOKENS)
-    replies = pool.engine.complete(pool.pool, prompts, params, answers=True) if read else []
+    replies = pool.generate_batch(prompts, params, answers=True) if read else []
     answers = dict(zip(read, (reply.strip() for reply in replies)))
     return [answers.get(q, ABSTENTION) for q in questions]
 
