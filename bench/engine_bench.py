@@ -11,6 +11,7 @@ decode tokens/s at batch 1 and 8, and peak memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import statistics
@@ -18,8 +19,10 @@ import time
 
 import torch
 
+from memagent.model.generation import stream
 from memagent.model.memoryllm import MemoryLLM
 from memagent.model.shapes import SHAPES, shape_config
+from memagent.sampling import SamplingParams
 
 
 def sync(device: torch.device) -> None:
@@ -98,13 +101,14 @@ def main() -> None:
     prompt = torch.randint(0, vocab, (1, args.prompt_tokens), device=device)
 
     def first_token(cold: bool):
+        """A request's first token, as served: on CUDA its prompt prefills in a captured graph."""
+        params = SamplingParams(max_new_tokens=args.new_tokens)
+
         def run():
             if cold:
                 model.pool.prefix_kv = None
-            with torch.inference_mode():
-                cache = model.new_cache(model.pool, 1, args.prompt_tokens + 1)
-                logits = model.lm_head(model.prefill(prompt, torch.ones_like(prompt), cache)[:, -1])
-                logits.argmax(-1).item()
+            with contextlib.closing(stream(model, prompt, params, [], cuda_graph=not args.no_cuda_graph)) as tokens:
+                next(tokens).item()
 
         return run
 

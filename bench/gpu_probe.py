@@ -5,9 +5,11 @@
 
 Stages: env (versions, GPU, attention backends), graphs (construction time, steady-state
 replay tokens/s), profile (3 decode steps: top kernels, attention's share), caches (new_cache
-time and memory at batch 1, 8, 32), prefill (peak memory of a 4k-token prompt), agreement
+time and memory at batch 1, 8, 32), prefill (peak memory of a 4k-token prompt; a short one's
+kernel time, eager wall time and captured wall time), agreement
 (bf16 vs fp32 greedy tokens, random smollm2-135m shape), memories (aggregate decode of up to
-8 memories, one stream each, decoded on their own and in one batch), compiled (batch 1 with the
+8 memories, one stream each, decoded on their own and in one batch: decode once every stream
+has its first token, and with the first tokens), compiled (batch 1 with the
 decode step compiled by inductor, then captured). A failing stage prints its error
 and the rest still run; the exit status counts the failures.
 """
@@ -215,6 +217,17 @@ class Probe:
             busy = sum(e.self_device_time_total for e in prof.key_averages()) / 1000
             print(f"prefill {self.args.prompt_tokens} tokens: {(time.perf_counter() - start) * 1000:.1f} ms wall "
                   f"(profiled), of which kernels ran {busy:.1f} ms")
+            graphs = DecodeGraphs.of(model)
+            with torch.inference_mode(), graphs.borrow(model.pool, 1, 2 * self.args.prompt_tokens) as step:
+                step.prefill(prompt, torch.ones_like(prompt))  # captured on first use
+                times = []
+                for _ in range(5):
+                    self.sync()
+                    start = time.perf_counter()
+                    step.prefill(prompt, torch.ones_like(prompt)).argmax(-1).item()
+                    times.append(time.perf_counter() - start)
+            print(f"prefill {self.args.prompt_tokens} tokens in a captured graph (StaticPrefill), to its first "
+                  f"token on the host: median {sorted(times)[2] * 1000:.1f} ms of 5")
 
     def agreement(self) -> None:
         shape = "tiny" if self.args.quick else "smollm2-135m"
@@ -249,20 +262,49 @@ class Probe:
             captures = graphs.captures
             for _ in range(2):
                 # Batched: one DecodeBatch, as an engine runs them; otherwise each stream alone.
-                batch = DecodeBatch(model, contextlib.nullcontext()) if batched else None
-                options = dict(batch=batch, cuda_graph=graphed)
-                streams = [stream(model, prompt, params, [], pool=pool, **options) for pool in pools]
+                batches = [DecodeBatch(model, contextlib.nullcontext())] * count if batched else [
+                    DecodeBatch(model, contextlib.nullcontext()) for _ in pools]
+                decoded = [0]  # rows of decode steps: tokens decoded
+                for batch in set(batches):
+                    batch.on_step = lambda rows: decoded.__setitem__(0, decoded[0] + rows)
+                streams = [stream(model, prompt, params, [], pool=pool, batch=batch, cuda_graph=graphed)
+                           for pool, batch in zip(pools, batches)]
                 self.sync()
                 start = time.perf_counter()
-                for _ in range(new):
+                for s in streams:  # each stream's prefill and first token (the first ones decode meanwhile)
+                    next(s)
+                self.sync()
+                first, before = time.perf_counter(), decoded[0]
+                for _ in range(new - 1):
                     for s in streams:
                         next(s)
                 self.sync()
-                took = time.perf_counter() - start
+                end = time.perf_counter()
             lanes = sum(lane.step is not None for lane in graphs.lanes.values())
-            print(f"{count} memories, one batch-1 stream each, {how}: {count * new / took:,.1f} tokens/s aggregate "
-                  f"(second round; {graphs.captures - captures} graphs captured; steps over several memories: "
+            print(f"{count} memories, one batch-1 stream each, {how}: {(decoded[0] - before) / (end - first):,.1f} "
+                  f"tokens/s aggregate decode once every stream has its first token ({(first - start) * 1000:.0f} ms "
+                  f"for the {count} first tokens, {count * new / (end - start):,.1f} tokens/s with them; second round; "
+                  f"{graphs.captures - captures} decode graphs captured; steps over several memories: "
                   f"{lanes} of a lane, {len(graphs.joint)} of other sets)")
+        lane = next(iter(graphs.lanes.values()), None)
+        if lane is not None and lane.step is not None:  # how much of a lane step is the device's?
+            from torch.profiler import ProfilerActivity, profile
+
+            rows, tokens = tuple(range(count)), torch.zeros(count, 1, dtype=torch.long, device=self.device)
+            with torch.inference_mode():
+                lane.decode(rows, tokens)
+                self.sync()
+                start = time.perf_counter()
+                for _ in range(20):
+                    lane.decode(rows, tokens)
+                self.sync()
+                per_step = (time.perf_counter() - start) / 20
+                print(f"the lane's step over {count} rows, replayed alone: {per_step * 1000:.2f} ms, "
+                      f"{count / per_step:,.0f} tokens/s")
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    lane.step._step()
+                    self.sync()
+            print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=8))
 
 
 STAGES = ["env", "graphs", "profile", "caches", "prefill", "agreement", "memories", "compiled"]

@@ -8,6 +8,10 @@ per request: a request borrows a free step of its bucket, loads its memory's pre
 (a device copy, skipped when the step last served the same memory version), prefills, replays,
 and gives the step back. Nothing here frees cached device memory.
 
+A request's own step also prefills its prompt when the read recalls nothing on the host: the
+prompt padded to a length bucket goes through a graph captured per (step, bucket)
+(`StaticPrefill`), so a short prompt's first token is not bound by kernel launches either.
+
 Requests decoding in one batch (`DecodeBatch`) step over several static caches at once
 (`DecodeGraphs.together`). One-row requests take rows of a lane (`Lane`): however many of its
 rows step together, on whatever memories, one graph over the lane replays, with one attention
@@ -35,6 +39,10 @@ if TYPE_CHECKING:
 
 WARMUP_STEPS = 2
 MIN_BUCKET = 64
+# Prompts prefill through static prefills (`StaticPrefill`) by length bucket, the next power of
+# two from MIN_PREFILL_BUCKET; longer ones, bound by the device rather than by launches, eagerly.
+MIN_PREFILL_BUCKET = 16
+MAX_PREFILL_TOKENS = 512
 MAX_STEPS = 8  # static steps kept (all buckets together); beyond it, the least recently used idle one goes
 # A lane: one-row requests (chat turns, questions) of up to LANE_TOKENS tokens, up to
 # LANE_ROWS of them at once, each on its own memory: LANE_ROWS copies of a memory prefix
@@ -71,8 +79,10 @@ class StaticDecodeStep:
         decode: Callable[[torch.Tensor, Sequence[KVCache]], torch.Tensor] | None = None,
         lane: Lane | None = None,
         row: int = 0,
+        graphs: DecodeGraphs | None = None,
     ):
         self.model = model
+        self.graphs = graphs  # whose static prefills a request's own step prefills through
         self.caches = list(caches)
         self.decode = decode or model.decode_rows  # `MemoryLLM.decode_rows`, or it compiled
         self.number = number  # a request's own step's place among its DecodeGraphs' steps
@@ -81,6 +91,7 @@ class StaticDecodeStep:
         self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=model.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
+        self.prefills: dict[int, StaticPrefill] = {}  # by prompt length bucket
         if capture:
             self._capture(warmup)
 
@@ -93,25 +104,7 @@ class StaticDecodeStep:
         return self.decode(self.tokens, self.caches)
 
     def _capture(self, warmup: int) -> None:
-        device = self.model.device
-        # The caches may be live (requests mid-answer): warm-up steps write their keys/values at
-        # the cursor, which the next real step overwrites, and the cursor and validity they move
-        # are put back. A capture itself runs nothing.
-        cursors = [(c.key_valid.clone(), c.next_slot.clone(), c.next_position.clone()) for c in self.caches]
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(warmup):
-                self._step()
-            for cache, (valid, slot, position) in zip(self.caches, cursors):
-                cache.key_valid.copy_(valid)
-                cache.next_slot.copy_(slot)
-                cache.next_position.copy_(position)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: allocations by other threads during capture are theirs, not errors.
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), torch.inference_mode():
-            self.logits = self._step()
+        self.graph, self.logits = captured(self._step, self.caches, warmup)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits [R, V] after `tokens` [R, 1]; the logits tensor is overwritten by the next call."""
@@ -120,6 +113,88 @@ class StaticDecodeStep:
             return self._step()
         self.graph.replay()
         return self.logits
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        """Logits [R, V] of the token after a request's prompt, prefilled into this request's
+        own cache by a `StaticPrefill` of the prompt's length bucket (made on first use); None
+        where none applies: prefills are not static (`DecodeGraphs.static_prefill`), the step
+        spans several requests, the read recalls long-term tokens on the host, or the padded
+        prompt would not fit the cache."""
+        graphs, cache = self.graphs, self.cache
+        bucket = max(MIN_PREFILL_BUCKET, 1 << (input_ids.shape[1] - 1).bit_length())
+        if graphs is None or not graphs.static_prefill or len(self.caches) > 1 or cache.long_term is not None:
+            return None
+        if bucket > min(cache.max_tokens, MAX_PREFILL_TOKENS):
+            return None
+        prefill = self.prefills.get(bucket)
+        if prefill is None:
+            prefill = self.prefills[bucket] = StaticPrefill(self.model, cache, bucket, graphs)
+        return prefill(input_ids, attention_mask)
+
+
+def captured(
+    run: Callable[[], torch.Tensor], caches: Sequence[KVCache], warmup: int, pool: tuple | None = None
+) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """`run` captured in a CUDA graph (in memory `pool`, default its own), and its output."""
+    device = caches[0].key_valid.device
+    # The caches may be live (requests mid-answer): warm-up steps write their keys/values at
+    # the cursor, which the next real step overwrites, and the cursor and validity they move
+    # are put back. A capture itself runs nothing.
+    cursors = [(c.key_valid.clone(), c.next_slot.clone(), c.next_position.clone()) for c in caches]
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side), torch.inference_mode():
+        for _ in range(warmup):
+            run()
+        for cache, (valid, slot, position) in zip(caches, cursors):
+            cache.key_valid.copy_(valid)
+            cache.next_slot.copy_(slot)
+            cache.next_position.copy_(position)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: allocations by other threads during capture are theirs, not errors.
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"), torch.inference_mode():
+        output = run()
+    return graph, output
+
+
+class StaticPrefill:
+    """Prefills of up to `bucket` tokens into one static cache (`MemoryLLM.prefill_padded`), in a
+    CUDA graph captured on first use when `graphs` capture.
+
+    A short prompt's eager prefill is bound by kernel launches on a slow host (a 64-token
+    prompt at the 8B shape ran 10.7 ms of kernels in 35-58 ms); replayed, it launches at once.
+    A model's prefill graphs share one memory pool: they replay one at a time, and each one's
+    logits are copied out before the next can reuse the pool's memory.
+    """
+
+    def __init__(self, model: MemoryLLM, cache: KVCache, bucket: int, graphs: DecodeGraphs):
+        self.model, self.cache, self.graphs = model, cache, graphs
+        rows = cache.batch_size
+        self.ids = torch.zeros(rows, bucket, dtype=torch.long, device=model.device)
+        self.mask = torch.zeros_like(self.ids)
+        self.length = torch.zeros((), dtype=torch.long, device=model.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None
+
+    def _run(self) -> torch.Tensor:
+        return self.model.prefill_padded(self.ids, self.mask, self.cache, self.length)
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        T = input_ids.shape[1]
+        self.ids[:, :T].copy_(input_ids)
+        self.ids[:, T:] = 0
+        self.mask[:, :T].copy_(attention_mask)
+        self.mask[:, T:] = 0
+        self.length.fill_(T)
+        if not self.graphs.capture:
+            return self._run()
+        if self.graph is None:
+            with self.graphs.lock:
+                self.graph, self.logits = captured(self._run, [self.cache], warmup=1, pool=self.graphs.prefill_pool)
+                self.graphs.prefill_captures += 1
+        self.graph.replay()
+        return self.logits.clone()
 
 
 class Lane:
@@ -156,7 +231,7 @@ class Lane:
             self.graphs.made += 1
             self.rows[row] = StaticDecodeStep(
                 self.graphs.model, [self.cache.row(row)], self.graphs.capture, self.graphs.made,
-                decode=self.decode_rows, lane=self, row=row,
+                decode=self.decode_rows, lane=self, row=row, graphs=self.graphs,
             )
             self.graphs.captures += self.graphs.capture
         return self.rows[row]
@@ -183,21 +258,40 @@ class DecodeGraphs:
     to LANE_TOKENS tokens (kept for the model's life: a model has one or two prefix shapes), and
     at most `max_steps` others by (batch, length bucket, prefix length, long-term slots)."""
 
-    def __init__(self, model: MemoryLLM, *, capture: bool | None = None, max_steps: int = MAX_STEPS):
+    def __init__(
+        self,
+        model: MemoryLLM,
+        *,
+        capture: bool | None = None,
+        max_steps: int = MAX_STEPS,
+        static_prefill: bool | None = None,
+    ):
+        """`static_prefill` (default: `capture`): requests' prompts prefill through their steps'
+        `StaticPrefill`s, captured if `capture`."""
         self.model = model
         self.where = (model.device, model.dtype)  # the steps' buffers stay where they were made
         self.capture = model.device.type == "cuda" if capture is None else capture
+        self.static_prefill = self.capture if static_prefill is None else static_prefill
+        self._prefill_pool: tuple | None = None
         self.max_steps = max_steps
         self.idle: dict[tuple, list[StaticDecodeStep]] = {}
         self.busy = 0
         self.made = 0
-        self.captures = 0
+        self.captures = 0  # decode steps captured
+        self.prefill_captures = 0
         self.order: list[StaticDecodeStep] = []  # idle steps, least recently used first
         self.lanes: dict[tuple, Lane] = {}  # by (prefix length, long-term slots)
         # Steps over several static steps' caches, by those steps in row order (`together`).
         self.joint: OrderedDict[tuple[StaticDecodeStep, ...], StaticDecodeStep] = OrderedDict()
         self._seen_together: OrderedDict[tuple[StaticDecodeStep, ...], None] = OrderedDict()  # once, not yet captured
         self.lock = threading.Lock()  # guards the lists and serializes captures
+
+    @property
+    def prefill_pool(self) -> tuple:
+        """The memory pool that the static prefills' graphs share (see `StaticPrefill`)."""
+        if self._prefill_pool is None:
+            self._prefill_pool = torch.cuda.graph_pool_handle()
+        return self._prefill_pool
 
     @classmethod
     def of(cls, model: MemoryLLM) -> "DecodeGraphs":
@@ -264,7 +358,7 @@ class DecodeGraphs:
                 return None
             cache = self.model.new_cache(pool, batch, length, own_prefix=True)
             self.made += 1
-            step = StaticDecodeStep(self.model, [cache], self.capture, self.made)
+            step = StaticDecodeStep(self.model, [cache], self.capture, self.made, graphs=self)
             self.captures += self.capture
             self.busy += 1
             return step

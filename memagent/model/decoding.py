@@ -165,6 +165,9 @@ class Decoding:
         which are small on the CPU while `contended()`: others wait for them."""
         with lock, torch.inference_mode():
             self.open_cache()
+            self.logits = self.static_logits()
+        if self.logits is not None:
+            return
         hidden = None
         on_cpu = self.model.device.type == "cpu"
 
@@ -178,6 +181,12 @@ class Decoding:
             hidden = chunk
         with lock, torch.inference_mode():
             self.logits = self.model.lm_head(hidden[:, -1])
+
+    def static_logits(self) -> torch.Tensor | None:
+        """The next token's logits [B, V], prefilled through the borrowed step's static prefill
+        (a captured graph on CUDA: see `StaticDecodeStep.prefill`); None if it does not take this
+        prompt. Under the model's lock."""
+        return None if self.graph_step is None else self.graph_step.prefill(self.input_ids, self.attention_mask)
 
     def sample(self) -> torch.Tensor:
         """The next token of every row [B], from the logits of the last step; ends the decoding
@@ -290,8 +299,11 @@ class DecodeBatch:
         try:
             for decoding in group:
                 decoding.open_cache()
-            hidden = self.model.prefill_shared([(d.input_ids, d.attention_mask, d.cache) for d in group])
-            logits = self.model.lm_head(hidden)
+            logits = {d: d.static_logits() for d in group}
+            shared = [d for d in group if logits[d] is None]
+            if shared:
+                hidden = self.model.prefill_shared([(d.input_ids, d.attention_mask, d.cache) for d in shared])
+                logits.update(zip(shared, self.model.lm_head(hidden).split([d.rows for d in shared])))
         except BaseException as error:
             for decoding in group:
                 decoding.error = error
@@ -300,8 +312,8 @@ class DecodeBatch:
             return
         self.prefills += 1
         self.running += group  # before their logits: a reader seeing those finds its request running
-        for decoding, part in zip(group, logits.split([d.rows for d in group])):
-            decoding.logits = part
+        for decoding in group:
+            decoding.logits = logits[decoding]
 
     def join(self, decoding: Decoding) -> None:
         with self.lock:

@@ -599,7 +599,23 @@ class MemoryLLM(nn.Module):
         hidden = self.read(torch.cat(ids), torch.cat(positions), reads, recall, firsts)
         return torch.cat([hidden[row, prompt_ids.shape[1] - 1] for row, (prompt_ids, _, _) in zip(rows, prompts)])
 
-    def _begin_prompt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache, length: int):
+    def prefill_padded(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache, length: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits [B, V] of the token after a prompt: the first `length` (a [] tensor on the
+        device) of the T columns of `input_ids`, left-padded as `prefill` takes them; the columns
+        after it are padding (as in `prefill_shared`). Nothing is read back to the host, so one
+        captured graph serves every prompt of up to T tokens. Not for a read that recalls (M+,
+        whole writes): its recall runs on the host."""
+        slots, positions, recall = self._begin_prompt(input_ids, attention_mask, cache, length)
+        if recall is not None:
+            raise ValueError("a read that recalls long-term tokens cannot prefill padded")
+        hidden = self.read(input_ids, positions, [(cache, slots)], first_slots=[cache.long_term_slots])
+        return self.lm_head(hidden.index_select(1, (length - 1).view(1))[:, 0])
+
+    def _begin_prompt(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache, length: int | torch.Tensor
+    ):
         """Mark a prompt's token slots in `cache`, choose its recalled writes, and leave the
         decode cursor after its first `length` tokens (the rest: padding on the right). Returns
         the slots [T], the RoPE positions [B, T] and the recall to run before each layer (M+,

@@ -1,5 +1,5 @@
 """CUDA: the reference still holds in fp32, the graphed decode step equals the eager one, bf16 runs,
-graphs are captured once per bucket and reused, requests on several memories replay one graph
+graphs are captured once per bucket and reused (prefills' too), requests on several memories replay one graph
 together, and a decode step never waits for the host."""
 
 import functools
@@ -97,6 +97,28 @@ def test_requests_on_several_memories_replay_one_graph_and_get_their_own_tokens(
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert logits.shape[0] == sum(rows) and torch.isfinite(logits).all()
+
+
+def test_prompts_prefill_in_graphs_captured_per_bucket_with_the_tokens_of_an_eager_prefill():
+    model = MemoryLLM.from_random(shape_config("smollm2-135m"), device="cuda")
+    model.inject(torch.randint(0, 49152, (1, 128), device="cuda"))
+    params = SamplingParams(max_new_tokens=12)
+    graphs = DecodeGraphs.of(model)
+    for length in (5, 16, 11, 17, 300, 9):  # buckets 16, 16, 16, 32, 512, 16
+        ids = torch.randint(0, 49152, (1, length), device="cuda")
+        eager = torch.stack(list(stream(model, ids, params, [], cuda_graph=False)), 1)
+        assert torch.equal(torch.stack(list(stream(model, ids, params, [])), 1), eager)
+    assert graphs.prefill_captures == 3, "one per bucket of the lane row that every request took"
+    with torch.inference_mode(), graphs.borrow(model.pool, 1, 64) as step:
+        ids = torch.randint(0, 49152, (1, 7), device="cuda")
+        step.prefill(ids, torch.ones_like(ids))
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            logits = step.prefill(ids, torch.ones_like(ids))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(logits).all()
 
 
 def test_graph_replay_and_sampling_never_sync():

@@ -230,6 +230,31 @@ def test_one_row_requests_on_several_memories_decode_in_one_lane_step(model):
 
 
 @torch.no_grad()
+def test_static_prefills_give_what_an_eager_prefill_gives(model):
+    """Prompts padded to a length bucket (as CUDA captures them) prefill to the same tokens, in a
+    lane's rows, in a step of two rows with left padding, and beyond a shared prefill's length;
+    each step keeps one per bucket. Reads that recall long-term tokens (M+) prefill eagerly."""
+    graphs = DecodeGraphs(model, capture=False, static_prefill=True)
+    long = (torch.arange(200)[None] * 7) % 190  # prefills alone (`Decoding.prefill`), bucket 256
+    requests = one_row_requests(model) + [(model.pool, long, SamplingParams(max_new_tokens=10))]
+    got, _ = together(model, requests, join_after={3: 2}, graphs=graphs)
+    assert got == alone(model, requests)
+    ids, mask = torch.tensor([[0, 0, 5, 6, 7], [9, 8, 10, 11, 12]]), torch.tensor([[0, 0, 1, 1, 1], [1] * 5])
+    params = SamplingParams(max_new_tokens=9)
+    two_rows = [list(stream(model, ids, params, [], mask, graphs=graphs, cuda_graph=cuda_graph)) for cuda_graph in (True, False)]
+    assert torch.equal(*(torch.stack(tokens) for tokens in two_rows))
+    (lane,) = graphs.lanes.values()
+    buckets = sorted(bucket for step in [*lane.rows, *graphs.order] if step for bucket in step.prefills)
+    # M+'s own pool holds long-term tokens (the requests of 16, 256 and two rows on it recall); the others not yet.
+    assert buckets == ([16, 16, 128] if model.config.long_term else [16, 16, 16, 16, 128, 256])
+    if not model.config.long_term:  # what a graph captures reads nothing back to the host
+        cache, ids = model.new_cache(model.pool, 1, 16), torch.tensor([[5, 6, 7, 0]])
+        with HostReads() as mode:
+            model.prefill_padded(ids, torch.tensor([[1, 1, 1, 0]]), cache, torch.tensor(3))
+        assert mode.reads == []
+
+
+@torch.no_grad()
 def test_compiled_lane_steps_give_the_same_tokens(model, monkeypatch):
     if model.config.long_term:
         pytest.skip("one model is enough: each compile takes seconds")
