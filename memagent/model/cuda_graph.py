@@ -121,9 +121,9 @@ class StaticDecodeStep:
         spans several requests, the read recalls long-term tokens on the host, or the padded
         prompt would not fit the cache."""
         graphs, cache = self.graphs, self.cache
-        bucket = max(MIN_PREFILL_BUCKET, 1 << (input_ids.shape[1] - 1).bit_length())
         if graphs is None or not graphs.static_prefill or len(self.caches) > 1 or cache.long_term is not None:
             return None
+        bucket = max(MIN_PREFILL_BUCKET, 1 << (input_ids.shape[1] - 1).bit_length())
         if bucket > min(cache.max_tokens, MAX_PREFILL_TOKENS):
             return None
         prefill = self.prefills.get(bucket)
