@@ -264,9 +264,9 @@ class Probe:
                 # Batched: one DecodeBatch, as an engine runs them; otherwise each stream alone.
                 batches = [DecodeBatch(model, contextlib.nullcontext())] * count if batched else [
                     DecodeBatch(model, contextlib.nullcontext()) for _ in pools]
-                decoded = [0]  # rows of decode steps: tokens decoded
+                decoded: list[int] = []  # each decode step's rows: tokens decoded
                 for batch in set(batches):
-                    batch.on_step = lambda rows: decoded.__setitem__(0, decoded[0] + rows)
+                    batch.on_step = decoded.append
                 streams = [stream(model, prompt, params, [], pool=pool, batch=batch, cuda_graph=graphed)
                            for pool, batch in zip(pools, batches)]
                 self.sync()
@@ -274,14 +274,14 @@ class Probe:
                 for s in streams:  # each stream's prefill and first token (the first ones decode meanwhile)
                     next(s)
                 self.sync()
-                first, before = time.perf_counter(), decoded[0]
+                first, before = time.perf_counter(), len(decoded)
                 for _ in range(new - 1):
                     for s in streams:
                         next(s)
                 self.sync()
                 end = time.perf_counter()
             lanes = sum(lane.step is not None for lane in graphs.lanes.values())
-            print(f"{count} memories, one batch-1 stream each, {how}: {(decoded[0] - before) / (end - first):,.1f} "
+            print(f"{count} memories, one batch-1 stream each, {how}: {sum(decoded[before:]) / (end - first):,.1f} "
                   f"tokens/s aggregate decode once every stream has its first token ({(first - start) * 1000:.0f} ms "
                   f"for the {count} first tokens, {count * new / (end - start):,.1f} tokens/s with them; second round; "
                   f"{graphs.captures - captures} decode graphs captured; steps over several memories: "
