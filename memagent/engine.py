@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from memagent.abstention import ABSTENTION, is_abstention, names_in
+from memagent.answer_spans import AnswerSpans, SpanVocabulary, question_words
 from memagent.model.cuda_graph import LANE_ROWS
 from memagent.model.decoding import GRAPH_MIN_NEW_TOKENS, DecodeBatch, decode
 from memagent.model.long_term_memory import mismatch
@@ -40,6 +41,11 @@ CHECKED_NAMES = 16
 # that abstaining keeps most of its odds). Measured in README, "Answers lean on the best match".
 COPY_BIAS = 3.0
 ABSTENTION_COPY_BIAS = 1.5
+# Tokens of a write's text an answer may be copied from, at most: the longest chunk a write
+# takes, so that a crafted import cannot make reads slow (`memagent.answer_spans`).
+SPAN_TEXT_TOKENS = 512
+# Stands for the question in a question prompt, to find where a prompt's question lies.
+_QUESTION = "\x00"
 
 
 @dataclass(frozen=True)
@@ -299,27 +305,54 @@ class Engine:
         generation = self.generate(pool, prompt, SamplingParams.for_ask(params, **options), answers=True)
         return generation if supported is None else Grounded(generation, supported)
 
-    def answer_bias(self, pool: MemoryPool, prompt_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
-        """[B, V] logits that answers to the question prompts `prompt_ids` (left-padded, `mask`)
-        add at every token; None for a memory without whole writes.
+    def answer_reading(
+        self, pool: MemoryPool, prompts: Sequence[str], prompt_ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, AnswerSpans] | None:
+        """How answers to the question prompts `prompts` (as `prompt_ids`, left-padded, `mask`)
+        lean on the writes their reads recall: a logit bias [B, V] added at every token and the
+        spans of those writes' texts they may take (`memagent.answer_spans`). None for a memory
+        without whole writes.
 
         Reading a value it never saw in training, the model rebuilds it from memory tokens and
         often misspells it ("rammen" for "ramen") or answers with the question's subject. The
         key of the write its read trusts most, the best match, keeps the value's spelling: the
         tokens spelled as that write's words that the question does not use get COPY_BIAS, and
-        those of "I don't know." ABSTENTION_COPY_BIAS."""
+        those of "I don't know." ABSTENTION_COPY_BIAS. The texts of all its recalled writes
+        bound what it may answer."""
         store = pool.long_term
         if not isinstance(store, WriteMemory) or not store.num_writes:
             return None
         keys = self.model.recall_keys
         asked = [keys(ids[real.bool()]) for ids, real in zip(prompt_ids, mask)]
-        bias = torch.zeros(len(asked), self.model.config.vocab_size)
-        for row, (key, best) in enumerate(zip(asked, store.choose(asked)[:, -1].tolist())):
+        chosen = store.choose(asked)
+        vocab = self.model.config.vocab_size
+        bias = torch.zeros(len(asked), vocab)
+        for row, (key, best) in enumerate(zip(asked, chosen[:, -1].tolist())):
             words = store.key(best)
             copied = COPY_BIAS * keys.tokens_spelled(words[~torch.isin(words, key)])
-            leaning = torch.maximum(copied, ABSTENTION_COPY_BIAS * self._abstention_tokens)[: bias.shape[1]]
+            leaning = torch.maximum(copied, ABSTENTION_COPY_BIAS * self._abstention_tokens)[:vocab]
             bias[row, : len(leaning)] = leaning
-        return bias
+        texts = [self._texts(store, row) for row in chosen.tolist()]
+        questions = [question_words(self._question_of(prompt)) for prompt in prompts]
+        return bias, AnswerSpans.of(self._span_vocabulary, texts, questions)
+
+    @functools.cached_property
+    def _span_vocabulary(self) -> SpanVocabulary:
+        return SpanVocabulary(self.tokenizer)
+
+    def _texts(self, store: WriteMemory, writes: list[int]) -> list[str] | None:
+        """The texts of `writes`; None if one was written before writes kept their texts."""
+        ids = [store.text(write)[:SPAN_TEXT_TOKENS] for write in writes]
+        if not all(len(written) for written in ids):
+            return None
+        return self.tokenizer.batch_decode([written[written < len(self.tokenizer)].tolist() for written in ids])
+
+    def _question_of(self, prompt: str) -> str:
+        """The question a `question_prompt` puts (a prompt of another form is taken whole)."""
+        before, _, after = self.question_prompt(_QUESTION).partition(_QUESTION)
+        if prompt.startswith(before) and prompt.endswith(after) and len(prompt) >= len(before) + len(after):
+            return prompt[len(before) : len(prompt) - len(after)]
+        return prompt
 
     @functools.cached_property
     def _abstention_tokens(self) -> torch.Tensor:
@@ -421,7 +454,7 @@ class BatchGeneration:
     ):
         encoded = engine.tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="pt")
         self.usages: list[Usage] | None = None
-        self._steps = self._run(engine, pool, encoded, params, answers)
+        self._steps = self._run(engine, pool, list(prompts), encoded, params, answers)
 
     def __iter__(self) -> Iterator[list[str]]:
         return self
@@ -432,7 +465,9 @@ class BatchGeneration:
     def close(self) -> None:
         self._steps.close()
 
-    def _run(self, engine: Engine, pool: MemoryPool, encoded, params: SamplingParams, answers: bool) -> Iterator[list[str]]:
+    def _run(
+        self, engine: Engine, pool: MemoryPool, prompts: list[str], encoded, params: SamplingParams, answers: bool
+    ) -> Iterator[list[str]]:
         prompt_tokens = encoded["attention_mask"].sum(1).tolist()
         self._texts = [TextStream(engine.tokenizer, params.stop) for _ in prompt_tokens]
         self._completion = [0 for _ in prompt_tokens]
@@ -441,12 +476,21 @@ class BatchGeneration:
         step = pool.step
         try:
             ids, mask = encoded["input_ids"], encoded["attention_mask"]
-            bias = engine.answer_bias(pool, ids, mask) if answers else None
+            reading = engine.answer_reading(pool, prompts, ids, mask) if answers else None
+            bias, spans = reading or (None, None)
             cache_bytes = engine.model.cache_nbytes(pool, ids.shape[0], ids.shape[1] + params.max_new_tokens)
             pieces, decoded = ["" for _ in self._texts], 0
             with engine.cache_budget.reserve(cache_bytes):
                 steps = decode(
-                    engine.model, ids, params, engine.eos_token_ids, mask, pool, batch=engine.batch, logit_bias=bias
+                    engine.model,
+                    ids,
+                    params,
+                    engine.eos_token_ids,
+                    mask,
+                    pool,
+                    batch=engine.batch,
+                    logit_bias=bias,
+                    answer_spans=spans,
                 )
                 with contextlib.closing(steps):
                     for row_tokens in steps:
@@ -599,7 +643,9 @@ class NamedPool:
     def ask(self, question: str, params: SamplingParams | None = None, *, grounded: bool = False, **options) -> str:
         """A short answer to `question`, from what this memory holds (`SamplingParams.for_ask`);
         exactly "I don't know." (`memagent.abstention.ABSTENTION`) when it does not hold one.
-        `grounded`: also when no write supports the answer (`Engine.grounding`)."""
+        In a memory of whole writes, words copied from a write its read recalls
+        (`memagent.answer_spans`). `grounded`: "I don't know." also when no write supports the
+        answer (`Engine.grounding`)."""
         return "".join(self.engine.answer(self.pool, question, params, grounded=grounded, **options)).strip()
 
     def reset(self) -> None:

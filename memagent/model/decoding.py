@@ -15,7 +15,7 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -42,6 +42,19 @@ CPU_PREFILL_QUERIES = 32
 # start at the same time prefill in one forward pass, up to PREFILL_QUERY_ROWS queries in all:
 # one pass reads the weights once for all of them (see `DecodeBatch.prefill`).
 SHARED_PREFILL_QUERIES = 128
+
+
+class TokenFilter(Protocol):
+    """Which tokens each row may choose next, told every token chosen; on the logits' device,
+    without reading back to the host."""
+
+    def to(self, device: torch.device) -> TokenFilter: ...
+
+    def restrict(self, logits: torch.Tensor, produced: int, eos: torch.Tensor) -> torch.Tensor:
+        """`logits` [B, V] with -inf where a row may not go after `produced` tokens."""
+        ...
+
+    def advance(self, token: torch.Tensor, produced: int) -> None: ...
 
 
 def left_align(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pad_id: int):
@@ -108,8 +121,10 @@ class Decoding:
         graphs: DecodeGraphs | None = None,
         eos_check_every: int | None = None,
         logit_bias: torch.Tensor | None = None,
+        answer_spans: TokenFilter | None = None,
     ):
-        """`logit_bias` [B, V]: added to each row's logits before every token is chosen."""
+        """`logit_bias` [B, V]: added to each row's logits before every token is chosen;
+        `answer_spans`: which tokens each row may choose (`memagent.answer_spans.AnswerSpans`)."""
         self.model = model
         self.params = params
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
@@ -133,6 +148,7 @@ class Decoding:
         self.graph_step = None  # a static step of this request's shape, whose cache it decodes in
         self.logits: torch.Tensor | None = None  # [B, V]: the next token's, once prefilled
         self.logit_bias = None if logit_bias is None else logit_bias.to(model.device, torch.float32)
+        self.answer_spans = None if answer_spans is None else answer_spans.to(model.device)
         self.error: BaseException | None = None  # what failed a prefill shared with others
         self._held = contextlib.ExitStack()
 
@@ -192,7 +208,11 @@ class Decoding:
         """The next token of every row [B], from the logits of the last step; ends the decoding
         after its last token."""
         logits = self.logits if self.logit_bias is None else self.logits + self.logit_bias
+        if self.answer_spans is not None:
+            logits = self.answer_spans.restrict(logits, self.produced, self.eos)
         token = next_token(logits, self.params, self.generator).masked_fill(self.finished, self.pad_id)
+        if self.answer_spans is not None:
+            self.answer_spans.advance(token, self.produced)
         self.finished |= torch.isin(token, self.eos)
         self.produced += 1
         self.ready.append(token)

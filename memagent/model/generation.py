@@ -27,7 +27,7 @@ def stream(
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row [B] per step, on the model's device; rows that have
     finished repeat pad. `options` are `memagent.model.decoding.decode`'s (batch, lock) and
-    `Decoding`'s (cuda_graph, graphs, eos_check_every, logit_bias).
+    `Decoding`'s (cuda_graph, graphs, eos_check_every, logit_bias, answer_spans).
 
     Stops after max_new_tokens or once every row has produced one of `eos_token_ids` (see
     `Decoding`). Stop strings are text, left to the caller. Closing the iterator early stops

@@ -739,7 +739,7 @@ class MemoryLLM(nn.Module):
         if update:
             dropped = pool.write(new)
             if isinstance(pool.long_term, WriteMemory):
-                pool.long_term.write(new, self.recall_keys(input_ids))
+                pool.long_term.write(new, self.recall_keys(input_ids), input_ids)
             elif pool.long_term is not None:
                 pool.long_term.write(dropped, self._retriever_keys(dropped), new.shape[1])
         return new

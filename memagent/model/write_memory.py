@@ -4,7 +4,8 @@ M+ keeps the tokens a pool drops one by one and a read retrieves M of them per l
 layer its own. A fact written once then lives in K tokens scattered by random drops over many
 layers' stores, and a read rarely brings all of them back together. This store keeps each
 write whole instead: the K tokens per layer it produced (the very tokens the pool received)
-with a key of the ids written (`memagent.model.recall_keys`). A read takes the R = M / K
+with a key of the ids written (`memagent.model.recall_keys`) and the ids themselves, in order,
+from which an ask's answer is copied (`memagent.answer_spans`). A read takes the R = M / K
 writes whose keys best match its prompt's, by BM25 over the keys as sets (a write sharing a
 rare id with the prompt outranks one sharing common ones, and a short write one as long as
 many; among equals the later write wins), and places them in every layer's long-term region
@@ -63,6 +64,22 @@ def owners(key_ends: torch.Tensor) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(key_ends)), key_ends.diff(prepend=key_ends.new_zeros(1)))
 
 
+def ragged_append(ids: torch.Tensor, ends: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids cut at ends, with `new` as one more piece."""
+    ids = torch.cat([ids, new.to(HOST, torch.long).flatten()])
+    return ids, torch.cat([ends, torch.tensor([len(ids)])])
+
+
+def ragged_drop(ids: torch.Tensor, ends: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids cut at ends, without the first `count` pieces."""
+    first_kept = int(ends[count - 1])
+    return ids[first_kept:], ends[count:] - first_kept
+
+
+def ragged_piece(ids: torch.Tensor, ends: torch.Tensor, i: int) -> torch.Tensor:
+    return ids[int(ends[i - 1]) if i else 0 : int(ends[i])]
+
+
 def holding(key_ids: torch.Tensor, key_ends: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """[n] bool: which writes' keys (`key_ids` cut at `key_ends`) hold every id of `ids`."""
     wanted = ids.to(HOST).unique()
@@ -81,6 +98,7 @@ class WriteMemory:
         key_ids: torch.Tensor,
         key_ends: torch.Tensor,
         first: int = 0,
+        texts: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         self.config = config
         self.tokens_per_write = tokens_per_write  # K
@@ -90,6 +108,9 @@ class WriteMemory:
         self._buffer = tokens
         self.key_ids = key_ids  # [E] int64: each write's distinct token ids, write after write
         self.key_ends = key_ends  # [n] int64: where each write's ids end in `key_ids`
+        # [T] int64 and [n] int64: each write's token ids as written, cut the same way (a store
+        # saved before they were kept has none).
+        self.text_ids, self.text_ends = texts if texts is not None else (key_ids[:0], torch.zeros_like(key_ends))
         self.first = first  # the number of the first write held (writes are numbered from 0 on)
         self.max_tokens: int | None = None
         self.uid = store_id()  # names these writes' tokens to what reads keep of them (`RecalledKV`)
@@ -124,13 +145,15 @@ class WriteMemory:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def write(self, new: torch.Tensor, key: torch.Tensor) -> None:
+    def write(self, new: torch.Tensor, key: torch.Tensor, text: torch.Tensor | None = None) -> None:
         """Keep the new memory [L, n, d] of one write whose key is `key` (distinct ids; a first
-        write's n < K tokens are repeated to K, as they fill the pool)."""
+        write's n < K tokens are repeated to K, as they fill the pool) and whose token ids are
+        `text` (None: not kept)."""
         block = fill(new.detach().to(HOST, self.tokens.dtype), self.tokens_per_write)
         self.tokens = self._append(block)
-        self.key_ids = torch.cat([self.key_ids, key.to(HOST, torch.long)])
-        self.key_ends = torch.cat([self.key_ends, torch.tensor([len(self.key_ids)])])
+        self.key_ids, self.key_ends = ragged_append(self.key_ids, self.key_ends, key)
+        text = text if text is not None else self.text_ids[:0]
+        self.text_ids, self.text_ends = ragged_append(self.text_ids, self.text_ends, text)
         self._bound()
 
     def _append(self, block: torch.Tensor) -> torch.Tensor:
@@ -167,10 +190,9 @@ class WriteMemory:
             return
         evicted = self.num_writes - self.max_tokens // self.tokens_per_write
         if evicted > 0:
-            first_kept = int(self.key_ends[evicted - 1])
             self.tokens = self.tokens[:, evicted * self.tokens_per_write :]
-            self.key_ids = self.key_ids[first_kept:]
-            self.key_ends = self.key_ends[evicted:] - first_kept
+            self.key_ids, self.key_ends = ragged_drop(self.key_ids, self.key_ends, evicted)
+            self.text_ids, self.text_ends = ragged_drop(self.text_ids, self.text_ends, evicted)
             self.first += evicted
 
     # -- reading ---------------------------------------------------------------------------
@@ -183,8 +205,11 @@ class WriteMemory:
 
     def key(self, write: int) -> torch.Tensor:
         """The key ids of the `write`-th write held (0: the oldest held)."""
-        start = int(self.key_ends[write - 1]) if write else 0
-        return self.key_ids[start : int(self.key_ends[write])]
+        return ragged_piece(self.key_ids, self.key_ends, write)
+
+    def text(self, write: int) -> torch.Tensor:
+        """The token ids the `write`-th write held wrote (empty if they were not kept)."""
+        return ragged_piece(self.text_ids, self.text_ends, write)
 
     def holds(self, ids: torch.Tensor) -> bool:
         """Whether one write's key holds every id of `ids` (none: True)."""
@@ -206,12 +231,14 @@ class WriteMemory:
         """Forget every write (the pool was reset)."""
         self.tokens = self._buffer = self.tokens[:, :0].clone()
         self.key_ids, self.key_ends = self.key_ids[:0], self.key_ends[:0]
+        self.text_ids, self.text_ends = self.text_ids[:0], self.text_ends[:0]
         self.first = 0
         self.uid = store_id()  # numbers start again from 0, for other writes
 
     def clone(self) -> "WriteMemory":
         keys = self.key_ids.clone(), self.key_ends.clone()
-        twin = WriteMemory(self.config, self.tokens_per_write, self.tokens.clone(), *keys, self.first)
+        texts = self.text_ids.clone(), self.text_ends.clone()
+        twin = WriteMemory(self.config, self.tokens_per_write, self.tokens.clone(), *keys, self.first, texts)
         twin.max_tokens = self.max_tokens
         return twin
 
@@ -224,7 +251,8 @@ class WriteMemory:
 
     @property
     def nbytes(self) -> int:
-        return self.tokens.nbytes + self.key_ids.nbytes + self.key_ends.nbytes
+        ragged = (self.key_ids, self.key_ends, self.text_ids, self.text_ends)
+        return self.tokens.nbytes + sum(t.nbytes for t in ragged)
 
     @property
     def host_nbytes(self) -> int:
@@ -252,6 +280,7 @@ class WriteMemory:
         since = self.first if since is None else since
         state = {f"ltm.{layer}": tokens for layer, tokens in enumerate(self.rows(since, self.end))}
         state |= {"ltm_write_keys": self.key_ids, "ltm_write_key_ends": self.key_ends}
+        state |= {"ltm_write_texts": self.text_ids, "ltm_write_text_ends": self.text_ends}
         state |= {"ltm_first_write": torch.tensor([self.first]), "ltm_tokens_from": torch.tensor([since])}
         return {k: v.detach().contiguous() for k, v in state.items()}
 
@@ -276,26 +305,40 @@ class WriteMemory:
         if since != first:
             for pieces, sealed in zip(layers, _sealed(state, L, K, first, since)):
                 pieces.insert(0, sealed)
-        key_ids, key_ends = state.pop("ltm_write_keys"), state.pop("ltm_write_key_ends")
+        key_ids, key_ends = _ragged(state, "ltm_write_keys", "ltm_write_key_ends")
         n = len(key_ends)
+        texts = (key_ids[:0], torch.zeros_like(key_ends))  # files from before texts were kept
+        if "ltm_write_texts" in state or "ltm_write_text_ends" in state:
+            texts = _ragged(state, "ltm_write_texts", "ltm_write_text_ends")
+            if len(texts[1]) != n:
+                raise ValueError(f"ltm_write_text_ends has {len(texts[1])} writes where the keys have {n}")
         for layer, pieces in enumerate(layers):
             shape = (sum(p.shape[0] for p in pieces), *pieces[-1].shape[1:])
             if any(p.dim() != 2 for p in pieces) or shape != (n * K, d):
                 raise ValueError(f"ltm.{layer} {shape} is not {n} writes of {K} tokens of size {d}")
             if not all(p.isfinite().all() for p in pieces):
                 raise ValueError(f"ltm.{layer} holds values that are not finite")
-        if key_ids.dim() != 1 or key_ends.dim() != 1 or key_ids.is_floating_point() or key_ends.is_floating_point():
-            raise ValueError("ltm_write_keys and ltm_write_key_ends must be vectors of integers")
-        key_ids, key_ends = key_ids.long(), key_ends.long()
-        total = int(key_ends[-1]) if n else 0
-        if bool((key_ends.diff(prepend=key_ends.new_zeros(1)) < 0).any()) or total != len(key_ids):
-            raise ValueError("ltm_write_key_ends does not divide ltm_write_keys into writes")
-        if bool((key_ids < 0).any()):
-            raise ValueError("ltm_write_keys holds negative token ids")
         tokens = torch.empty(L, n * K, d, dtype=memory.dtype, device=HOST)
         for layer, pieces in enumerate(layers):
             torch.cat([p.to(HOST, memory.dtype) for p in pieces], out=tokens[layer])
-        return cls(config, K, tokens, key_ids, key_ends, first)
+        return cls(config, K, tokens, key_ids, key_ends, first, texts)
+
+
+def _ragged(state: dict[str, torch.Tensor], ids_name: str, ends_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids saved as `ids_name`, cut into writes at `ends_name`; raises ValueError unless
+    both are there, integer vectors, and the ends cut the ids (non-negative) in order."""
+    ids, ends = state.pop(ids_name, None), state.pop(ends_name, None)
+    if ids is None or ends is None:
+        raise ValueError(f"long-term memory tensors missing: {ids_name} and {ends_name} go together")
+    if ids.dim() != 1 or ends.dim() != 1 or ids.is_floating_point() or ends.is_floating_point():
+        raise ValueError(f"{ids_name} and {ends_name} must be vectors of integers")
+    ids, ends = ids.long(), ends.long()
+    total = int(ends[-1]) if len(ends) else 0
+    if bool((ends.diff(prepend=ends.new_zeros(1)) < 0).any()) or total != len(ids):
+        raise ValueError(f"{ends_name} does not divide {ids_name} into writes")
+    if bool((ids < 0).any()):
+        raise ValueError(f"{ids_name} holds negative token ids")
+    return ids, ends
 
 
 def _number(state: dict[str, torch.Tensor], name: str, default: int | None = None) -> int:

@@ -19,10 +19,10 @@ def writes_engine() -> memagent.Engine:
     return memagent.load("random:tiny-writes")
 
 
-def _prompts(engine: memagent.Engine, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _reading(engine: memagent.Engine, pool, questions: list[str]):
     prompts = [engine.question_prompt(q) for q in questions]
     encoded = engine.tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
-    return encoded["input_ids"], encoded["attention_mask"]
+    return engine.answer_reading(pool, prompts, encoded["input_ids"], encoded["attention_mask"])
 
 
 def _written(engine: memagent.Engine, name: str):
@@ -34,7 +34,7 @@ def _written(engine: memagent.Engine, name: str):
 
 def test_the_bias_lifts_the_best_matchs_words_the_question_does_not_use(writes_engine):
     pool = _written(writes_engine, "bias")
-    bias = writes_engine.answer_bias(pool.pool, *_prompts(writes_engine, ["What does Ottilie keep?", "Who repairs clocks?"]))
+    bias, _ = _reading(writes_engine, pool.pool, ["What does Ottilie keep?", "Who repairs clocks?"])
     assert bias.shape == (2, writes_engine.model.config.vocab_size)
     abstaining = set(writes_engine.encode(ABSTENTION))
     ottilie, zoltan = bias.tolist()
@@ -51,11 +51,11 @@ def test_the_bias_lifts_the_best_matchs_words_the_question_does_not_use(writes_e
 
 
 def test_only_a_memory_of_whole_writes_biases_answers(writes_engine, tiny_engine):
-    ids, mask = _prompts(writes_engine, ["What does Ottilie keep?"])
-    assert writes_engine.answer_bias(writes_engine.pool("empty").pool, ids, mask) is None
+    question = ["What does Ottilie keep?"]
+    assert _reading(writes_engine, writes_engine.pool("empty").pool, question) is None
     pool = tiny_engine.pool("pool-only")
     pool.inject("Ottilie keeps a parrot called Ravi.", progress=False)
-    assert tiny_engine.answer_bias(pool.pool, ids, mask) is None
+    assert _reading(tiny_engine, pool.pool, question) is None
 
 
 @pytest.mark.parametrize("sampled", [False, True])

@@ -19,9 +19,9 @@ def store() -> WriteMemory:
     return WriteMemory.empty(config, K, torch.zeros(1, 12, d))
 
 
-def write(wm: WriteMemory, value: float, key: list[int]) -> None:
+def write(wm: WriteMemory, value: float, key: list[int], text: list[int] | None = None) -> None:
     """A write whose K tokens all hold `value`."""
-    wm.write(torch.full((1, K, d), value), torch.tensor(key))
+    wm.write(torch.full((1, K, d), value), torch.tensor(key), None if text is None else torch.tensor(text))
 
 
 def values(wm: WriteMemory) -> list[float]:
@@ -63,6 +63,7 @@ def test_writes_append_in_place_and_what_was_saved_never_changes():
     assert wm.tokens.data_ptr() == buffer, "grown in place, not copied"
     wm.limit(2 * K)  # keeps the latest two writes
     assert values(wm) == [2.0, 3.0] and wm.key_ids.tolist() == [3, 4] and wm.key_ends.tolist() == [1, 2]
+    assert wm.text_ends.tolist() == [0, 0], "written without their texts"
     middle = wm.state_dict()
     write(wm, 4.0, [5])
     assert values(wm) == [3.0, 4.0], "the oldest write goes first"
@@ -79,16 +80,22 @@ def test_a_bound_below_what_a_read_places_is_refused():
 
 def test_the_store_round_trips_and_a_damaged_one_is_refused():
     wm = store()
-    for value, key in ((0.0, [1, 2]), (1.0, [3])):
-        write(wm, value, key)
+    for value, key, text in ((0.0, [1, 2], [2, 1, 2]), (1.0, [3], [3])):
+        write(wm, value, key, text)
     memory = torch.zeros(1, 12, d)
     again = WriteMemory.from_state(wm.config, K, wm.state_dict(), memory)
     assert torch.equal(again.tokens, wm.tokens) and torch.equal(again.key_ids, wm.key_ids)
+    assert again.text(0).tolist() == [2, 1, 2] and again.text(1).tolist() == [3]
+    older = {k: v for k, v in wm.state_dict().items() if not k.startswith("ltm_write_text")}
+    assert WriteMemory.from_state(wm.config, K, older, memory).text_ends.tolist() == [0, 0], "saved before texts were"
     for name, damage, message in (
         ("ltm.0", lambda t: t[:-1], "is not 2 writes of 4 tokens"),
         ("ltm.0", lambda t: t.fill_(float("inf")), "not finite"),
         ("ltm_write_key_ends", lambda t: t + 1, "does not divide"),
-        ("ltm_write_key_ends", lambda t: t[:0], "is not 0 writes"),
+        ("ltm_write_key_ends", lambda t: t[:0], "does not divide"),
+        ("ltm_write_text_ends", lambda t: t[-1:], "1 writes where the keys have 2"),
+        ("ltm_write_texts", lambda t: -t, "ltm_write_texts holds negative"),
+        ("ltm_write_texts", None, "go together"),
         ("ltm_write_keys", lambda t: -t, "negative token ids"),
         ("ltm_write_keys", lambda t: t.float(), "vectors of integers"),
         ("ltm_write_keys", None, "missing"),

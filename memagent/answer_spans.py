@@ -1,0 +1,192 @@
+"""Answers copied from what was written: an ask answers with a span of the text of a write its
+read recalled, or with "I don't know.".
+
+Reading a value it never saw in training, the model rebuilds it from memory tokens: it often
+misspells it ("rammen" for "ramen", "5.1" for "5.1.6") or strays into words no write holds. A
+memory of whole writes keeps each write's token ids, and the writes a read recalls hold the
+value as it was written. So each row of an ask may only decode a span of one of those texts or
+"I don't know."; the model still chooses which, and in which tokens. A span starts at a word (a
+character after a space, or a letter or digit after any other character) that the question
+does not use, since answering with the question's own subject is the other common misread
+("Hamster" for "What did Liam name the hamster?"); its first letter may be capitalized and its
+first token may carry a space. It may end where its word does (before a space, or before
+punctuation that a space or the text's end follows): "PR-3918" is no answer where "PR-3918-LH"
+was written.
+
+The spans are an automaton over the bytes of the recalled texts: a state is a byte position,
+a token leads from a position to the one after its bytes where the text continues with them.
+`AnswerSpans` keeps each row's live positions on the decoding's device and moves them as tokens
+are chosen, without reading anything back to the host.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+
+import torch
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from memagent.abstention import ABSTENTION
+
+_START = re.compile(r"(?:(?<=\s)|^)\S|(?<=[^\w\s])\w")
+_WORD = re.compile(r"\w+")
+_TRAILING_PUNCTUATION = re.compile(r"[^\w\s]*")
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+class SpanVocabulary:
+    """Each token's bytes, for a tokenizer: byte-level BPE pieces mapped back to their bytes;
+    otherwise (SentencePiece) "▁" as a space and "<0xNN>" pieces as their byte. Special tokens
+    spell nothing."""
+
+    def __init__(self, tokenizer):
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        special = set(tokenizer.all_special_ids)
+        byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+        byte_level = all(c in byte_of for i, piece in enumerate(pieces) if i not in special for c in piece)
+        self.ids: dict[bytes, list[int]] = {}
+        for i, piece in enumerate(pieces):
+            if i in special or not piece:
+                continue
+            if byte_level:
+                spelled = bytes(byte_of[c] for c in piece)
+            elif match := _BYTE_PIECE.fullmatch(piece):
+                spelled = bytes([int(match.group(1), 16)])
+            else:
+                spelled = piece.replace("\u2581", " ").encode()
+            self.ids.setdefault(spelled, []).append(i)
+        self.longest = max(map(len, self.ids), default=0)
+        self.size = len(tokenizer)
+
+    @functools.lru_cache(maxsize=512)
+    def automaton(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One text's edges [E, 3] (from, token, to) between its byte positions, and [P] where an
+        answer may end. Kept for the reads that recall the same write again (tens of KB each)."""
+        data = text.encode()
+        edges = []
+        for start in range(len(data)):
+            for end in range(start + 1, min(len(data), start + self.longest) + 1):
+                edges.extend((start, token, end) for token in self.ids.get(data[start:end], ()))
+        ends = torch.zeros(len(data) + 1, dtype=torch.bool)
+        for char, byte in enumerate(_byte_offsets(text)):
+            ends[byte] = char > 0 and _word_ends(text, char)
+        return _edges(edges), ends
+
+    def first_edges(self, text: str, start: int) -> torch.Tensor:
+        """The edges [E, 3] an answer's first token may take besides the text's own, from the
+        word at character `start`: after a space, capitalized, or both."""
+        at, rest = _byte_offsets(text)[start], text[start:]
+        forms = {(" ", rest)}
+        capital = rest[:1].upper()
+        if capital != rest[:1] and len(capital.encode()) == len(rest[:1].encode()):
+            forms |= {("", capital + rest[1:]), (" ", capital + rest[1:])}
+        edges = []
+        for space, form in forms:
+            spelled, lead = (space + form).encode(), len(space)
+            for length in range(lead + 1, min(len(spelled), self.longest) + 1):
+                edges.extend((at, token, at + length - lead) for token in self.ids.get(spelled[:length], ()))
+        return _edges(edges)
+
+
+class AnswerSpans:
+    """Every row's span automaton, flattened: edges (`sources`, `tokens`, `targets`) between
+    byte positions of the rows' texts, each position's row (`owners`) and whether an answer
+    may end there (`ends`), the positions `live` now, and which edges only a first token takes
+    (`first`). Rows without texts (`free` [B]) decode as they would."""
+
+    def __init__(self, sources, tokens, targets, first, owners, ends, live, free, vocab: int):
+        self.sources, self.tokens, self.targets, self.first = sources, tokens, targets, first
+        self.owners, self.ends, self.live, self.free, self.vocab = owners, ends, live, free, vocab
+        self.edge_rows = owners[sources]
+
+    @classmethod
+    def of(
+        cls, vocabulary: SpanVocabulary, texts: Sequence[Sequence[str] | None], asked: Sequence[set[str]]
+    ) -> AnswerSpans:
+        """Spans of each row's texts of its recalled writes (None: the row is free), which start
+        at no word of its question (`asked`, its lowercased words), and of "I don't know."."""
+        edges, first, owners, ends, live = [_edges([])], [torch.zeros(0, dtype=torch.bool)], [], [], []
+        positions = 0
+        for row, (row_texts, words) in enumerate(zip(texts, asked)):
+            if row_texts is None:
+                continue
+            for text, whole in [(ABSTENTION, True), *((text, False) for text in row_texts)]:
+                text_edges, text_ends = vocabulary.automaton(text)
+                starts = [0] if whole else [m.start() for m in _START.finditer(text) if not _asked(text, m.start(), words)]
+                firsts = [vocabulary.first_edges(text, start) for start in starts]
+                shift = torch.tensor([positions, 0, positions])
+                for piece, only_first in [(text_edges, False), *((f, True) for f in firsts)]:
+                    edges.append(piece + shift)
+                    first.append(torch.full((len(piece),), only_first))
+                owners.append(torch.full((len(text_ends),), row))
+                ends.append(text_ends)
+                live.extend(positions + _byte_offsets(text)[start] for start in starts)
+                positions += len(text_ends)
+        sources, tokens, targets = torch.cat(edges).unbind(1)
+        alive = torch.zeros(positions, dtype=torch.bool)
+        alive[live] = True
+        owned = torch.cat(owners) if owners else torch.zeros(0, dtype=torch.long)
+        ended = torch.cat(ends) if ends else torch.zeros(0, dtype=torch.bool)
+        free = torch.tensor([row_texts is None for row_texts in texts], dtype=torch.bool)
+        return cls(sources, tokens, targets, torch.cat(first), owned, ended, alive, free, vocabulary.size)
+
+    def to(self, device: torch.device) -> AnswerSpans:
+        fields = (self.sources, self.tokens, self.targets, self.first, self.owners, self.ends, self.live, self.free)
+        return AnswerSpans(*(t.to(device) for t in fields), self.vocab)
+
+    def _usable(self, produced: int) -> torch.Tensor:
+        usable = self.live[self.sources]
+        return usable if not produced else usable & ~self.first
+
+    def restrict(self, logits: torch.Tensor, produced: int, eos: torch.Tensor) -> torch.Tensor:
+        """`logits` [B, V] with -inf on every token no live span of its row continues with, once
+        `produced` tokens were chosen; the end (`eos`) where a live span may end, or none is left."""
+        B, V = logits.shape
+        allowed = torch.zeros(B, max(V, self.vocab), device=logits.device)
+        allowed.index_put_((self.edge_rows, self.tokens), self._usable(produced).float(), accumulate=True)
+        may_end = torch.zeros(B, device=logits.device)
+        if produced:
+            may_end.index_put_((self.owners,), (self.live & self.ends).float(), accumulate=True)
+        allowed = allowed[:, :V] > 0
+        allowed[:, eos] |= ((may_end > 0) | ~allowed.any(1))[:, None]
+        allowed |= self.free[:, None]
+        return logits.masked_fill(~allowed, float("-inf"))
+
+    def advance(self, token: torch.Tensor, produced: int) -> None:
+        """Move each row's live positions along its chosen `token` [B]."""
+        taken = self._usable(produced) & (self.tokens == token[self.edge_rows])
+        moved = torch.zeros(len(self.live), device=self.live.device)
+        self.live = moved.index_put_((self.targets,), taken.float(), accumulate=True) > 0
+
+
+def _asked(text: str, start: int, asked: set[str]) -> bool:
+    word = _WORD.match(text, start)
+    return word is not None and word.group().lower() in asked
+
+
+def _edges(edges: list[tuple[int, int, int]]) -> torch.Tensor:
+    return torch.tensor(edges, dtype=torch.long).reshape(-1, 3)
+
+
+@functools.lru_cache(maxsize=512)
+def _byte_offsets(text: str) -> list[int]:
+    """The byte offset of each character of `text`, and of its end."""
+    offsets = [0]
+    for char in text:
+        offsets.append(offsets[-1] + len(char.encode()))
+    return offsets
+
+
+def _word_ends(text: str, end: int) -> bool:
+    """Whether an answer copied from `text` may end at character `end`: before a space, at the
+    end, or before punctuation that a space or the end follows."""
+    rest = text[end:]
+    after = rest[_TRAILING_PUNCTUATION.match(rest).end() :]
+    return not after or after[0].isspace()
+
+
+def question_words(question: str) -> set[str]:
+    """The lowercased words of `question`, which no answer span starts at."""
+    return {word.lower() for word in _WORD.findall(question)}

@@ -1,0 +1,178 @@
+"""Asks answer with a span of a recalled write's text, or "I don't know.": spans start at words
+the question does not use and end where a word does; rows are narrowed on the device."""
+
+import re
+
+import pytest
+import torch
+
+import memagent
+from memagent import default_model
+from memagent.abstention import ABSTENTION
+from memagent.answer_spans import AnswerSpans, SpanVocabulary, question_words
+from memagent.model.pool_file import save_pool
+from memagent.sampling import SamplingParams
+from tests.core.test_gpu_path import HostReads
+
+WRITES = [
+    "Ottilie keeps a parrot called Ravi.",
+    "Release 7.14.2-rc.3 ships PR-3918-LH to Kirkjubæjarklaustur.",
+    '{"shipment": 584, "dest": "Ghent"}',
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return default_model.load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def vocabulary(tokenizer) -> SpanVocabulary:
+    return SpanVocabulary(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def writes_engine() -> memagent.Engine:
+    return memagent.load("random:tiny-writes")
+
+
+QUESTION = "Which release goes out?"
+
+
+def _spans(vocabulary, texts, question=QUESTION) -> AnswerSpans:
+    return AnswerSpans.of(vocabulary, texts, [question_words(question)] * len(texts))
+
+
+def _allowed(spans: AnswerSpans, produced: int, eos: torch.Tensor) -> torch.Tensor:
+    return spans.restrict(torch.zeros(len(spans.free), spans.vocab), produced, eos) > float("-inf")
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _may_end_after(vocabulary, write: str, ids: list[int], question: str = QUESTION) -> bool:
+    """Decode `ids` under the spans of `write`: each must be allowed; then whether the answer
+    may end."""
+    spans, eos = _spans(vocabulary, [[write]], question), torch.tensor([0])
+    for produced, token in enumerate(ids):
+        assert _allowed(spans, produced, eos)[0, token], (ids, produced)
+        spans.advance(torch.tensor([token]), produced)
+    return bool(_allowed(spans, len(ids), eos)[0, 0])
+
+
+def test_a_span_starts_at_a_word_the_question_does_not_use(tokenizer, vocabulary):
+    first = _allowed(_spans(vocabulary, [[WRITES[1]]]), 0, torch.tensor([0]))[0]
+    for start in ("7", "14", "ships", "Ships", " ships", " Ships", "PR", "3918", "LH", "to", "Kirk", "I don't"):
+        assert first[_ids(tokenizer, start)[0]], start
+    assert not first[_ids(tokenizer, "Release")[0]], "the question's own word"
+    assert not first[_ids(tokenizer, "Zoltan")[0]], "no recalled write holds it"
+    assert not first[_ids(tokenizer, "kirk")[0]], "a name keeps its capital"
+    assert not first[0], "nothing has been chosen: no end yet"
+
+
+def test_an_answer_ends_where_its_word_does(tokenizer, vocabulary):
+    for unfinished in ("PR-3918", "7.14", "ships PR", "Kirkjubæ"):
+        assert not _may_end_after(vocabulary, WRITES[1], _ids(tokenizer, unfinished)), unfinished
+    for answer in ("PR-3918-LH", "7.14.2-rc.3", "Kirkjubæjarklaustur", "Kirkjubæjarklaustur.", "ships PR-3918-LH"):
+        assert _may_end_after(vocabulary, WRITES[1], _ids(tokenizer, answer)), answer
+    assert _may_end_after(vocabulary, WRITES[2], _ids(tokenizer, "Ghent")), "before closing quotes"
+
+
+def test_any_tokens_that_spell_the_span_will_do(tokenizer, vocabulary):
+    letters = [_ids(tokenizer, c)[0] for c in "Ghent"]
+    assert len(letters) == 5 and letters != _ids(tokenizer, "Ghent")
+    assert _may_end_after(vocabulary, WRITES[2], letters)
+    written = "The meeting moved to 東京 on Friday."
+    assert any(len(tokenizer.decode([i]).strip("\ufffd")) < 1 for i in _ids(tokenizer, "東京")), "pieces of bytes"
+    assert _may_end_after(vocabulary, written, _ids(tokenizer, "東京"))
+
+
+def test_i_dont_know_is_always_an_answer(tokenizer, vocabulary):
+    question = "What should I cook for Rania?"
+    assert _may_end_after(vocabulary, WRITES[0], _ids(tokenizer, ABSTENTION), question)
+    assert _may_end_after(vocabulary, WRITES[0], _ids(tokenizer, " " + ABSTENTION), question)
+
+
+def test_rows_without_spans_decode_freely_and_a_row_with_none_left_can_only_end(tokenizer, vocabulary):
+    spans = _spans(vocabulary, [None, [WRITES[0]]])
+    logits = torch.randn(2, len(tokenizer))
+    assert torch.equal(spans.restrict(logits, 0, torch.tensor([0]))[0], logits[0])
+    spans.advance(torch.tensor([5, _ids(tokenizer, "Zoltan")[0]]), 0)  # not a span's first token
+    assert _allowed(spans, 1, torch.tensor([0, 1]))[1].nonzero().flatten().tolist() == [0, 1], "only the end"
+
+
+def test_narrowing_reads_nothing_back_to_the_host(tokenizer, vocabulary):
+    spans = _spans(vocabulary, [[WRITES[0]], [WRITES[1]]])
+    eos = torch.tensor([0])
+    with HostReads() as mode:
+        for produced in range(3):
+            logits = spans.restrict(torch.randn(2, len(tokenizer)), produced, eos)
+            spans.advance(logits.argmax(-1), produced)
+    assert mode.reads == []
+
+
+def _is_span(answer: str, texts: list[str], question: str) -> bool:
+    """Whether `answer` is "I don't know." or starts a recalled text at a word the question does not use."""
+    if answer == ABSTENTION or not answer:
+        return True
+    asked = question_words(question)
+    for text in texts:
+        for start in range(len(text)):
+            word = re.match(r"\w+", text[start:])
+            if word is not None and word.group().lower() in asked:
+                continue
+            if text[start].lower() == answer[0].lower() and text[start + 1 :].startswith(answer[1:]):
+                return True
+    return False
+
+
+def _written(engine: memagent.Engine, name: str):
+    pool = engine.pool(name)
+    for text in WRITES:
+        pool.inject(text, progress=False)
+    return pool
+
+
+def test_asks_of_a_memory_of_whole_writes_answer_with_spans_of_its_writes(writes_engine):
+    pool = _written(writes_engine, "spans")
+    questions = ["What does Ottilie keep?", "Which release ships the PR?", "Where does order 584 go?", "Who is Ravi?"]
+    params = SamplingParams.for_ask(max_new_tokens=6)
+    answers = [pool.ask(q, params) for q in questions]
+    assert all(_is_span(a, WRITES, q) for a, q in zip(answers, questions)), answers
+    prompts = [writes_engine.question_prompt(q) for q in questions]
+    assert [a.strip() for a in writes_engine.complete(pool.pool, prompts, params, answers=True)] == answers
+    assert [f.strip() for f in writes_engine.complete(pool.pool, prompts, params)] != answers, "other reads are free"
+
+
+def _reading(engine: memagent.Engine, pool, question: str):
+    prompt = engine.question_prompt(question)
+    encoded = engine.tokenizer([prompt], return_tensors="pt")
+    return engine.answer_reading(pool, [prompt], encoded["input_ids"], encoded["attention_mask"])
+
+
+def test_each_write_keeps_its_text_and_one_saved_without_leaves_its_reads_free(writes_engine, tmp_path):
+    pool = _written(writes_engine, "old")
+    store = pool.pool.long_term
+    assert [store.text(w).tolist() for w in range(3)] == [writes_engine.plan_write(t).chunks[0] for t in WRITES]
+    assert not _reading(writes_engine, pool.pool, "Who is Ravi?")[1].free.any()
+    store.text_ids, store.text_ends = store.text_ids[:0], torch.zeros_like(store.text_ends)  # as stores were saved before
+    path = tmp_path / "old.safetensors"
+    save_pool(pool.pool, path, writes_engine.fingerprint())
+    pool.load(path)
+    assert pool.pool.long_term.num_writes == len(WRITES)
+    assert _reading(writes_engine, pool.pool, "Who is Ravi?")[1].free.all()
+    assert pool.ask("Who is Ravi?", max_new_tokens=6) is not None
+
+
+def test_crafted_texts_are_cut_to_what_a_write_may_hold(writes_engine, tmp_path):
+    """Ids beyond the vocabulary are left out and a text longer than SPAN_TEXT_TOKENS is cut."""
+    pool = _written(writes_engine, "crafted")
+    store = pool.pool.long_term
+    flood = torch.full((100_000,), writes_engine.encode(" Ravi")[0])
+    store.text_ids = torch.cat([store.text_ids[:1] + 10**9, store.text_ids[1:], flood])
+    store.text_ends = store.text_ends + torch.tensor([0, 0, len(flood)])
+    path = tmp_path / "crafted.safetensors"
+    save_pool(pool.pool, path, writes_engine.fingerprint())
+    pool.load(path)
+    assert _is_span(pool.ask("What does Ottilie keep?", max_new_tokens=6), WRITES, "What does Ottilie keep?")
