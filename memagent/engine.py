@@ -419,7 +419,7 @@ class Engine:
         **options,
     ) -> BatchGeneration:
         """The prompts' continuations, decoded together; `options` are SamplingParams fields.
-        `answers`: the prompts are `question_prompt`s, answered as `ask` does (`answer_bias`)."""
+        `answers`: the prompts are `question_prompt`s, answered as `ask` does (`answer_reading`)."""
         return BatchGeneration(self, pool, prompts, SamplingParams.of(params, **options), answers)
 
     def generate(self, pool: MemoryPool, prompt: str, params: SamplingParams | None = None, **options) -> Generation:
