@@ -142,15 +142,18 @@ class AnswerSpans:
 
     def restrict(self, logits: torch.Tensor, produced: int, eos: torch.Tensor) -> torch.Tensor:
         """`logits` [B, V] with -inf on every token no live span of its row continues with, once
-        `produced` tokens were chosen; the end (`eos`) where a live span may end, or none is left."""
+        `produced` tokens were chosen; the end (`eos`) where a live span may end, or none is left.
+        Scatters only: nothing waits for the device."""
         B, V = logits.shape
-        allowed = torch.zeros(B, max(V, self.vocab), device=logits.device)
-        allowed.index_put_((self.edge_rows, self.tokens), self._usable(produced).float(), accumulate=True)
+        width = max(V, self.vocab)
+        allowed = torch.zeros(B * width, device=logits.device)
+        allowed.scatter_add_(0, self.edge_rows * width + self.tokens, self._usable(produced).float())
+        allowed = allowed.view(B, width)[:, :V] > 0
         may_end = torch.zeros(B, device=logits.device)
         if produced:
-            may_end.index_put_((self.owners,), (self.live & self.ends).float(), accumulate=True)
-        allowed = allowed[:, :V] > 0
-        allowed[:, eos] |= ((may_end > 0) | ~allowed.any(1))[:, None]
+            may_end.scatter_add_(0, self.owners, (self.live & self.ends).float())
+        ending = torch.zeros(V, dtype=torch.bool, device=logits.device).scatter_(0, eos, True)
+        allowed |= ending & ((may_end > 0) | ~allowed.any(1))[:, None]
         allowed |= self.free[:, None]
         return logits.masked_fill(~allowed, float("-inf"))
 
@@ -158,7 +161,7 @@ class AnswerSpans:
         """Move each row's live positions along its chosen `token` [B]."""
         taken = self._usable(produced) & (self.tokens == token[self.edge_rows])
         moved = torch.zeros(len(self.live), device=self.live.device)
-        self.live = moved.index_put_((self.targets,), taken.float(), accumulate=True) > 0
+        self.live = moved.scatter_add_(0, self.targets, taken.float()) > 0
 
 
 def _asked(text: str, start: int, asked: set[str]) -> bool:

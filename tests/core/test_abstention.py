@@ -142,9 +142,12 @@ def test_a_grounded_ask_is_the_answer_or_i_dont_know(writes_engine, monkeypatch)
     pool = writes_engine.pool("grounded-ask")
     pool.inject("Ottilie keeps a parrot called Ravi.", progress=False)
     pool.inject("Zoltan repairs clocks in Graz.", progress=False)
-    # Greedy, the random model answers nothing (which the question's words ground); sampled, words no write holds.
+    # The random model copies words of Ottilie's write: grounded for a question about Ottilie or
+    # naming nobody, not for one about Zoltan, whose write does not hold them.
     sampled = dict(do_sample=True, temperature=1.5, seed=1, stop=["zzzz"], max_new_tokens=4)
-    for question, options in [("What does Ottilie keep?", {}), ("Who repairs clocks?", sampled), ("Where?", sampled)]:
+    cases = [("What does Ottilie keep?", {}, True), ("Who repairs clocks?", sampled, True)]
+    cases += [("What does Zoltan keep?", sampled, False), ("What does Zoltan keep?", {}, False)]
+    for question, options, grounded_answer in cases:
         plain = writes_engine.answer(pool.pool, question, **options)
         text = "".join(plain)
         grounded = writes_engine.answer(pool.pool, question, grounded=True, **options)
@@ -156,7 +159,7 @@ def test_a_grounded_ask_is_the_answer_or_i_dont_know(writes_engine, monkeypatch)
         assert "".join(pieces) == (text if supported else ABSTENTION) and not any(pieces[:-1])
         assert grounded.usage == plain.usage
         assert pool.ask(question, grounded=True, **options) == (text.strip() if supported else ABSTENTION)
-        assert supported == (not options), text
+        assert supported == grounded_answer, text
     assert pool.ask("What does Xavier keep?", grounded=True) == ABSTENTION  # no write names Xavier: not read
 
 

@@ -1,6 +1,6 @@
 """CUDA: the reference still holds in fp32, the graphed decode step equals the eager one, bf16 runs,
 graphs are captured once per bucket and reused (prefills' too), requests on several memories replay one graph
-together, and a decode step never waits for the host."""
+together, and a decode step (and an ask's narrowing to spans) never waits for the host."""
 
 import functools
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from memagent import MemoryLLM
+from memagent import MemoryLLM, default_model
+from memagent.answer_spans import AnswerSpans, SpanVocabulary, question_words
 from memagent.model.cuda_graph import DecodeGraphs
 from memagent.model.decoding import decode, next_token
 from memagent.model.generation import stream
@@ -165,3 +166,27 @@ def test_prefix_attention_in_half_precision_matches_float32():
     assert out.shape == expected_out.shape and lse.shape == expected_lse.shape
     assert (out.float() - expected_out).abs().max() < 3e-2
     assert (lse - expected_lse).abs().max() < 3e-2
+
+
+def test_answer_spans_narrow_asks_without_a_sync():
+    tokenizer = default_model.load_tokenizer()
+    texts = [["Ottilie keeps a parrot called Ravi.", '{"shipment": 584, "dest": "Ghent"}']] * 2
+    spans = AnswerSpans.of(SpanVocabulary(tokenizer), texts, [question_words("Who is Ravi?")] * 2)
+    cpu, cuda = spans, spans.to(torch.device("cuda"))
+    logits, eos = torch.randn(2, len(tokenizer)), torch.tensor([2])
+    tokens = []
+    for produced in range(4):
+        token = cpu.restrict(logits, produced, eos).argmax(-1)
+        cpu.advance(token, produced)
+        tokens.append(token)
+    logits, eos = logits.cuda(), eos.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        on_device = []
+        for produced in range(len(tokens)):
+            on_device.append(cuda.restrict(logits, produced, eos).argmax(-1))
+            cuda.advance(on_device[-1], produced)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(torch.stack(on_device).cpu(), torch.stack(tokens)), "the device narrows as the host does"
