@@ -77,6 +77,7 @@ def ragged_drop(ids: torch.Tensor, ends: torch.Tensor, count: int) -> tuple[torc
 
 
 def ragged_piece(ids: torch.Tensor, ends: torch.Tensor, i: int) -> torch.Tensor:
+    """The `i`-th piece of ids cut at ends."""
     return ids[int(ends[i - 1]) if i else 0 : int(ends[i])]
 
 
@@ -208,7 +209,7 @@ class WriteMemory:
         return ragged_piece(self.key_ids, self.key_ends, write)
 
     def text(self, write: int) -> torch.Tensor:
-        """The token ids the `write`-th write held wrote (empty if they were not kept)."""
+        """The token ids of the `write`-th write held, as written (empty if they were not kept)."""
         return ragged_piece(self.text_ids, self.text_ends, write)
 
     def holds(self, ids: torch.Tensor) -> bool:
