@@ -347,9 +347,15 @@ class Engine:
             return None
         return self.tokenizer.batch_decode([written[written < len(self.tokenizer)].tolist() for written in ids])
 
+    @functools.cached_property
+    def _question_frame(self) -> tuple[str, str]:
+        """What a `question_prompt` puts before and after its question."""
+        before, _, after = self.question_prompt(_QUESTION).partition(_QUESTION)
+        return before, after
+
     def _question_of(self, prompt: str) -> str:
         """The question a `question_prompt` puts (a prompt of another form is taken whole)."""
-        before, _, after = self.question_prompt(_QUESTION).partition(_QUESTION)
+        before, after = self._question_frame
         if prompt.startswith(before) and prompt.endswith(after) and len(prompt) >= len(before) + len(after):
             return prompt[len(before) : len(prompt) - len(after)]
         return prompt
