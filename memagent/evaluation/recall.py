@@ -27,7 +27,8 @@ from memagent.evaluation.outside import Write
 from memagent.sampling import SamplingParams
 from memagent.train.corpus import Fact, FactSampler, general_paragraphs
 
-ANSWER_TOKENS = 10
+# Room for the longest answer of the outside set (18 tokens: a phone number written digit by digit).
+ANSWER_TOKENS = 24
 PROSE_CHARS = 300
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import memagent
+from memagent import answer_spans
 from memagent import engine as engine_module
 from memagent.engine import CHECKED_NAMES
 from memagent.abstention import ABSTENTION, is_abstention, names_in
@@ -137,8 +138,8 @@ def test_a_grounded_answer_needs_one_write_holding_the_questions_names_and_the_a
 
 
 def test_a_grounded_ask_is_the_answer_or_i_dont_know(writes_engine, monkeypatch):
-    for bias in ("COPY_BIAS", "ABSTENTION_COPY_BIAS"):  # the random model's own answers
-        monkeypatch.setattr(engine_module, bias, 0.0)
+    for module, bias in [(engine_module, "COPY_BIAS"), (engine_module, "ABSTENTION_COPY_BIAS"), (answer_spans, "NEAR_BIAS")]:
+        monkeypatch.setattr(module, bias, 0.0)  # the random model's own answers
     pool = writes_engine.pool("grounded-ask")
     pool.inject("Ottilie keeps a parrot called Ravi.", progress=False)
     pool.inject("Zoltan repairs clocks in Graz.", progress=False)

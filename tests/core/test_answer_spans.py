@@ -9,7 +9,7 @@ import torch
 import memagent
 from memagent import default_model
 from memagent.abstention import ABSTENTION
-from memagent.answer_spans import AnswerSpans, SpanVocabulary, question_words
+from memagent.answer_spans import NEAR_BIAS, AnswerSpans, SpanVocabulary, question_words
 from memagent.model.pool_file import save_pool
 from memagent.sampling import SamplingParams
 from tests.core.test_gpu_path import HostReads
@@ -102,6 +102,39 @@ def test_rows_without_spans_decode_freely_and_a_row_with_none_left_can_only_end(
     assert _allowed(spans, 1, torch.tensor([0, 1]))[1].nonzero().flatten().tolist() == [0, 1], "only the end"
 
 
+def _leans(spans: AnswerSpans, produced: int = 0) -> torch.Tensor:
+    """What restrict adds to zero logits: each allowed token's lean (row 0; -inf: not allowed)."""
+    return spans.restrict(torch.zeros(1, spans.vocab), produced, torch.tensor([0]))[0]
+
+
+def test_a_span_leans_toward_the_words_its_question_names(tokenizer, vocabulary):
+    written = "Ines flies to Marrakesh on the 9th and her brother Tobiah collects her at the airport."
+    lean = _leans(_spans(vocabulary, [[written]], "Who collects Ines at the airport?"))
+    first = {word: float(lean[_ids(tokenizer, word)[0]]) for word in ("Tobiah", "Marrakesh", "brother", "I")}
+    # "Tobiah" stands beside "collects"; "Marrakesh" two words from "Ines" ("to" is not counted).
+    assert first == {"Tobiah": NEAR_BIAS, "Marrakesh": 0.75 * NEAR_BIAS, "brother": 0.75 * NEAR_BIAS, "I": 0.0}
+    assert lean[_ids(tokenizer, "on")[0]] == 0, "a span starting at a function word leans nowhere"
+    elsewhere = "The airport bus leaves from gate 9 every hour."
+    lean = _leans(_spans(vocabulary, [[elsewhere]], "Who collects Ines at the airport?"))
+    assert lean[_ids(tokenizer, "bus")[0]] == pytest.approx(NEAR_BIAS / 3), "it holds one of the three words"
+
+
+def test_spans_keep_their_lean_through_shared_tokens_and_to_their_end(tokenizer, vocabulary):
+    written = "Production runs nginx 1.25.3; staging is still on 1.24.0."
+    spans, eos = _spans(vocabulary, [[written]], "Which nginx version runs in production?"), torch.tensor([0])
+    ids = _ids(tokenizer, "1.25.3")
+    assert ids[:3] == _ids(tokenizer, "1.24.0")[:3], "both versions start with the same tokens"
+    for produced, token in enumerate(ids[:3]):
+        spans.advance(torch.tensor([token]), produced)
+    lean = _leans(spans, 3)
+    held = 3 / 4  # "version" is not written
+    assert lean[_ids(tokenizer, "5")[0]] == pytest.approx(held * NEAR_BIAS), "beside the question's words"
+    assert lean[_ids(tokenizer, "4")[0]] == 0, "five words away"
+    for produced, token in enumerate(ids[3:], start=3):
+        spans.advance(torch.tensor([token]), produced)
+    assert spans.restrict(torch.zeros(1, spans.vocab), len(ids), eos)[0, 0] == pytest.approx(held * NEAR_BIAS)
+
+
 def test_narrowing_reads_nothing_back_to_the_host(tokenizer, vocabulary):
     spans = _spans(vocabulary, [[WRITES[0]], [WRITES[1]]])
     eos = torch.tensor([0])
@@ -127,6 +160,11 @@ def _is_span(answer: str, texts: list[str], question: str) -> bool:
     return False
 
 
+def _as_written(engine: memagent.Engine) -> list[str]:
+    """WRITES as `engine` writes them (a short write repeated)."""
+    return [engine.tokenizer.decode(engine.plan_write(text).chunks[0]) for text in WRITES]
+
+
 def _written(engine: memagent.Engine, name: str):
     pool = engine.pool(name)
     for text in WRITES:
@@ -139,7 +177,7 @@ def test_asks_of_a_memory_of_whole_writes_answer_with_spans_of_its_writes(writes
     questions = ["What does Ottilie keep?", "Which release ships the PR?", "Where does order 584 go?", "Who is Ravi?"]
     params = SamplingParams.for_ask(max_new_tokens=6)
     answers = [pool.ask(q, params) for q in questions]
-    assert all(_is_span(a, WRITES, q) for a, q in zip(answers, questions)), answers
+    assert all(_is_span(a, _as_written(writes_engine), q) for a, q in zip(answers, questions)), answers
     prompts = [writes_engine.question_prompt(q) for q in questions]
     assert [a.strip() for a in writes_engine.complete(pool.pool, prompts, params, answers=True)] == answers
     assert [f.strip() for f in writes_engine.complete(pool.pool, prompts, params)] != answers, "other reads are free"
@@ -175,4 +213,5 @@ def test_crafted_texts_are_cut_to_what_a_write_may_hold(writes_engine, tmp_path)
     path = tmp_path / "crafted.safetensors"
     save_pool(pool.pool, path, writes_engine.fingerprint())
     pool.load(path)
-    assert _is_span(pool.ask("What does Ottilie keep?", max_new_tokens=6), WRITES, "What does Ottilie keep?")
+    answer = pool.ask("What does Ottilie keep?", max_new_tokens=6)
+    assert _is_span(answer, _as_written(writes_engine), "What does Ottilie keep?")
