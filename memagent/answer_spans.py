@@ -6,10 +6,11 @@ misspells it ("rammen" for "ramen", "5.1" for "5.1.6") or strays into words no w
 memory of whole writes keeps each write's token ids, and the writes a read recalls hold the
 value as it was written. So each row of an ask may only decode a span of one of those texts or
 "I don't know."; the model still chooses which, and in which tokens. A span starts at a word (a
-character after a space, or a letter or digit after any other character) that the question
-does not use, since answering with the question's own subject is the other common misread
-("Hamster" for "What did Liam name the hamster?"); its first letter may be capitalized and its
-first token may carry a space. It may end where its word does (before a space, or before
+character after a space, or a letter or digit after any other character but an apostrophe
+within a word: "ll" of "she'll" is no word) that the question does not use, after any punctuation it begins
+with, since answering with the question's own subject is the other common misread ("Hamster"
+for "What did Liam name the hamster?"); its first letter may be capitalized and its first
+token may carry a space. It may end where its word does (before a space, or before
 punctuation that a space or the text's end follows): "PR-3918" is no answer where "PR-3918-LH"
 was written.
 
@@ -41,8 +42,9 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from memagent.abstention import ABSTENTION
 
-_START = re.compile(r"(?:(?<=\s)|^)\S|(?<=[^\w\s])\w")
+_START = re.compile(r"(?:(?<=\s)|^)\S|(?<=[^\w\s])(?<!\w['’])\w")
 _WORD = re.compile(r"\w+")
+_FIRST_WORD = re.compile(r"\W*(\w+)")
 _TRAILING_PUNCTUATION = re.compile(r"[^\w\s]*")
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
@@ -231,8 +233,10 @@ def _same_word(word: str, asked: str) -> bool:
 
 
 def _asked(text: str, start: int, asked: set[str]) -> bool:
-    word = _WORD.match(text, start)
-    return word is not None and word.group().lower() in asked
+    """Whether a span starting at character `start` begins with a word of the question, after
+    any punctuation and spaces ("- charger" for "Which charger must be packed?")."""
+    word = _FIRST_WORD.match(text, start)
+    return word is not None and word.group(1).lower() in asked
 
 
 def _edges(edges: list[tuple[int, int, int]]) -> torch.Tensor:

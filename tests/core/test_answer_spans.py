@@ -71,6 +71,17 @@ def test_a_span_starts_at_a_word_the_question_does_not_use(tokenizer, vocabulary
     assert not first[0], "nothing has been chosen: no end yet"
 
 
+def test_a_span_starts_neither_inside_a_word_nor_at_the_question_after_punctuation(tokenizer, vocabulary):
+    written = "Packing list:\n- passport\n- charger for the Kobo\nShe'll bring 'Deep Fjords'."
+    spans, eos = _spans(vocabulary, [[written]], "Which charger must be packed?"), torch.tensor([0])
+    first = _allowed(spans, 0, eos)[0]
+    assert first[_ids(tokenizer, "Kobo")[0]] and first[_ids(tokenizer, "Deep")[0]], "after a quotation mark"
+    assert not first[_ids(tokenizer, "ll")[0]], "after an apostrophe within a word"
+    spans.advance(torch.tensor(_ids(tokenizer, "-")), 0)
+    after_dash = _allowed(spans, 1, eos)[0]
+    assert after_dash[_ids(tokenizer, " passport")[0]] and not after_dash[_ids(tokenizer, " charger")[0]]
+
+
 def test_an_answer_ends_where_its_word_does(tokenizer, vocabulary):
     for unfinished in ("PR-3918", "7.14", "ships PR", "Kirkjubæ"):
         assert not _may_end_after(vocabulary, WRITES[1], _ids(tokenizer, unfinished)), unfinished
