@@ -27,23 +27,29 @@ class Write:
     facts: tuple[Fact, ...]
 
 
-def _lines(name: str) -> list[dict]:
-    return [json.loads(line) for line in (DATA / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-@cache
-def outside_writes() -> tuple[Write, ...]:
+def read_writes(path: Path, source: str) -> tuple[Write, ...]:
+    """The writes of a file of one JSON record a line: its `form`, `text` and `qa` (question,
+    answer pairs); each fact's relation is `source`:i."""
     writes = []
-    for i, record in enumerate(_lines("outside_facts.jsonl")):
-        facts = tuple(Fact(record["form"], f"outside:{i}", record["text"], q, a) for q, a in record["qa"])
+    for i, record in enumerate(_lines(path)):
+        facts = tuple(Fact(record["form"], f"{source}:{i}", record["text"], q, a) for q, a in record["qa"])
         writes.append(Write(record["form"], record["text"], facts))
     return tuple(writes)
 
 
 @cache
+def outside_writes() -> tuple[Write, ...]:
+    return read_writes(DATA / "outside_facts.jsonl", "outside")
+
+
+@cache
 def never_told_questions() -> tuple[str, ...]:
     """Questions about things no write in any evaluation tells."""
-    return tuple(record["question"] for record in _lines("never_told.jsonl"))
+    return tuple(record["question"] for record in _lines(DATA / "never_told.jsonl"))
 
 
 def outside_answers() -> frozenset[str]:
