@@ -7,12 +7,12 @@ memory of whole writes keeps each write's token ids, and the writes a read recal
 value as it was written. So each row of an ask may only decode a span of one of those texts or
 "I don't know."; the model still chooses which, and in which tokens. A span starts at a word (a
 character after a space, or a letter or digit after any other character but an apostrophe
-within a word: "ll" of "she'll" is no word) that the question does not use, after any punctuation it begins
-with, since answering with the question's own subject is the other common misread ("Hamster"
-for "What did Liam name the hamster?"); its first letter may be capitalized and its first
-token may carry a space. It may end where its word does (before a space, or before
-punctuation that a space or the text's end follows): "PR-3918" is no answer where "PR-3918-LH"
-was written.
+within a word: "ll" of "she'll" is no word) and its first word, after any punctuation, is not
+one the question uses, since answering with the question's own subject is the other common
+misread ("Hamster" for "What did Liam name the hamster?"); its first letter may be capitalized
+and its first token may carry a space. It may end where its word does (before a space, or
+before punctuation that a space or the text's end follows): "PR-3918" is no answer where
+"PR-3918-LH" was written.
 
 The spans are an automaton over the bytes of the recalled texts: a state is a byte position,
 a token leads from a position to the one after its bytes where the text continues with them.
@@ -25,7 +25,7 @@ Tobiah collects her at the airport." was written; "1.24.0" for the production ve
 "Production runs nginx 1.25.3; staging is still on 1.24.0."). The answer usually stands beside
 the words the question names, so a span leans toward them: a span whose first word stands next
 to a word of the question (or one sharing its stem, "ships" for "ship"), counting only words
-that are not function words, gets NEAR_BIAS logits, falling to none NEAR_WORDS words away, times
+that are neither function words nor chat role names, gets NEAR_BIAS logits, falling to none NEAR_WORDS words away, times
 the share of the question's words its text holds (a write about something else that shares a
 word or two leans little). The lean goes with the span's every token and its end, so spans
 that share their first tokens ("1.25.3", "1.24.0") keep theirs apart; "I don't know." has none.
