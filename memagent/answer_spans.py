@@ -217,8 +217,8 @@ def _leans(text: str, starts: list[int], asked: set[str]) -> list[float]:
     at = {w.start(): i for i, w in enumerate(words)}
     leans = []
     for start in starts:
-        first = _WORD.search(text, start)
-        i = at.get(first.start()) if first else None
+        first = _first_word(text, start)
+        i = at.get(first.start(1)) if first else None
         away = min((abs(i - j) for j in near if j != i), default=None) if i is not None else None
         leans.append(0.0 if away is None else held * max(0.0, 1 - (away - 1) / NEAR_WORDS))
     return leans
@@ -232,10 +232,16 @@ def _same_word(word: str, asked: str) -> bool:
     return min(len(word), len(asked)) >= STEM_LETTERS and (word.startswith(asked) or asked.startswith(word))
 
 
+def _first_word(text: str, start: int) -> re.Match | None:
+    """The first word of a span starting at character `start` (group 1), after any punctuation
+    and spaces."""
+    return _FIRST_WORD.match(text, start)
+
+
 def _asked(text: str, start: int, asked: set[str]) -> bool:
-    """Whether a span starting at character `start` begins with a word of the question, after
-    any punctuation and spaces ("- charger" for "Which charger must be packed?")."""
-    word = _FIRST_WORD.match(text, start)
+    """Whether a span starting at character `start` begins with a word of the question
+    ("- charger" for "Which charger must be packed?")."""
+    word = _first_word(text, start)
     return word is not None and word.group(1).lower() in asked
 
 
