@@ -3,9 +3,10 @@ the default's answers, on facts written after the rule was made.
 
 `bench/data/lean_facts.jsonl` holds 24 hand-written facts in the outside set's forms (chats,
 JSON, sentences holding two facts, codes, names, log lines, lists, tables), written after the
-lean was chosen (two of their misses led to the two rules on where a span starts). They are
-written as one stream with a write of held-out prose between them and asked after k = 0, 5 and
-20 later writes, with 24 never-told questions; once without the lean and once with it.
+lean was chosen (two of their misses led to the two rules on where a span starts, one to the
+rule that a colon joins a compound only between digits). They are written as one stream with a
+write of held-out prose between them and asked after k = 0, 5 and 20 later writes, with 24
+never-told questions; once without the lean and once with it.
 
     python bench/answer_lean.py
 """

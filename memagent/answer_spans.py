@@ -5,14 +5,19 @@ Reading a value it never saw in training, the model rebuilds it from memory toke
 misspells it ("rammen" for "ramen", "5.1" for "5.1.6") or strays into words no write holds. A
 memory of whole writes keeps each write's token ids, and the writes a read recalls hold the
 value as it was written. So each row of an ask may only decode a span of one of those texts or
-"I don't know."; the model still chooses which, and in which tokens. A span starts at a word (a
-character after a space, or a letter or digit after any other character but an apostrophe
-within a word: "ll" of "she'll" is no word) and its first word, after any punctuation, is not
-one the question uses, since answering with the question's own subject is the other common
-misread ("Hamster" for "What did Liam name the hamster?"); its first letter may be capitalized
-and its first token may carry a space. It may end where its word does (before a space, or
-before punctuation that a space or the text's end follows): "PR-3918" is no answer where
-"PR-3918-LH" was written.
+"I don't know."; the model still chooses which, and in which tokens. A span is copied as
+written, case included ("moss-lantern-44" is a password, "Moss-lantern-44" is not), though
+its first token may carry a space. It starts at a word (`_starts`): a character after a space,
+or a letter or digit after other punctuation than an apostrophe within a word ("ll" of
+"she'll") or a joining mark within a compound ("03" of "2027-03-14"); not at a function word
+("could" is no answer, "in Gdansk" none other than "Gdansk"); and its first word, after any
+punctuation, is not one the question uses, since answering with the question's own subject is
+the other common misread ("Hamster" for "What did Liam name the hamster?"). It may end where
+its word does (before a space, or before punctuation that a space or the text's end follows):
+"PR-3918" is no answer where "PR-3918-LH" was written. Names and values of several words
+(`_runs`: "EH6 7QT", "0049 30 7719 2284", "ICE 1693", "Leopold Brandauer") are taken whole:
+no span ends within one, none starts within a value, and none within the name of the
+question's subject ("Lund" of "Liam Lund" for "What did Liam name the hamster?").
 
 The spans are an automaton over the bytes of the recalled texts: a state is a byte position,
 a token leads from a position to the one after its bytes where the text continues with them.
@@ -43,6 +48,8 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from memagent.abstention import ABSTENTION
 
 _START = re.compile(r"(?:(?<=\s)|^)\S|(?<=[^\w\s])(?<!\w['’])\w")
+_CHUNK = re.compile(r"\S+")
+_TRAILING_NON_WORD = re.compile(r"\W*$")
 _WORD = re.compile(r"\w+")
 _FIRST_WORD = re.compile(r"\W*(\w+)")
 _TRAILING_PUNCTUATION = re.compile(r"[^\w\s]*")
@@ -61,6 +68,8 @@ FUNCTION_WORDS = frozenset(
     some any all each every no not so than then too very just also still now up out off
     user assistant""".split()
 )
+# The most space-separated chunks of names and values an answer must take whole.
+RUN_CHUNKS = 5
 # Letters two words must share, at least, for one that begins the other to count as the same.
 STEM_LETTERS = 4
 
@@ -99,23 +108,18 @@ class SpanVocabulary:
             for end in range(start + 1, min(len(data), start + self.longest) + 1):
                 edges.extend((start, token, end) for token in self.ids.get(data[start:end], ()))
         ends = torch.zeros(len(data) + 1, dtype=torch.bool)
+        inside = {char for run in _runs(text) for char in range(run[0][0] + 1, _last_word_end(text, run))}
         for char, byte in enumerate(_byte_offsets(text)):
-            ends[byte] = char > 0 and _word_ends(text, char)
+            ends[byte] = char > 0 and char not in inside and _word_ends(text, char)
         return _edges(edges), ends
 
     def first_edges(self, text: str, start: int) -> torch.Tensor:
         """The edges [E, 3] an answer's first token may take besides the text's own, from the
-        word at character `start`: after a space, capitalized, or both."""
-        at, rest = _byte_offsets(text)[start], text[start:]
-        forms = {(" ", rest)}
-        capital = rest[:1].upper()
-        if capital != rest[:1] and len(capital.encode()) == len(rest[:1].encode()):
-            forms |= {("", capital + rest[1:]), (" ", capital + rest[1:])}
+        word at character `start`: the same bytes after a space."""
+        at, spelled = _byte_offsets(text)[start], (" " + text[start:]).encode()
         edges = []
-        for space, form in forms:
-            spelled, lead = (space + form).encode(), len(space)
-            for length in range(lead + 1, min(len(spelled), self.longest) + 1):
-                edges.extend((at, token, at + length - lead) for token in self.ids.get(spelled[:length], ()))
+        for length in range(2, min(len(spelled), self.longest) + 1):
+            edges.extend((at, token, at + length - 1) for token in self.ids.get(spelled[:length], ()))
         return _edges(edges)
 
 
@@ -145,7 +149,7 @@ class AnswerSpans:
                 continue
             for text, whole in [(ABSTENTION, True), *((text, False) for text in row_texts)]:
                 text_edges, text_ends = vocabulary.automaton(text)
-                starts = [0] if whole else [m.start() for m in _START.finditer(text) if not _asked(text, m.start(), words)]
+                starts = [0] if whole else _starts(text, words)
                 firsts = [vocabulary.first_edges(text, start) for start in starts]
                 shift = torch.tensor([positions, 0, positions])
                 for piece, only_first in [(text_edges, False), *((f, True) for f in firsts)]:
@@ -243,6 +247,95 @@ def _asked(text: str, start: int, asked: set[str]) -> bool:
     ("- charger" for "Which charger must be packed?")."""
     word = _first_word(text, start)
     return word is not None and word.group(1).lower() in asked
+
+
+def _starts(text: str, asked: set[str]) -> list[int]:
+    """Where a span of `text` may start (characters), for a question using the words `asked`:
+    at a word (`_START`) that is not the question's, no function word (`_function_word`), not
+    within a compound (`_in_compound`) and not after a run's first chunk (`_runs`), except
+    another part of a name not the question's subject ("Quispe" of "Xiomara Quispe" for "What
+    is the landlord's surname?") and a value after the question's word ("ICE 1693" of "Train
+    ICE 1693" for "Which train?")."""
+    inner = {}  # the start of each chunk after a run's first: whether a span may start there
+    for run in _runs(text):
+        subject = _asked(text, run[0][0], asked)
+        value = any(c.isdigit() for c in text[run[1][0] : run[-1][1]])
+        for i, (start, _) in enumerate(run[1:]):
+            # Another part of a name ("Quispe" of "Xiomara Quispe") but the subject's; the value
+            # after the question's word.
+            inner[start] = not (subject or value) or (subject and value and i == 0)
+    starts = []
+    for match in _START.finditer(text):
+        at = match.start()
+        word = _first_word(text, at)
+        if word is None or word.group(1).lower() in asked or _in_compound(text, at):
+            continue
+        if _function_word(text, word) or not inner.get(_chunk_start(text, at), True):
+            continue
+        starts.append(at)
+    return starts
+
+
+@functools.lru_cache(maxsize=512)
+def _runs(text: str) -> list[list[tuple[int, int]]]:
+    """The runs of `text`: two to RUN_CHUNKS chunks (`_CHUNK`, one space apart) of names and
+    values ("Leopold Brandauer", "EH6 7QT", "0049 30 7719 2284"), each chunk's (start, end).
+    An answer takes a run whole: "7719" is no phone number, "Lund" no answer to who Liam is."""
+    runs, run = [], []
+    for chunk in _CHUNK.finditer(text):
+        word = chunk.group()
+        # One space between, no punctuation: "Brandauer," ends a run, "(Leopold" begins one.
+        joined = run and text[run[-1][1] : chunk.start()] == " " and text[run[-1][1] - 1].isalnum()
+        if not (joined and word[0].isalnum()):
+            runs.append(run)
+            run = []
+        if _names_or_values(word):
+            run.append(chunk.span())
+    runs.append(run)
+    return [run for run in runs if 2 <= len(run) <= RUN_CHUNKS]
+
+
+def _names_or_values(chunk: str) -> bool:
+    """Whether a chunk names or counts something: a digit in it, or a capital first letter on
+    a word that is not a function word ("The", "If")."""
+    word = _FIRST_WORD.match(chunk)
+    if any(c.isdigit() for c in chunk):
+        return True
+    return word is not None and word.group(1)[0].isupper() and word.group(1).lower() not in FUNCTION_WORDS
+
+
+def _last_word_end(text: str, run: list[tuple[int, int]]) -> int:
+    """Where the run's last chunk's last word ends (before its trailing punctuation)."""
+    start, end = run[-1]
+    return start + _TRAILING_NON_WORD.search(text[start:end]).start()
+
+
+def _function_word(text: str, word: re.Match) -> bool:
+    """Whether `word` (group 1) is a function word, not a name that is spelled as one: "May"
+    and "Will" within a sentence are names, "If" beginning one is not."""
+    if word.group(1).lower() not in FUNCTION_WORDS:
+        return False
+    at = word.start(1)
+    while at and text[at - 1].isspace():
+        at -= 1
+    return word.group(1).islower() or not at or not (text[at - 1].isalnum() or text[at - 1] == ",")
+
+
+def _chunk_start(text: str, at: int) -> int:
+    """The start of the chunk (`_CHUNK`) holding character `at`."""
+    while at and not text[at - 1].isspace():
+        at -= 1
+    return at
+
+
+def _in_compound(text: str, at: int) -> bool:
+    """Whether character `at` continues a compound: after a hyphen or dot that follows a letter
+    or digit ("north" of "eu-north-1", "0" of "4.12.0"), or a colon or slash between digits
+    ("40" of "09:40", "03" of "2027/03/14"; "2.9.14" of "billing-api:2.9.14" is a value)."""
+    if at < 2:
+        return False
+    joined, before = text[at - 1], text[at - 2]
+    return (joined in "-." and before.isalnum()) or (joined in ":/" and before.isdigit() and text[at].isdigit())
 
 
 def _edges(edges: list[tuple[int, int, int]]) -> torch.Tensor:
