@@ -16,8 +16,8 @@ the other common misread ("Hamster" for "What did Liam name the hamster?"). It m
 its word does (before a space, or before punctuation that a space or the text's end follows):
 "PR-3918" is no answer where "PR-3918-LH" was written. Names and values of several words
 (`_runs`: "EH6 7QT", "0049 30 7719 2284", "ICE 1693", "Leopold Brandauer") are taken whole:
-no span ends within one, none starts within a value, and none within the name of the
-question's subject ("Lund" of "Liam Lund" for "What did Liam name the hamster?").
+no span ends within one, none starts within a value, and none in the name of the question's
+subject ("Lund" of "Liam Lund" for "What did Liam name the hamster?").
 
 The spans are an automaton over the bytes of the recalled texts: a state is a byte position,
 a token leads from a position to the one after its bytes where the text continues with them.
@@ -252,25 +252,27 @@ def _asked(text: str, start: int, asked: set[str]) -> bool:
 def _starts(text: str, asked: set[str]) -> list[int]:
     """Where a span of `text` may start (characters), for a question using the words `asked`:
     at a word (`_START`) that is not the question's, no function word (`_function_word`), not
-    within a compound (`_in_compound`) and not after a run's first chunk (`_runs`), except
-    another part of a name not the question's subject ("Quispe" of "Xiomara Quispe" for "What
-    is the landlord's surname?") and a value after the question's word ("ICE 1693" of "Train
-    ICE 1693" for "Which train?")."""
-    inner = {}  # the start of each chunk after a run's first: whether a span may start there
+    within a compound (`_in_compound`), not after the first chunk of a run that holds a value
+    (`_runs`: "7QT" of "EH6 7QT") and nowhere in one that holds a word of the question, the
+    subject's name ("Lund" of "Liam Lund", "Project" of "Project Harbor" for "Who decides on
+    Harbor?"), but where a value follows the question's word ("ICE 1693" of "Train ICE 1693" for
+    "Which train?"). Another part of a name may ("Quispe" of "Xiomara Quispe")."""
+    held = set()  # the starts of chunks no span starts in
     for run in _runs(text):
-        subject = _asked(text, run[0][0], asked)
-        value = any(c.isdigit() for c in text[run[1][0] : run[-1][1]])
-        for i, (start, _) in enumerate(run[1:]):
-            # Another part of a name ("Quispe" of "Xiomara Quispe") but the subject's; the value
-            # after the question's word.
-            inner[start] = not (subject or value) or (subject and value and i == 0)
+        asked_at = [i for i, (start, _) in enumerate(run) if _asked(text, start, asked)]
+        if asked_at:  # the question's subject ("Project Harbor"), or its word before a value
+            after = asked_at[-1] + 1
+            value = after < len(run) and _holds_digit(text, run[after:])
+            held.update(start for i, (start, _) in enumerate(run) if not (value and i == after))
+        elif _holds_digit(text, run[1:]):
+            held.update(start for start, _ in run[1:])
     starts = []
     for match in _START.finditer(text):
         at = match.start()
         word = _first_word(text, at)
         if word is None or word.group(1).lower() in asked or _in_compound(text, at):
             continue
-        if _function_word(text, word) or not inner.get(_chunk_start(text, at), True):
+        if _function_word(text, word) or _chunk_start(text, at) in held:
             continue
         starts.append(at)
     return starts
@@ -293,6 +295,10 @@ def _runs(text: str) -> list[list[tuple[int, int]]]:
             run.append(chunk.span())
     runs.append(run)
     return [run for run in runs if 2 <= len(run) <= RUN_CHUNKS]
+
+
+def _holds_digit(text: str, chunks: list[tuple[int, int]]) -> bool:
+    return any(c.isdigit() for start, end in chunks for c in text[start:end])
 
 
 def _names_or_values(chunk: str) -> bool:

@@ -110,6 +110,9 @@ def test_no_span_starts_within_the_question_subjects_name_but_one_may_at_the_val
     assert not first[_ids(tokenizer, "Lund")[0]] and first[_ids(tokenizer, "Toffee")[0]]
     first = _allowed(_spans(vocabulary, [[written]], "Who adopted a hamster?"), 0, torch.tensor([0]))[0]
     assert first[_ids(tokenizer, "Liam")[0]] and first[_ids(tokenizer, "Lund")[0]]
+    written = "Amara runs Project Harbor."
+    first = _allowed(_spans(vocabulary, [[written]], "Whom should I ask about Harbor?"), 0, torch.tensor([0]))[0]
+    assert not first[_ids(tokenizer, "Project")[0]] and first[_ids(tokenizer, "Amara")[0]], "the subject's name"
     written, question = "Train ICE 1693 leaves at nine.", "Which train does the user take?"
     assert _may_end_after(vocabulary, written, _ids(tokenizer, "ICE 1693"), question), "after the question's word"
     assert not _may_end_after(vocabulary, written, _ids(tokenizer, "ICE"), question)
