@@ -38,6 +38,7 @@ that share their first tokens ("1.25.3", "1.24.0") keep theirs apart; "I don't k
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 from collections.abc import Sequence
@@ -266,13 +267,14 @@ def _starts(text: str, asked: set[str]) -> list[int]:
             held.update(start for i, (start, _) in enumerate(run) if not (value and i == after))
         elif _holds_digit(text, run[1:]):
             held.update(start for start, _ in run[1:])
+    chunks = [chunk.start() for chunk in _CHUNK.finditer(text)]
     starts = []
     for match in _START.finditer(text):
         at = match.start()
         word = _first_word(text, at)
         if word is None or word.group(1).lower() in asked or _in_compound(text, at):
             continue
-        if _function_word(text, word) or _chunk_start(text, at) in held:
+        if _function_word(text, word) or chunks[bisect.bisect_right(chunks, at) - 1] in held:
             continue
         starts.append(at)
     return starts
@@ -325,13 +327,6 @@ def _function_word(text: str, word: re.Match) -> bool:
     while at and text[at - 1].isspace():
         at -= 1
     return word.group(1).islower() or not at or not (text[at - 1].isalnum() or text[at - 1] == ",")
-
-
-def _chunk_start(text: str, at: int) -> int:
-    """The start of the chunk (`_CHUNK`) holding character `at`."""
-    while at and not text[at - 1].isspace():
-        at -= 1
-    return at
 
 
 def _in_compound(text: str, at: int) -> bool:
