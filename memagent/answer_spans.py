@@ -30,10 +30,11 @@ Tobiah collects her at the airport." was written; "1.24.0" for the production ve
 "Production runs nginx 1.25.3; staging is still on 1.24.0."). The answer usually stands beside
 the words the question names, so a span leans toward them: a span whose first word stands next
 to a word of the question (or one sharing its stem, "ships" for "ship"), counting only words
-that are neither function words nor chat role names, gets NEAR_BIAS logits, falling to none NEAR_WORDS words away, times
-the share of the question's words its text holds (a write about something else that shares a
-word or two leans little). The lean goes with the span's every token and its end, so spans
-that share their first tokens ("1.25.3", "1.24.0") keep theirs apart; "I don't know." has none.
+that are neither function words nor chat role names, gets NEAR_BIAS logits, falling to none
+NEAR_WORDS words away, times the share of the question's words its text holds (a write about
+something else that shares a word or two leans little). The lean goes with the span's every
+token and its end, so spans that share their first tokens ("1.25.3", "1.24.0") keep theirs
+apart; "I don't know." has none.
 """
 
 from __future__ import annotations
@@ -306,9 +307,9 @@ def _holds_digit(text: str, chunks: list[tuple[int, int]]) -> bool:
 def _names_or_values(chunk: str) -> bool:
     """Whether a chunk names or counts something: a digit in it, or a capital first letter on
     a word that is not a function word ("The", "If")."""
-    word = _FIRST_WORD.match(chunk)
     if any(c.isdigit() for c in chunk):
         return True
+    word = _FIRST_WORD.match(chunk)
     return word is not None and word.group(1)[0].isupper() and word.group(1).lower() not in FUNCTION_WORDS
 
 
