@@ -38,9 +38,12 @@ SHORT_WRITE_TOKENS = 16
 CHECKED_NAMES = 16
 # How far an answer leans toward the words of the write its read places nearest the question:
 # logits added to the tokens spelled as them, and to those of "I don't know." (less: enough
-# that abstaining keeps most of its odds). Measured in README, "Answers lean on the best match".
+# that abstaining keeps most of its odds; less again where only writes about the question's
+# subject may answer). Measured in README, "Answers lean on the best match" and "Answers come
+# from writes about the subject".
 COPY_BIAS = 3.0
 ABSTENTION_COPY_BIAS = 1.5
+SUBJECT_ABSTENTION_COPY_BIAS = 0.5
 # Tokens of a write's text an answer may be copied from, at most: the longest chunk a write
 # takes, so that a crafted import cannot make reads slow (`memagent.answer_spans`).
 SPAN_TEXT_TOKENS = 512
@@ -317,24 +320,39 @@ class Engine:
         often misspells it ("rammen" for "ramen") or answers with the question's subject. The
         key of the write its read trusts most, the best match, keeps the value's spelling: the
         tokens spelled as that write's words that the question does not use get COPY_BIAS, and
-        those of "I don't know." ABSTENTION_COPY_BIAS. The texts of all its recalled writes
-        bound what it may answer."""
+        those of "I don't know." ABSTENTION_COPY_BIAS. The texts of the recalled writes about the
+        question's subject (`_answering`) bound what it may answer; where those are fewer than
+        all, the look-alikes' values are no answer, and "I don't know." leans less
+        (SUBJECT_ABSTENTION_COPY_BIAS)."""
         store = pool.long_term
         if not isinstance(store, WriteMemory) or not store.num_writes:
             return None
         keys = self.model.recall_keys
         asked = [keys(ids[real.bool()]) for ids, real in zip(prompt_ids, mask)]
         chosen = store.choose(asked)
+        questions = [self._question_of(prompt) for prompt in prompts]
+        answering = [self._answering(store, question, row) for question, row in zip(questions, chosen.tolist())]
         vocab = self.model.config.vocab_size
         bias = torch.zeros(len(asked), vocab)
-        for row, (key, best) in enumerate(zip(asked, chosen[:, -1].tolist())):
+        for row, (key, best, (_, about_subject)) in enumerate(zip(asked, chosen[:, -1].tolist(), answering)):
             words = store.key(best)
             copied = COPY_BIAS * keys.tokens_spelled(words[~torch.isin(words, key)])
-            leaning = torch.maximum(copied, ABSTENTION_COPY_BIAS * self._abstention_tokens)[:vocab]
+            abstaining = SUBJECT_ABSTENTION_COPY_BIAS if about_subject else ABSTENTION_COPY_BIAS
+            leaning = torch.maximum(copied, abstaining * self._abstention_tokens)[:vocab]
             bias[row, : len(leaning)] = leaning
-        texts = [self._texts(store, row) for row in chosen.tolist()]
-        questions = [question_words(self._question_of(prompt)) for prompt in prompts]
-        return bias, AnswerSpans.of(self._span_vocabulary, texts, questions)
+        texts = [self._texts(store, writes) for writes, _ in answering]
+        return bias, AnswerSpans.of(self._span_vocabulary, texts, [question_words(q) for q in questions])
+
+    def _answering(self, store: WriteMemory, question: str, recalled: list[int]) -> tuple[list[int], bool]:
+        """The writes of `recalled` an answer to `question` may come from, and whether they are
+        those about its subject: the ones that hold every name it uses (as `abstains` looks them
+        up), if the question names any and one does; else all. Reading a question about one
+        subject, the model often answers from a look-alike write about another ("Liam Lund" for
+        "What did Amara name the hamster?" where Liam's hamster was written)."""
+        names = self._name_keys(question)
+        named = self._holding_names(store.key_ids, store.key_ends, names)
+        about = [write for write in recalled if named[write]]
+        return (about, True) if names and about else (recalled, False)
 
     @functools.cached_property
     def _span_vocabulary(self) -> SpanVocabulary:
@@ -374,6 +392,15 @@ class Engine:
         names = list(dict.fromkeys(names_in(question)))[:CHECKED_NAMES]
         return [(self._key(name), self._key(" " + name)) for name in names]
 
+    @staticmethod
+    def _holding_names(key_ids: torch.Tensor, key_ends: torch.Tensor, names: list[tuple[torch.Tensor, ...]]):
+        """[n] bool tensor: which writes (keys `key_ids` cut at `key_ends`) hold every one of
+        `names` (`_name_keys`), alone or after a space."""
+        named = torch.ones(len(key_ends), dtype=torch.bool)
+        for alone, spaced in names:
+            named &= holding(key_ids, key_ends, alone) | holding(key_ids, key_ends, spaced)
+        return named
+
     def abstains(self, pool: MemoryPool, question: str) -> bool:
         """Whether the answer is "I don't know." without reading: `pool` keeps whole writes and
         holds none, or none that holds a name the question uses (`memagent.abstention.names_in`)
@@ -398,9 +425,7 @@ class Engine:
         if not isinstance(store, WriteMemory):
             raise ValueError("grounded answers need a memory that keeps whole writes, as the embedded default does")
         key_ids, key_ends = store.key_ids, store.key_ends  # as the read finds them: later writes ground nothing
-        named = torch.ones(len(key_ends), dtype=torch.bool)
-        for alone, spaced in self._name_keys(question):
-            named &= holding(key_ids, key_ends, alone) | holding(key_ids, key_ends, spaced)
+        named = self._holding_names(key_ids, key_ends, self._name_keys(question))
         asked = self._key(question)
 
         def supported(answer: str) -> bool:

@@ -138,16 +138,18 @@ def test_a_grounded_answer_needs_one_write_holding_the_questions_names_and_the_a
 
 
 def test_a_grounded_ask_is_the_answer_or_i_dont_know(writes_engine, monkeypatch):
-    for module, bias in [(engine_module, "COPY_BIAS"), (engine_module, "ABSTENTION_COPY_BIAS"), (answer_spans, "NEAR_BIAS")]:
-        monkeypatch.setattr(module, bias, 0.0)  # the random model's own answers
+    for bias in ("COPY_BIAS", "ABSTENTION_COPY_BIAS", "SUBJECT_ABSTENTION_COPY_BIAS"):
+        monkeypatch.setattr(engine_module, bias, 0.0)  # the random model's own answers
+    monkeypatch.setattr(answer_spans, "NEAR_BIAS", 0.0)
     pool = writes_engine.pool("grounded-ask")
     pool.inject("Ottilie keeps a parrot called Ravi.", progress=False)
     pool.inject("Zoltan repairs clocks in Graz.", progress=False)
-    # The random model copies words of Ottilie's write: grounded for a question about Ottilie or
-    # naming nobody, not for one about Zoltan, whose write does not hold them.
+    # The random model copies words of a recalled write: grounded for a question about Ottilie or
+    # naming nobody; not for one about Zoltan and Ravi, which no write holds both of, when it
+    # copies a word of one that the question does not use.
     sampled = dict(do_sample=True, temperature=1.5, seed=1, stop=["zzzz"], max_new_tokens=4)
     cases = [("What does Ottilie keep?", {}, True), ("Who repairs clocks?", sampled, True)]
-    cases += [("What does Zoltan keep?", sampled, False), ("What does Zoltan keep?", {}, False)]
+    cases += [("Does Zoltan keep Ravi?", sampled, False), ("Does Zoltan keep Ravi?", {}, False)]
     for question, options, grounded_answer in cases:
         plain = writes_engine.answer(pool.pool, question, **options)
         text = "".join(plain)

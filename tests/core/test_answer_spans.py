@@ -247,6 +247,24 @@ def _reading(engine: memagent.Engine, pool, question: str):
     return engine.answer_reading(pool, [prompt], encoded["input_ids"], encoded["attention_mask"])
 
 
+def test_answers_come_from_the_recalled_writes_that_name_the_questions_subject(writes_engine):
+    pool = writes_engine.pool("subject")
+    for text in (WRITES[0], WRITES[2]):  # as many as a read of this model recalls
+        pool.inject(text, progress=False)
+    eos = torch.tensor(writes_engine.eos_token_ids)
+    everything = {"parrot", "Ravi", "shipment", "Ghent"}
+
+    def first_words(question: str) -> set[str]:
+        """The words of the writes an answer to `question` may start with."""
+        allowed = _allowed(_reading(writes_engine, pool.pool, question)[1], 0, eos)[0]
+        return {word for word in everything if allowed[writes_engine.encode(" " + word)[0]]}
+
+    assert first_words("What does Ottilie keep?") == {"parrot", "Ravi"}
+    assert first_words("Which order ships to Ghent?") == {"shipment"}, "a value's write, by a name it holds"
+    assert first_words("What is where?") == everything, "no name: every recalled write"
+    assert first_words("Does Ottilie ship to Ghent?") == everything - {"Ghent"}, "none names both: every one"
+
+
 def test_each_write_keeps_its_text_and_one_saved_without_leaves_its_reads_free(writes_engine, tmp_path):
     pool = _written(writes_engine, "old")
     store = pool.pool.long_term

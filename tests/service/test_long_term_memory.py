@@ -142,8 +142,8 @@ def test_ask_abstains_without_reading_on_a_name_no_write_holds(model, client):
 
 def test_a_grounded_ask_answers_as_the_engine_grounds_it(model, engine, client):
     write(client, "grounded", NOTES[:3])
-    # A seed where the random model, sampled, answers with what no write holds ("0 for Ana.Note").
-    question, sampled = "Which locker holds the parcel for Ben?", dict(do_sample=True, temperature=1.5, seed=3)
+    # No write names both, and at this seed the random model, sampled, answers from one ("0 for Ana.Note 0").
+    question, sampled = "Which locker holds the parcel for Ben and Ana?", dict(do_sample=True, temperature=1.5, seed=3)
     if model != "random:tiny-writes":
         with pytest.raises(ClientError, match="whole writes") as refused:
             client.ask("grounded", question, grounded=True)
