@@ -350,9 +350,12 @@ class Engine:
         subject, the model often answers from a look-alike write about another ("Liam Lund" for
         "What did Amara name the hamster?" where Liam's hamster was written)."""
         names = self._name_keys(question)
-        named = self._holding_names(store.key_ids, store.key_ends, names)
-        about = [write for write in recalled if named[write]]
-        return (about, True) if names and about else (recalled, False)
+        if not names:
+            return recalled, False
+        keys = [store.key(write) for write in recalled]  # only these: a read recalls a few of many
+        named = self._holding_names(torch.cat(keys), torch.tensor([len(key) for key in keys]).cumsum(0), names)
+        about = [write for write, held in zip(recalled, named.tolist()) if held]
+        return (about, True) if about else (recalled, False)
 
     @functools.cached_property
     def _span_vocabulary(self) -> SpanVocabulary:
