@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -49,6 +50,18 @@ SUBJECT_ABSTENTION_COPY_BIAS = 0.5
 SPAN_TEXT_TOKENS = 512
 # Stands for the question in a question prompt, to find where a prompt's question lies.
 _QUESTION = "\x00"
+_LETTER = r"[^\W\d_]"
+
+
+def _as_word(name: str) -> re.Pattern:
+    """`name` (a word of `names_in`), in any case, where it stands as a word of its own: "Lars"
+    not in "Larsen", "774" not in "77411", but "KL" and "1021" in "KL1021" (codes are written
+    with and without a space between letters and digits)."""
+
+    def bound(char: str) -> str:
+        return _LETTER if char.isalpha() else r"\d" if char.isdigit() else "_"
+
+    return re.compile(rf"(?<!{bound(name[0])}){re.escape(name)}(?!{bound(name[-1])})", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -345,15 +358,14 @@ class Engine:
 
     def _answering(self, store: WriteMemory, question: str, recalled: list[int]) -> tuple[list[int], bool]:
         """The writes of `recalled` an answer to `question` may come from, and whether they are
-        those about its subject: the ones that hold every name it uses (as `abstains` looks them
-        up), if the question names any and one does; else all. Reading a question about one
-        subject, the model often answers from a look-alike write about another ("Liam Lund" for
-        "What did Amara name the hamster?" where Liam's hamster was written)."""
-        names = self._name_keys(question)
+        those about its subject: the ones that name every name it uses (`_naming`), if the
+        question names any and one does; else all. Reading a question about one subject, the
+        model often answers from a look-alike write about another ("Liam Lund" for "What did
+        Amara name the hamster?" where Liam's hamster was written)."""
+        names = self._names(question)
         if not names:
             return recalled, False
-        keys = [store.key(write) for write in recalled]  # only these: a read recalls a few of many
-        named = self._holding_names(torch.cat(keys), torch.tensor([len(key) for key in keys]).cumsum(0), names)
+        named = self._naming(store, names, recalled).all(0)  # only these: a read recalls a few of many
         about = [write for write, held in zip(recalled, named.tolist()) if held]
         return (about, True) if about else (recalled, False)
 
@@ -363,10 +375,15 @@ class Engine:
 
     def _texts(self, store: WriteMemory, writes: list[int]) -> list[str] | None:
         """The texts of `writes`; None if one was written before writes kept their texts."""
-        ids = [store.text(write)[:SPAN_TEXT_TOKENS] for write in writes]
+        ids = [self._text_ids(store, write)[:SPAN_TEXT_TOKENS] for write in writes]
         if not all(len(written) for written in ids):
             return None
-        return self.tokenizer.batch_decode([written[written < len(self.tokenizer)].tolist() for written in ids])
+        return self.tokenizer.batch_decode(ids)
+
+    def _text_ids(self, store: WriteMemory, write: int) -> list[int]:
+        """The token ids of `write`'s text that the tokenizer spells."""
+        written = store.text(write)
+        return written[written < len(self.tokenizer)].tolist()
 
     @functools.cached_property
     def _question_frame(self) -> tuple[str, str]:
@@ -389,46 +406,55 @@ class Engine:
     def _key(self, text: str) -> torch.Tensor:
         return self.model.recall_keys(torch.tensor(self.encode(text), dtype=torch.long))
 
-    def _name_keys(self, question: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The keys of the first CHECKED_NAMES distinct names `question` uses, each spelled as a
-        word of its own and after a space (a tokenizer splits "Ottilie" and " Ottilie" differently)."""
-        names = list(dict.fromkeys(names_in(question)))[:CHECKED_NAMES]
-        return [(self._key(name), self._key(" " + name)) for name in names]
-
     @staticmethod
-    def _holding_names(key_ids: torch.Tensor, key_ends: torch.Tensor, names: list[tuple[torch.Tensor, ...]]):
-        """[n] bool tensor: which writes (keys `key_ids` cut at `key_ends`) hold every one of
-        `names` (`_name_keys`), alone or after a space."""
-        named = torch.ones(len(key_ends), dtype=torch.bool)
-        for alone, spaced in names:
-            named &= holding(key_ids, key_ends, alone) | holding(key_ids, key_ends, spaced)
+    def _names(question: str) -> list[str]:
+        """The first CHECKED_NAMES distinct names `question` uses (`memagent.abstention.names_in`)."""
+        return list(dict.fromkeys(names_in(question)))[:CHECKED_NAMES]
+
+    def _naming(self, store: WriteMemory, names: list[str], writes: list[int] | None = None) -> torch.Tensor:
+        """[len(names), n] bool: which of `writes` (all that `store` holds if None) name each of
+        `names` as a word of its own (`_as_word`). Their keys tell which may: a key holds a
+        name's tokens wherever they stand, and "Bruno Larsen" those of "Lars" (a tokenizer also
+        splits "Ottilie" and " Ottilie" differently, so both count). Their texts, where kept,
+        tell which do; each is decoded once, however many names it may hold."""
+        if writes is None:
+            writes, key_ids, key_ends = list(range(store.num_writes)), store.key_ids, store.key_ends
+        else:
+            keys = [store.key(write) for write in writes]
+            key_ids, key_ends = torch.cat(keys), torch.tensor([len(key) for key in keys]).cumsum(0)
+        named = torch.zeros(len(names), len(writes), dtype=torch.bool)
+        for row, name in zip(named, names):
+            row[:] = holding(key_ids, key_ends, self._key(name)) | holding(key_ids, key_ends, self._key(" " + name))
+        candidates = [i for i in named.any(0).nonzero().flatten().tolist() if len(store.text(writes[i]))]
+        words = [_as_word(name) for name in names]
+        texts = self.tokenizer.batch_decode([self._text_ids(store, writes[i]) for i in candidates])
+        for i, text in zip(candidates, texts):
+            named[:, i] &= torch.tensor([bool(word.search(text)) for word in words])
         return named
 
     def abstains(self, pool: MemoryPool, question: str) -> bool:
         """Whether the answer is "I don't know." without reading: `pool` keeps whole writes and
-        holds none, or none that holds a name the question uses (`memagent.abstention.names_in`)
-        spelled as in the question, as a word of its own or after a space (a tokenizer splits
-        "Ottilie" and " Ottilie" differently). Other memories always read."""
+        holds none, or none that names a name the question uses (`memagent.abstention.names_in`;
+        as `_naming` finds them). Other memories always read."""
         store = pool.long_term
         if not isinstance(store, WriteMemory):
             return False
         if not store.num_writes:
             return True
-
-        return not all(store.holds(alone) or store.holds(spaced) for alone, spaced in self._name_keys(question))
+        return not bool(self._naming(store, self._names(question)).any(1).all())
 
     def grounding(self, pool: MemoryPool, question: str) -> Callable[[str], bool]:
-        """Whether an answer to `question` is grounded in `pool` as it is now: one write holds
-        every name the question uses (spelled as `abstains` looks them up) and the answer's
-        words that the question does not use. Asked about what no write tells, the model copies
-        a name or value of a look-alike write, which names another subject; an answer made only
-        of the question's words passes, and so does "I don't know.". Needs a memory of whole
-        writes, which keeps their words."""
+        """Whether an answer to `question` is grounded in `pool` as it is now: one write names
+        every name the question uses (`_naming`) and holds the answer's words that the question
+        does not use. Asked about what no write tells, the model copies a name or value of a
+        look-alike write, which names another subject; an answer made only of the question's
+        words passes, and so does "I don't know.". Needs a memory of whole writes, which keeps
+        their words."""
         store = pool.long_term
         if not isinstance(store, WriteMemory):
             raise ValueError("grounded answers need a memory that keeps whole writes, as the embedded default does")
         key_ids, key_ends = store.key_ids, store.key_ends  # as the read finds them: later writes ground nothing
-        named = self._holding_names(key_ids, key_ends, self._name_keys(question))
+        named = self._naming(store, self._names(question)).all(0)
         asked = self._key(question)
 
         def supported(answer: str) -> bool:

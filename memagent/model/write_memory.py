@@ -212,10 +212,6 @@ class WriteMemory:
         """The token ids of the `write`-th write held, as written (empty if they were not kept)."""
         return ragged_piece(self.text_ids, self.text_ends, write)
 
-    def holds(self, ids: torch.Tensor) -> bool:
-        """Whether one write's key holds every id of `ids` (none: True)."""
-        return not len(ids) or bool(holding(self.key_ids, self.key_ends, ids).any())
-
     def gather(self, layer: int, chosen: torch.Tensor, device=None) -> torch.Tensor:
         """Layer `layer`'s tokens [B, R' * K, d] of the writes `chosen` [B, R'], on `device`;
         only these cross to it."""

@@ -86,6 +86,30 @@ def test_a_memory_of_whole_writes_abstains_without_reading_on_names_no_write_hol
     assert writes_engine.batch.prefills == prefills + 1
 
 
+def test_a_name_held_only_inside_longer_words_is_not_held(writes_engine):
+    pool = writes_engine.pool("whole words")
+    pool.inject("Bruno Larsen turns a year older each July.", progress=False)
+    pool.inject("Build 77411 failed at stage 10 of the tidewater ci.", progress=False)
+    pool.inject("Flight KL1021 leaves from gate B4.", progress=False)
+    for question in ("What is Lars's profession?", "At which stage did build 774 fail?"):
+        assert writes_engine.abstains(pool.pool, question), question
+    held = ("When is Bruno's birthday?", "Which runner does the tidewater CI use?", "Where does KL 1021 leave from?")
+    for question in held:  # in another case; letters and digits of a code written together
+        assert not writes_engine.abstains(pool.pool, question), question
+    store = pool.pool.long_term
+    naming = writes_engine._naming(store, ["Larsen", "Bruno", "CI"]).tolist()
+    assert naming == [[True, False, False], [True, False, False], [False, True, False]]
+    assert writes_engine._naming(store, ["Lars"], [1, 0]).tolist() == [[False, False]]
+
+
+def test_writes_without_their_texts_name_what_their_keys_hold(writes_engine):
+    pool = writes_engine.pool("keys only")
+    pool.inject("Bruno Larsen turns a year older each July.", progress=False)
+    store = pool.pool.long_term
+    store.text_ids, store.text_ends = store.text_ids[:0], torch.zeros_like(store.text_ends)  # as stores once were
+    assert not writes_engine.abstains(pool.pool, "What is Lars's profession?"), "its key holds the tokens of Lars"
+
+
 def test_a_name_only_evicted_writes_held_is_no_longer_held(writes_engine):
     slots = writes_engine.model.config.long_term_slots
     bounded = memagent.Engine(writes_engine.model, writes_engine.tokenizer, max_long_term_tokens=slots)  # R writes
