@@ -375,15 +375,14 @@ class Engine:
 
     def _texts(self, store: WriteMemory, writes: list[int]) -> list[str] | None:
         """The texts of `writes`; None if one was written before writes kept their texts."""
-        ids = [self._text_ids(store, write)[:SPAN_TEXT_TOKENS] for write in writes]
+        ids = [store.text(write)[:SPAN_TEXT_TOKENS] for write in writes]
         if not all(len(written) for written in ids):
             return None
-        return self.tokenizer.batch_decode(ids)
+        return self._decode(ids)
 
-    def _text_ids(self, store: WriteMemory, write: int) -> list[int]:
-        """The token ids of `write`'s text that the tokenizer spells."""
-        written = store.text(write)
-        return written[written < len(self.tokenizer)].tolist()
+    def _decode(self, texts: list[torch.Tensor]) -> list[str]:
+        """Written texts as strings, from the token ids the tokenizer spells."""
+        return self.tokenizer.batch_decode([written[written < len(self.tokenizer)].tolist() for written in texts])
 
     @functools.cached_property
     def _question_frame(self) -> tuple[str, str]:
@@ -425,10 +424,11 @@ class Engine:
         named = torch.zeros(len(names), len(writes), dtype=torch.bool)
         for row, name in zip(named, names):
             row[:] = holding(key_ids, key_ends, self._key(name)) | holding(key_ids, key_ends, self._key(" " + name))
-        candidates = [i for i in named.any(0).nonzero().flatten().tolist() if len(store.text(writes[i]))]
+        kept = [(i, store.text(writes[i])) for i in named.any(0).nonzero().flatten().tolist()]
+        candidates = [(i, written) for i, written in kept if len(written)]
         words = [_as_word(name) for name in names]
-        texts = self.tokenizer.batch_decode([self._text_ids(store, writes[i]) for i in candidates])
-        for i, text in zip(candidates, texts):
+        texts = self._decode([written for _, written in candidates])
+        for (i, _), text in zip(candidates, texts):
             named[:, i] &= torch.tensor([bool(word.search(text)) for word in words])
         return named
 
