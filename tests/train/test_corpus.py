@@ -4,6 +4,7 @@ import pytest
 
 from memagent import default_model
 from memagent.train.corpus import RELATIONS, FactSampler, general_paragraphs
+from tests.evaluation.test_outside_set import pattern
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,15 @@ def test_evaluation_uses_phrasings_and_names_training_never_sees():
     assert not {f.question for f in held_out} & {f.question for f in train}
     assert not {f.text for f in held_out} & {f.text for f in train}
     assert not set(FactSampler("eval").first_names) & set(FactSampler("train").first_names)
+
+
+@pytest.mark.parametrize("relation", sorted(RELATIONS))
+def test_no_training_phrasing_makes_the_held_out_one(relation):
+    """Training says each relation many ways, but never the way evaluation does, even with
+    its slots filled in otherwise."""
+    for kind in ("facts", "questions"):
+        *train, held_out = RELATIONS[relation][kind]
+        assert not [t for t in train if pattern(t).fullmatch(held_out)], (relation, kind)
 
 
 def test_questions_are_phrased_differently_from_facts():
