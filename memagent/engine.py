@@ -424,11 +424,10 @@ class Engine:
         named = torch.zeros(len(names), len(writes), dtype=torch.bool)
         for row, name in zip(named, names):
             row[:] = holding(key_ids, key_ends, self._key(name)) | holding(key_ids, key_ends, self._key(" " + name))
-        kept = [(i, store.text(writes[i])) for i in named.any(0).nonzero().flatten().tolist()]
-        candidates = [(i, written) for i, written in kept if len(written)]
+        kept = {i: store.text(writes[i]) for i in named.any(0).nonzero().flatten().tolist()}
+        kept = {i: written for i, written in kept.items() if len(written)}
         words = [_as_word(name) for name in names]
-        texts = self._decode([written for _, written in candidates])
-        for (i, _), text in zip(candidates, texts):
+        for i, text in zip(kept, self._decode(list(kept.values()))):
             named[:, i] &= torch.tensor([bool(word.search(text)) for word in words])
         return named
 
