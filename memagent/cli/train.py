@@ -49,6 +49,10 @@ def register(subparsers) -> None:
         help="share of fact episodes that also ask about a fact never written (answer: \"I don't know.\")",
     )  # fmt: skip
     train.add_argument(
+        "--blank-share", type=float, default=0.0,
+        help="share of episodes that write nothing and predict general text from an empty memory",
+    )  # fmt: skip
+    train.add_argument(
         "--carry-share", type=float, default=0.9,
         help="share of episodes that start from the pool the previous episode left instead of an empty one",
     )  # fmt: skip
@@ -164,7 +168,7 @@ def run_train(args: argparse.Namespace) -> int:
     engine = Engine(model, tokenizer)
     episodes = EpisodeMaker(
         tokenizer, engine.question_prompt, seed=args.seed, schedule=config.schedule,
-        varied_share=args.varied_share, abstain_share=args.abstain_share,
+        varied_share=args.varied_share, abstain_share=args.abstain_share, blank_share=args.blank_share,
     )  # fmt: skip
     trainer = Trainer(model, episodes, config, args.run_dir)
     if not args.fresh and trainer.resume():

@@ -11,8 +11,11 @@ it would have seen. Four objectives, the first three as in the MemoryLLM paper:
 - abstention: in a share of episodes, a question about a fact that was never written, whose
   answer is exactly "I don't know.";
 - continuation: write a chunk of general text, predict the text that follows it.
-Every read also predicts a plain chunk of general text, which keeps general ability. No
-answer of the outside evaluation set (`memagent/evaluation/data`) is ever drawn.
+Every read also predicts a plain chunk of general text, which keeps general ability, and a
+share of episodes (`blank_share`) writes nothing and predicts general text from an empty
+memory: a memory before its first write reads as the adapted model alone, and nothing else
+would teach that model to keep the base model's prose. No answer of the outside evaluation
+set (`memagent/evaluation/data`) is ever drawn.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ class EpisodeMaker:
         text_tokens=64,
         varied_share=0.5,
         abstain_share=0.3,
+        blank_share=0.0,
     ):
         self.tokenizer = tokenizer
         self.question_prompt = question_prompt
@@ -104,6 +108,7 @@ class EpisodeMaker:
         self.text_tokens = text_tokens
         self.varied_share = varied_share  # share of facts in the varied forms
         self.abstain_share = abstain_share  # share of fact episodes that also ask a never-told question
+        self.blank_share = blank_share  # share of episodes that write nothing
         self.excluded = outside_answers()
         self.end = tokenizer.eos_token
         self.text = prose_tokens(tokenizer, split)
@@ -128,7 +133,11 @@ class EpisodeMaker:
         varied = VariedSampler(self.split, rng.randrange(2**32), self.excluded)
         draw = FactDraw(templates, varied, self.varied_share, rng)
         episode = Episode()
-        if rng.random() < 0.2:
+        kind = rng.random()
+        if kind < self.blank_share:
+            episode.targets.append(self.text_target(self.text_chunk(rng, 2 * self.text_tokens), prompt_tokens=1))
+            return episode
+        if kind < self.blank_share + 0.2:
             chunk = self.text_chunk(rng, 2 * self.text_tokens)
             episode.writes.append((chunk[: self.text_tokens], True))
             episode.targets.append(self.text_target(chunk[self.text_tokens :], prompt_tokens=1))

@@ -196,19 +196,21 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(c, self.step)
         rng = random.Random(c.seed * 1_000_003 + self.step)
-        carry = self.carried is not None and rng.random() < c.carry_share
+        episode = self.episodes(self.step)
+        blank = not episode.writes  # read from an empty memory, and leave the carried one as it was
+        carry = self.carried is not None and rng.random() < c.carry_share and not blank
         seed = c.seed + self.step
         start = self.carried if carry else None
-        episode = self.episodes(self.step)
         write_keys = [self.keys(torch.tensor(ids)) for ids, _ in episode.writes]
         read = None
-        if rng.random() < c.read_share:
+        if rng.random() < c.read_share and not blank:
             earlier = list(self.earlier)
             read = functools.partial(
                 some_writes, episode, count=c.read_writes, earlier=earlier, keys=self.keys, write_keys=write_keys
             )
         parts, pool, written = episode_loss(self.model, episode, seed, c.text_weight, self.pad_id, start, read)
-        self.carried = pool.memory.detach()
+        if not blank:
+            self.carried = pool.memory.detach()
         self.earlier.extend((new.detach(), key) for new, key in zip(written, write_keys))
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)

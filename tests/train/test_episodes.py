@@ -83,3 +83,11 @@ def test_labels_cover_only_completions(maker):
         labelled = labels[row][labels[row] != -100].tolist()
         assert labelled == target.completion
         assert mask[row].sum() == len(target.prompt) + len(target.completion)
+
+
+def test_a_share_of_episodes_writes_nothing_and_predicts_general_text(maker):
+    assert all(maker(step).writes for step in range(300)), "none by default"
+    blanks = EpisodeMaker(maker.tokenizer, maker.question_prompt, schedule=maker.schedule, blank_share=0.1)
+    blank = [e for e in map(blanks, range(300)) if not e.writes]
+    assert 0.05 < len(blank) / 300 < 0.15
+    assert all(len(e.targets) == 1 and e.targets[0].kind == "text" for e in blank)

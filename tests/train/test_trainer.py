@@ -163,3 +163,19 @@ def test_a_read_longer_than_one_prefill_chunk_trains(maker, tmp_path):
     pool.write(trainer.model.new_memory(ids[:1, :8], None))
     trainer.model(ids, pool=pool).logits.sum().backward()
     assert trainer.model.bos_embedding.grad.abs().sum() > 0
+
+
+def test_an_episode_that_writes_nothing_trains_on_an_empty_memory_and_keeps_the_carried_pool(maker, tmp_path):
+    blanks = EpisodeMaker(maker.tokenizer, maker.question_prompt, schedule=maker.schedule, text_tokens=16, blank_share=0.5)
+    blank = next(step for step in range(100) if not blanks(step).writes)
+    written = next(step for step in range(100) if blanks(step).writes)
+    trainer = tiny_trainer(blanks, tmp_path, repeat=written)
+    trainer.config.read_share = 1.0  # a read of some writes would have none to see
+    trainer.train_step()
+    left = trainer.carried
+    trainer.episodes.step = blank
+    before = [p.detach().clone() for p in trainer.params]
+    metrics = trainer.train_step()
+    assert set(metrics) == {"text", "loss"} and metrics["text"] > 0
+    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.params))
+    assert trainer.carried is left
