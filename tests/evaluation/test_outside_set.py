@@ -1,15 +1,13 @@
 """The outside evaluation set: hand-written, in forms the training corpus does not make, and
 kept out of training (no template, name or value of the corpus overlaps it)."""
 
-import re
-import string
-
 import pytest
 
 from memagent.evaluation.outside import never_told_questions, outside_answers, outside_writes
 from memagent.train import corpus, varied
 from memagent.train.corpus import RELATIONS, FactSampler
 from memagent.train.varied import CHATS, EXACT, JSON_QUESTIONS, PAIRS, VariedSampler
+from tests.templates import pattern
 
 
 def training_templates() -> list[str]:
@@ -18,12 +16,6 @@ def training_templates() -> list[str]:
     templates += [t for spec in EXACT.values() for t in spec["facts"] + spec["questions"]]
     templates += JSON_QUESTIONS + [t for chat in CHATS for t in chat[:4]] + [t for pair in PAIRS for t in pair]
     return templates
-
-
-def pattern(template: str) -> re.Pattern:
-    """A template as a regular expression: its fixed words literally, each slot as any text."""
-    parts = [re.escape(literal) + ("(.+?)" if field is not None else "") for literal, field, _, _ in string.Formatter().parse(template)]
-    return re.compile("".join(parts).replace("\\{", "{").replace("\\}", "}"), re.IGNORECASE)
 
 
 def training_values() -> set[str]:

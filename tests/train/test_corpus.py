@@ -4,7 +4,7 @@ import pytest
 
 from memagent import default_model
 from memagent.train.corpus import RELATIONS, FactSampler, general_paragraphs
-from tests.evaluation.test_outside_set import pattern
+from tests.templates import pattern
 
 
 @pytest.fixture(scope="module")
