@@ -48,7 +48,7 @@ SUBJECT_ABSTENTION_COPY_BIAS = 0.5
 # Tokens of a write's text an answer may be copied from, at most: the longest chunk a write
 # takes, so that a crafted import cannot make reads slow (`memagent.answer_spans`).
 SPAN_TEXT_TOKENS = 512
-# Stands for the question in a question prompt, to find where a prompt's question lies.
+# Stands for the question in a question prompt, to find what frames a prompt's question.
 _QUESTION = "\x00"
 _LETTER = r"[^\W\d_]"
 
@@ -178,7 +178,8 @@ class Engine:
         self.max_long_term_tokens = max_long_term_tokens
         self.model = model
         self.tokenizer = tokenizer
-        model.recall_keys = LexicalKeys(tokenizer, frame=self.question_prompt(""))
+        before, _, after = self.question_prompt(_QUESTION).partition(_QUESTION)
+        model.recall_keys = LexicalKeys(tokenizer, frame=(before, after))
         self.name = name
         self.chunking = chunking or Chunking()
         self.cache_budget = cache_budget or CacheBudget.for_device(model.device)
@@ -332,24 +333,25 @@ class Engine:
         Reading a value it never saw in training, the model rebuilds it from memory tokens and
         often misspells it ("rammen" for "ramen") or answers with the question's subject. The
         key of the write its read trusts most, the best match, keeps the value's spelling: the
-        tokens spelled as that write's words that the question does not use get COPY_BIAS, and
-        those of "I don't know." ABSTENTION_COPY_BIAS. The texts of the recalled writes about the
-        question's subject (`_answering`) bound what it may answer; where those are fewer than
-        all, the look-alikes' values are no answer, and "I don't know." leans less
-        (SUBJECT_ABSTENTION_COPY_BIAS)."""
+        tokens spelled as that write's words that neither the question nor its chat frame uses
+        ("a", "named", "user": no value; leaning on them moved answers off the value) get
+        COPY_BIAS, and those of "I don't know." ABSTENTION_COPY_BIAS. The texts of the recalled
+        writes about the question's subject (`_answering`) bound what it may answer; where those
+        are fewer than all, the look-alikes' values are no answer, and "I don't know." leans
+        less (SUBJECT_ABSTENTION_COPY_BIAS)."""
         store = pool.long_term
         if not isinstance(store, WriteMemory) or not store.num_writes:
             return None
         keys = self.model.recall_keys
         asked = [keys(ids[real.bool()]) for ids, real in zip(prompt_ids, mask)]
         chosen = store.choose(asked)
-        questions = [self._question_of(prompt) for prompt in prompts]
+        questions = [keys.question_of(prompt) for prompt in prompts]
         answering = [self._answering(store, question, row) for question, row in zip(questions, chosen.tolist())]
         vocab = self.model.config.vocab_size
         bias = torch.zeros(len(asked), vocab)
         for row, (key, best, (_, about_subject)) in enumerate(zip(asked, chosen[:, -1].tolist(), answering)):
             words = store.key(best)
-            copied = COPY_BIAS * keys.tokens_spelled(words[~torch.isin(words, key)])
+            copied = COPY_BIAS * keys.tokens_spelled(words[~torch.isin(words, torch.cat([key, keys.frame_words]))])
             abstaining = SUBJECT_ABSTENTION_COPY_BIAS if about_subject else ABSTENTION_COPY_BIAS
             leaning = torch.maximum(copied, abstaining * self._abstention_tokens)[:vocab]
             bias[row, : len(leaning)] = leaning
@@ -383,19 +385,6 @@ class Engine:
     def _decode(self, texts: list[torch.Tensor]) -> list[str]:
         """Written texts as strings, from the token ids the tokenizer spells."""
         return self.tokenizer.batch_decode([written[written < len(self.tokenizer)].tolist() for written in texts])
-
-    @functools.cached_property
-    def _question_frame(self) -> tuple[str, str]:
-        """What a `question_prompt` puts before and after its question."""
-        before, _, after = self.question_prompt(_QUESTION).partition(_QUESTION)
-        return before, after
-
-    def _question_of(self, prompt: str) -> str:
-        """The question a `question_prompt` puts (a prompt of another form is taken whole)."""
-        before, after = self._question_frame
-        if prompt.startswith(before) and prompt.endswith(after) and len(prompt) >= len(before) + len(after):
-            return prompt[len(before) : len(prompt) - len(after)]
-        return prompt
 
     @functools.cached_property
     def _abstention_tokens(self) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Answers lean on the best match: `ask` adds logits to the tokens spelled as the words of the
-write its read places nearest the question, and to those of "I don't know." (less where only
-writes about the question's subject may answer); other reads do not."""
+write its read places nearest the question (but the chat frame's), and to those of "I don't
+know." (less where only writes about the question's subject may answer); other reads do not."""
 
 import pytest
 import torch
@@ -41,6 +41,7 @@ def test_the_bias_lifts_the_best_matchs_words_the_question_does_not_use(writes_e
     ottilie, zoltan = bias.tolist()
     for word in (" parrot", " called"):
         assert all(ottilie[t] == COPY_BIAS for t in writes_engine.encode(word)), word
+    assert all(ottilie[t] == 0 for t in writes_engine.encode(" a")), "a word of the chat frame"
     for word in (" Zoltan", " Graz"):  # another write's
         assert all(ottilie[t] == 0 for t in writes_engine.encode(word) if t not in abstaining), word
     assert all(zoltan[t] == COPY_BIAS for t in writes_engine.encode(" Graz"))

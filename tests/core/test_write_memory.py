@@ -208,8 +208,21 @@ def test_lexical_keys_meet_whatever_the_case_or_the_place_in_a_sentence():
     assert key("ljubljana") <= written and key("5.1.6") <= written
     assert not key("Raul") <= written
 
-    framed = LexicalKeys(tokenizer, frame="You are a helpful assistant.")
-    assert set(framed(torch.tensor(tokenizer("You are a helpful pilot")["input_ids"])).tolist()) == key(" pilot")
+
+def test_a_framed_prompt_is_keyed_by_its_question_alone():
+    tokenizer = default_model.load_tokenizer()
+    framed = LexicalKeys(tokenizer, frame=("System: you are a helpful assistant.\nUser: ", "\nAssistant:"))
+
+    def key(text: str) -> set[int]:
+        return set(framed(torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])).tolist())
+
+    assert key("System: you are a helpful assistant.\nUser: Who is the user's pilot?\nAssistant:") == key(
+        "Who is the user's pilot?"
+    )
+    assert key(" user") <= key("User: my pilot is Ravi."), "a write keeps every word, role names too"
+    assert key(" helpful") <= key("A helpful pilot.")
+    left_out = LexicalKeys(tokenizer, left_out="You are a helpful assistant.")
+    assert set(left_out(torch.tensor(tokenizer("You are a helpful pilot")["input_ids"])).tolist()) == key(" pilot")
 
 
 @torch.no_grad()
@@ -223,16 +236,23 @@ def test_an_engine_keys_writes_through_its_tokenizer():
 
 
 @torch.no_grad()
-def test_an_engine_keys_leave_out_its_chat_frame():
-    """A write that shares only the chat frame's words with a question is not its best match."""
+def test_an_engine_keys_a_question_prompt_by_its_question_alone():
+    """A write that shares only the chat frame's words with a question is not its best match;
+    one that shares the question's own words is, role names included."""
     engine = Engine(MemoryLLM.from_random(shape_config("tiny-writes"), seed=0), default_model.load_tokenizer())
     pool = engine.pool("m")
     frame = engine.question_prompt("")
-    for text in ("Mina keeps a parrot called Ravi.", frame, "The depot closes at nine.", "Nils sails on Sunday."):
+    texts = ("Mina keeps a parrot called Ravi.", frame, "User: my friends know me as Greta.", "Nils sails on Sunday.")
+    for text in texts:
         pool.inject(text)
-    assert pool.pool.long_term.key_ends[1] == pool.pool.long_term.key_ends[0], "the frame's write has no key"
-    question = engine.tokenizer(engine.question_prompt("Who keeps Ravi?"), return_tensors="pt")["input_ids"]
-    assert engine.model(question, pool=pool.pool).long_term_order[0, 0].tolist() == [3, 0], "the latest, then Ravi's, the best, last"
+    assert pool.pool.long_term.key_ends[1] == pool.pool.long_term.key_ends[0], "the frame alone is no question"
+
+    def best(question: str) -> int:
+        ids = engine.tokenizer(engine.question_prompt(question), return_tensors="pt")["input_ids"]
+        return engine.model(ids, pool=pool.pool).long_term_order[0, 0, -1].item()
+
+    assert best("Who keeps Ravi?") == 0
+    assert best("How should I address the user?") == 2
 
 
 def test_a_bounded_store_holds_at_most_a_quarter_more_than_its_bound():
