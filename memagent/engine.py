@@ -28,7 +28,8 @@ from memagent.model.memory_pool import MemoryPool
 from memagent.model.memoryllm import MemoryLLM
 from memagent.model.pool_file import PoolFileError, load_pool, save_pool
 from memagent.model.recall_keys import LexicalKeys
-from memagent.model.write_memory import WriteMemory, holding
+from memagent.model.write_memory import Recalled, WriteMemory, holding
+from memagent.model.write_ranker import WriteRanker
 from memagent.sampling import SamplingParams, Usage
 from memagent.text_stream import TextStream
 
@@ -166,16 +167,21 @@ class Engine:
         chunking: Chunking | None = None,
         cache_budget: CacheBudget | None = None,
         max_long_term_tokens: int | None = None,
+        ranker: WriteRanker | None = None,
     ):
         """`max_long_term_tokens`: with M+, the tokens each pool's long-term memory keeps per
-        layer (None: unbounded, as M+); applied to every pool this engine makes, loads or writes."""
+        layer (None: unbounded, as M+); applied to every pool this engine makes, loads or writes.
+        `ranker`: orders an ask's recalled writes about its subject (`answer_reading`)."""
         slots = model.config.long_term_slots
         if slots and max_long_term_tokens is not None and max_long_term_tokens < slots:
             raise ValueError(
                 f"max_long_term_tokens ({max_long_term_tokens}) must be at least the {slots} "
                 "long-term tokens a read places per layer"
             )
+        if ranker is not None and ranker.depth > model.config.num_hidden_layers:
+            raise ValueError(f"the ranker reads layer {ranker.depth}; the model has {model.config.num_hidden_layers}")
         self.max_long_term_tokens = max_long_term_tokens
+        self.ranker = ranker
         self.model = model
         self.tokenizer = tokenizer
         before, _, after = self.question_prompt(_QUESTION).partition(_QUESTION)
@@ -324,11 +330,11 @@ class Engine:
 
     def answer_reading(
         self, pool: MemoryPool, prompts: Sequence[str], prompt_ids: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, AnswerSpans] | None:
+    ) -> tuple[torch.Tensor, AnswerSpans, Recalled] | None:
         """How answers to the question prompts `prompts` (as `prompt_ids`, left-padded, `mask`)
-        lean on the writes their reads recall: a logit bias [B, V] added at every token and the
-        spans of those writes' texts they may take (`memagent.answer_spans`). None for a memory
-        without whole writes.
+        lean on the writes their reads recall: a logit bias [B, V] added at every token, the
+        spans of those writes' texts they may take (`memagent.answer_spans`) and the writes
+        themselves, in the order the reads place them. None for a memory without whole writes.
 
         Reading a value it never saw in training, the model rebuilds it from memory tokens and
         often misspells it ("rammen" for "ramen") or answers with the question's subject. The
@@ -338,7 +344,8 @@ class Engine:
         COPY_BIAS, and those of "I don't know." ABSTENTION_COPY_BIAS. The texts of the recalled
         writes about the question's subject (`_answering`) bound what it may answer; where those
         are fewer than all, the look-alikes' values are no answer, and "I don't know." leans
-        less (SUBJECT_ABSTENTION_COPY_BIAS)."""
+        less (SUBJECT_ABSTENTION_COPY_BIAS). With a `ranker`, the writes about the subject go
+        last, the one it ranks best nearest the question (`_ranked`)."""
         store = pool.long_term
         if not isinstance(store, WriteMemory) or not store.num_writes:
             return None
@@ -347,6 +354,9 @@ class Engine:
         chosen = store.choose(asked)
         questions = [keys.question_of(prompt) for prompt in prompts]
         answering = [self._answering(store, question, row) for question, row in zip(questions, chosen.tolist())]
+        if self.ranker is not None:
+            rows = zip(questions, chosen.tolist(), answering)
+            chosen = torch.tensor([self._ranked(store, question, row, *about) for question, row, about in rows])
         vocab = self.model.config.vocab_size
         bias = torch.zeros(len(asked), vocab)
         for row, (key, best, (_, about_subject)) in enumerate(zip(asked, chosen[:, -1].tolist(), answering)):
@@ -356,7 +366,24 @@ class Engine:
             leaning = torch.maximum(copied, abstaining * self._abstention_tokens)[:vocab]
             bias[row, : len(leaning)] = leaning
         texts = [self._texts(store, writes) for writes, _ in answering]
-        return bias, AnswerSpans.of(self._span_vocabulary, texts, [question_words(q) for q in questions])
+        spans = AnswerSpans.of(self._span_vocabulary, texts, [question_words(q) for q in questions])
+        return bias, spans, store.recalled(chosen)
+
+    def _ranked(
+        self, store: WriteMemory, question: str, recalled: list[int], writes: list[int], about: bool
+    ) -> list[int]:
+        """`recalled` reordered for `question`: its `writes` about the question's subject, if
+        several, after the others and in the ranker's order, the best last. The keys rank them by
+        shared words, and often only the subject's name is shared ("Gemma" in "What is Gemma's
+        profession?" and in two writes about two Gemmas)."""
+        texts = [store.text(write) for write in writes]
+        if not about or len(writes) < 2 or not all(len(text) for text in texts):
+            return recalled
+        question_ids = torch.tensor(self.encode(question)[:SPAN_TEXT_TOKENS])
+        with self.lock:
+            scores = self.ranker.rank(self.model, question_ids, [text[:SPAN_TEXT_TOKENS] for text in texts])
+        ranked = [writes[i] for i in scores.argsort(stable=True).tolist()]
+        return [write for write in recalled if write not in writes] + ranked
 
     def _answering(self, store: WriteMemory, question: str, recalled: list[int]) -> tuple[list[int], bool]:
         """The writes of `recalled` an answer to `question` may come from, and whether they are
@@ -525,7 +552,7 @@ class BatchGeneration:
         try:
             ids, mask = encoded["input_ids"], encoded["attention_mask"]
             reading = engine.answer_reading(pool, prompts, ids, mask) if answers else None
-            bias, spans = reading or (None, None)
+            bias, spans, recalled = reading or (None, None, None)
             cache_bytes = engine.model.cache_nbytes(pool, ids.shape[0], ids.shape[1] + params.max_new_tokens)
             pieces, decoded = ["" for _ in self._texts], 0
             with engine.cache_budget.reserve(cache_bytes):
@@ -539,6 +566,7 @@ class BatchGeneration:
                     batch=engine.batch,
                     logit_bias=bias,
                     answer_spans=spans,
+                    recalled=recalled,
                 )
                 with contextlib.closing(steps):
                     for row_tokens in steps:

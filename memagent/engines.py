@@ -13,6 +13,7 @@ from memagent.model import quantized
 from memagent.model.loading import resolve_checkpoint
 from memagent.model.memoryllm import MemoryLLM
 from memagent.model.shapes import shape_config
+from memagent.model.write_ranker import WriteRanker
 
 RANDOM_PREFIX = "random:"
 SCHEMES = quantized.SCHEMES
@@ -91,6 +92,7 @@ def load_default_engine(
         name="memagent-default-smollm2-135m",
         chunking=chunking,
         max_long_term_tokens=max_long_term_tokens,
+        ranker=WriteRanker.load(adapter),
     )
 
 

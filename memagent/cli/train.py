@@ -75,6 +75,22 @@ def register(subparsers) -> None:
     train.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --run-dir instead of resuming")
     train.set_defaults(run=run_train)
 
+    ranker = subparsers.add_parser(
+        "train-ranker",
+        help="train the write ranker of an exported adapter",
+        description="Train the ranker that orders the recalled writes about a question's subject by how well each "
+        "answers it (memagent/model/write_ranker.py), on the generator's facts beside look-alikes about the same "
+        "subject, with the adapter's model frozen. Writes ADAPTER/ranker.safetensors; reads use it from then on.",
+    )
+    ranker.add_argument("adapter", help="an exported adapter folder (e.g. runs/default2/adapter)")
+    ranker.add_argument("--examples", type=_at_least(1), default=1400, help="training questions")
+    ranker.add_argument("--steps", type=_at_least(1), default=1500, help="optimizer steps (states are computed once)")
+    ranker.add_argument("--depth", type=_at_least(1), default=18, help="layers whose hidden states the ranker reads")
+    ranker.add_argument("--seed", type=int, default=0, help="facts and initialisation")
+    ranker.add_argument("--device", default=AUTO, help=f"cpu, cuda, or {AUTO} (cuda when present)")
+    ranker.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    ranker.set_defaults(run=run_train_ranker)
+
     evaluate = subparsers.add_parser(
         "eval",
         help="measure recall, retention, controls and perplexity of a model",
@@ -187,6 +203,18 @@ def run_train(args: argparse.Namespace) -> int:
         retriever = train_retriever(trained, episodes, DEFAULT_LONG_TERM, retriever_config, args.run_dir, resume=not args.fresh)
         export_with_long_term(adapter, DEFAULT_LONG_TERM, retriever)
     print(f"adapter exported to {adapter}; copy it to {default_model.ADAPTER_DIR} to ship it")
+    return 0
+
+
+def run_train_ranker(args: argparse.Namespace) -> int:
+    from memagent import default_model
+    from memagent.train.ranker import RankerConfig, train_ranker
+
+    _threads(args.threads)
+    model, tokenizer = default_model.load_default(args.adapter, device=_device(args.device))
+    config = RankerConfig(examples=args.examples, steps=args.steps, depth=args.depth, seed=args.seed)
+    path = train_ranker(model, tokenizer, config).save(args.adapter)
+    print(f"ranker saved to {path}")
     return 0
 
 

@@ -26,6 +26,7 @@ from memagent.sampling import SamplingParams
 if TYPE_CHECKING:
     from memagent.model.memory_pool import MemoryPool
     from memagent.model.memoryllm import MemoryLLM
+    from memagent.model.write_memory import Recalled
 
 GRAPH_MIN_NEW_TOKENS = 8  # shorter answers decode eagerly: a capture or prefix copy would not pay off
 EOS_CHECK_EVERY = 8
@@ -122,9 +123,11 @@ class Decoding:
         eos_check_every: int | None = None,
         logit_bias: torch.Tensor | None = None,
         answer_spans: TokenFilter | None = None,
+        recalled: Recalled | None = None,
     ):
         """`logit_bias` [B, V]: added to each row's logits before every token is chosen;
-        `answer_spans`: which tokens each row may choose (`memagent.answer_spans.AnswerSpans`)."""
+        `answer_spans`: which tokens each row may choose (`memagent.answer_spans.AnswerSpans`);
+        `recalled`: the whole writes each row reads, chosen before (else its prompt chooses)."""
         self.model = model
         self.params = params
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
@@ -149,6 +152,7 @@ class Decoding:
         self.logits: torch.Tensor | None = None  # [B, V]: the next token's, once prefilled
         self.logit_bias = None if logit_bias is None else logit_bias.to(model.device, torch.float32)
         self.answer_spans = None if answer_spans is None else answer_spans.to(model.device)
+        self.recalled = recalled
         self.error: BaseException | None = None  # what failed a prefill shared with others
         self._held = contextlib.ExitStack()
 
@@ -175,6 +179,8 @@ class Decoding:
             self.cache = self.graph_step.cache
         else:
             self.cache = self.model.new_cache(self.pool, self.rows, self.max_tokens)
+        if self.cache.long_term is not None:
+            self.cache.long_term.ahead = self.recalled
 
     def prefill(self, lock: contextlib.AbstractContextManager, contended: Callable[[], bool]) -> Iterator[None]:
         """Run the prompt through a new cache, one chunk per hold of `lock`; yields between chunks,

@@ -34,7 +34,7 @@ import torch
 
 from memagent.model.config import LongTermConfig
 from memagent.model.memory_pool import Dropped, fill
-from memagent.model.write_memory import WriteMemory
+from memagent.model.write_memory import Recalled, WriteMemory
 
 _MERGE_THRESHOLD = 0.01  # a stored token lives while its recall frequency stays above this
 HOST = torch.device("cpu")
@@ -477,3 +477,5 @@ class LongTermRead:
     store: LongTermStore
     # Per layer: [B, M] candidate indices (M+), or [B, R'] recalled writes (the same in every layer).
     chosen: list[torch.Tensor] = field(default_factory=list)
+    # Whole writes chosen before the read (`Engine.answer_reading`), which it takes if still held.
+    ahead: Recalled | None = None

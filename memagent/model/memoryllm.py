@@ -527,10 +527,12 @@ class MemoryLLM(nn.Module):
             self.recalled_kv.layer(store, i, newest, functools.partial(self._project_long_term, layer), self.device)
 
     def _choose_writes(self, cache: KVCache, input_ids: torch.Tensor, valid: torch.Tensor) -> None:
-        """Whole writes: choose each row's writes from its prompt, once for every layer, and hide
-        the region's slots they leave empty."""
+        """Whole writes: choose each row's writes from its prompt (unless chosen ahead), once
+        for every layer, and hide the region's slots they leave empty."""
         read = cache.long_term
-        chosen = read.store.choose([self.recall_keys(ids[real]) for ids, real in zip(input_ids, valid)])
+        chosen = read.ahead.of(read.store) if read.ahead is not None else None
+        if chosen is None:
+            chosen = read.store.choose([self.recall_keys(ids[real]) for ids, real in zip(input_ids, valid)])
         read.chosen = [chosen] * len(cache.layers)
         empty = read.store.slots - chosen.shape[1] * read.store.tokens_per_write
         cache.key_valid[:, :empty] = False
@@ -667,6 +669,18 @@ class MemoryLLM(nn.Module):
         logits = self.lm_head(self.prefill(input_ids, attention_mask, cache))
         order = torch.stack(cache.long_term.chosen, 1) if cache.long_term is not None else None
         return CausalLMOutput(logits, order)
+
+    def text_states(self, input_ids: torch.Tensor, depth: int) -> torch.Tensor:
+        """The hidden states [B, T, d] after the first `depth` layers of texts `input_ids`
+        [B, T] (padded on the right, which no real token attends), read with no memory."""
+        if not 0 < depth <= self.config.num_hidden_layers:
+            raise ValueError(f"depth must be 1 to {self.config.num_hidden_layers} layers, got {depth}")
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = self._rope(x.shape[1], x.dtype)
+        mask = self._causal(x.shape[1], x.shape[1])
+        for layer in self.model.layers[:depth]:
+            x = layer(x, cos, sin, mask)
+        return x
 
     # -- writing ---------------------------------------------------------------------------
 

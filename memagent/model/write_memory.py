@@ -21,7 +21,7 @@ writes.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -86,6 +86,21 @@ def holding(key_ids: torch.Tensor, key_ends: torch.Tensor, ids: torch.Tensor) ->
     wanted = ids.to(HOST).unique()
     held = torch.bincount(owners(key_ends)[torch.isin(key_ids, wanted)], minlength=len(key_ends))
     return held == len(wanted)
+
+
+@dataclass(frozen=True)
+class Recalled:
+    """The writes [B, R'] a read recalls, chosen before it (an ask's, ordered by the engine),
+    by their places in the store as it was then: a write appended since moves none of them; an
+    eviction or a reset does, and the read then chooses again."""
+
+    store: int  # the store's uid
+    first: int  # the number of its first write held
+    writes: torch.Tensor
+
+    def of(self, store: "WriteMemory") -> torch.Tensor | None:
+        """The writes, if `store` still holds them where they were."""
+        return self.writes if (store.uid, store.first) == (self.store, self.first) else None
 
 
 class WriteMemory:
@@ -200,9 +215,33 @@ class WriteMemory:
 
     def choose(self, prompt_keys: list[torch.Tensor]) -> torch.Tensor:
         """The writes [B, R'] each of B prompts, given by their keys, reads, R' = min(R, writes
-        held), the best match last."""
-        R = self.config.num_ltm_blocks
-        return torch.stack([best_matches(self.key_ids, self.key_ends, key, R) for key in prompt_keys])
+        held), the best match last. A text written again is recalled once, as its latest write:
+        an agent that logs the same tool output ten times would otherwise fill a read with it
+        (copies only fill what distinct writes leave)."""
+        R = min(self.config.num_ltm_blocks, self.num_writes)
+        ranked = [best_matches(self.key_ids, self.key_ends, key, self.num_writes) for key in prompt_keys]
+        return torch.stack([self._distinct(writes, R) for writes in ranked])
+
+    def recalled(self, writes: torch.Tensor) -> Recalled:
+        """`writes` [B, R'] (as `choose` gives them) pinned to this store as it is now."""
+        return Recalled(self.uid, self.first, writes)
+
+    def _distinct(self, ranked: torch.Tensor, count: int) -> torch.Tensor:
+        """The best `count` of `ranked` (best last) whose texts differ, best last; copies after
+        them where too few differ."""
+        seen, distinct, copies = set(), [], []
+        for write in ranked.flip(0).tolist():
+            written = self._written(write)
+            (copies if written in seen else distinct).append(write)
+            seen.add(written)
+            if len(distinct) == count:
+                break
+        return torch.tensor((distinct + copies)[:count][::-1])
+
+    def _written(self, write: int) -> tuple:
+        """What tells writes apart: their texts, or their keys if written before texts were kept."""
+        text = self.text(write)
+        return ("text", *text.tolist()) if len(text) else ("key", *self.key(write).tolist())
 
     def key(self, write: int) -> torch.Tensor:
         """The key ids of the `write`-th write held (0: the oldest held)."""

@@ -35,7 +35,7 @@ def _written(engine: memagent.Engine, name: str):
 
 def test_the_bias_lifts_the_best_matchs_words_the_question_does_not_use(writes_engine):
     pool = _written(writes_engine, "bias")
-    bias, _ = _reading(writes_engine, pool.pool, ["What does Ottilie keep?", "Who repairs clocks?"])
+    bias, _, _ = _reading(writes_engine, pool.pool, ["What does Ottilie keep?", "Who repairs clocks?"])
     assert bias.shape == (2, writes_engine.model.config.vocab_size)
     abstaining = set(writes_engine.encode(ABSTENTION))
     ottilie, zoltan = bias.tolist()

@@ -43,6 +43,43 @@ def test_a_read_recalls_the_writes_sharing_the_rarest_ids_the_best_last():
     assert wm.gather(0, chosen)[:, :, 0].tolist() == [[2.0] * K + [3.0] * K, [3.0] * K + [1.0] * K]
 
 
+def test_a_text_written_again_is_recalled_once_as_its_latest_write():
+    wm = store()
+    write(wm, 0.0, [7, 8], text=[1, 2, 3])
+    write(wm, 1.0, [7], text=[4])
+    write(wm, 2.0, [7, 8], text=[1, 2, 3])  # the same tool output, logged again
+    write(wm, 3.0, [7, 8], text=[1, 2, 3])
+    assert wm.choose([torch.tensor([8])]).tolist() == [[1, 3]], "the copies would fill both places"
+    write(wm, 4.0, [7, 8], text=[1, 3, 2])  # the same words in another order: another text
+    assert wm.choose([torch.tensor([8])]).tolist() == [[3, 4]]
+
+
+def test_copies_fill_a_read_only_where_too_few_texts_differ():
+    wm = store()
+    write(wm, 0.0, [7], text=[1])
+    write(wm, 1.0, [7], text=[1])
+    assert wm.choose([torch.tensor([7])]).tolist() == [[0, 1]]
+    old = store()
+    write(old, 0.0, [7, 8])  # written before writes kept their texts: told apart by their keys
+    write(old, 1.0, [7, 9])
+    write(old, 2.0, [7, 8])
+    assert old.choose([torch.tensor([7])]).tolist() == [[1, 2]]
+
+
+def test_writes_chosen_ahead_hold_while_the_store_only_grows():
+    wm = store()
+    for value in range(3):
+        write(wm, float(value), [value])
+    recalled = wm.recalled(torch.tensor([[2, 0]]))
+    write(wm, 3.0, [3])
+    assert recalled.of(wm).tolist() == [[2, 0]], "an appended write moves no index"
+    wm.limit(3 * K)  # evicts the oldest: the indices now name other writes
+    assert recalled.of(wm) is None
+    fresh = wm.recalled(torch.tensor([[0, 1]]))
+    wm.reset()
+    assert fresh.of(wm) is None
+
+
 def test_a_short_write_outranks_a_long_one_sharing_the_same_ids():
     wm = store()
     write(wm, 0.0, [7])
@@ -163,6 +200,27 @@ def test_a_padded_batch_recalls_per_row_as_each_prompt_alone(model):
         assert torch.equal(batch.long_term_order[row], alone.long_term_order[0])
         assert (batch.logits[row, 5 - len(p) :] - alone.logits[0]).abs().max() < 1e-4
     assert batch.long_term_order[:, 0].tolist() == [[1, 2], [0, 3]]
+
+
+@torch.no_grad()
+def test_a_read_takes_the_writes_chosen_ahead_while_they_are_held(model):
+    pool = model.new_pool()
+    for start in (20, 30, 40):
+        model.inject(torch.arange(start, start + 10)[None], pool=pool)
+    prompt = torch.tensor([[31, 5]])
+    own = model(prompt, pool=pool)
+    assert own.long_term_order[0, 0].tolist() == [2, 1]
+
+    def read(ahead) -> torch.Tensor:
+        cache = model.new_cache(pool, 1, prompt.shape[1])
+        cache.long_term.ahead = ahead
+        model.prefill(prompt, torch.ones_like(prompt), cache)
+        return cache.long_term.chosen[0]
+
+    ahead = pool.long_term.recalled(torch.tensor([[1, 0]]))
+    assert read(ahead).tolist() == [[1, 0]]
+    pool.long_term.limit(2 * pool.long_term.tokens_per_write)  # evicts write 0: they are not where they were
+    assert read(ahead).tolist() == model(prompt, pool=pool).long_term_order[0, 0][None].tolist()
 
 
 @torch.no_grad()

@@ -1,0 +1,87 @@
+"""The write ranker: states of texts as the model reads them, on disk, and in an ask, where it
+orders the recalled writes about the question's subject (the shipped default's)."""
+
+import pytest
+import torch
+
+import memagent
+from memagent import Engine, MemoryLLM
+from memagent.model.loading import CheckpointError
+from memagent.model.shapes import shape_config
+from memagent.model.write_ranker import RANKER_FILE, WriteRanker
+
+
+@pytest.fixture(scope="module")
+def model() -> MemoryLLM:
+    return MemoryLLM.from_random(shape_config("tiny-writes"), seed=0)
+
+
+def ranker_for(model: MemoryLLM, depth: int = 1) -> WriteRanker:
+    torch.manual_seed(0)
+    return WriteRanker(model.config.hidden_size, depth, dim=8).eval()
+
+
+def test_a_texts_states_are_the_same_alone_or_padded_in_a_batch(model):
+    ranker = ranker_for(model)
+    texts = [torch.tensor([5, 6, 7, 8, 9]), torch.tensor([11, 12])]
+    together = ranker.states(model, texts)
+    for text, state in zip(texts, together):
+        assert (ranker.states(model, [text])[0] - state).abs().max() < 1e-5
+    assert together.shape == (2, model.config.hidden_size)
+
+
+def test_text_states_read_no_memory_and_no_deeper_than_asked(model):
+    ids = torch.tensor([[5, 6, 7]])
+    pool = model.new_pool()
+    model.inject(torch.arange(20, 30)[None], pool=pool)
+    shallow, deep = model.text_states(ids, 1), model.text_states(ids, 2)
+    assert not torch.equal(shallow, deep)
+    with pytest.raises(ValueError, match="depth must be 1 to 2 layers, got 3"):
+        model.text_states(ids, 3)
+
+
+def test_a_ranker_round_trips_and_a_damaged_file_is_refused(model, tmp_path):
+    ranker = ranker_for(model)
+    question, writes = torch.tensor([5, 6]), [torch.tensor([7, 8, 9]), torch.tensor([10])]
+    ranker.save(tmp_path)
+    again = WriteRanker.load(tmp_path)
+    assert again.depth == 1
+    assert torch.allclose(again.rank(model, question, writes), ranker.rank(model, question, writes))
+    assert WriteRanker.load(tmp_path / "elsewhere") is None, "no ranker there: none"
+    (tmp_path / RANKER_FILE).write_bytes((tmp_path / RANKER_FILE).read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="not a write ranker"):
+        WriteRanker.load(tmp_path)
+
+
+def test_an_engine_refuses_a_ranker_deeper_than_its_model(model):
+    tokenizer = memagent.load("random:tiny-writes").tokenizer
+    with pytest.raises(ValueError, match="the ranker reads layer 5; the model has 2"):
+        Engine(model, tokenizer, ranker=ranker_for(model, depth=5))
+
+
+@pytest.fixture(scope="module")
+def default() -> Engine:
+    return memagent.load()
+
+
+def test_the_write_that_answers_goes_nearest_the_question(default):
+    """Four writes about four Liams share only "Liam" with each question: the keys alone would
+    read the latest nearest the question, and asked for a phone number no write holds, the
+    model copied "Toffee" from it."""
+    pool = default.pool("liams")
+    for text in (
+        "These days Liam Larsen rents a flat in Gdansk.",
+        "If Liam Thorne could paint everything one colour, it would be emerald.",
+        "Liam Lund adopted a hamster and named it Toffee.",
+        "Liam Rossi earns a living as a translator.",
+    ):
+        pool.inject(text, progress=False)
+    question = "Which city does Liam call home?"
+    prompt = default.question_prompt(question)
+    encoded = default.tokenizer([prompt], return_tensors="pt")
+    recalled = default.answer_reading(pool.pool, [prompt], encoded["input_ids"], encoded["attention_mask"])[2]
+    assert sorted(recalled.writes[0].tolist()) == [0, 1, 2, 3] and recalled.writes[0, -1] == 0
+    assert pool.ask(question) == "Gdansk"
+    assert pool.ask("What did Liam name the hamster?") == "Toffee"
+    assert pool.ask("What colour would Liam pick if asked for a favourite?") == "emerald"
+    assert pool.ask("What number do I dial to call Liam?") == "I don't know."
