@@ -12,6 +12,7 @@ import functools
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ SUBJECT_ABSTENTION_COPY_BIAS = 0.5
 # Tokens of a write's text an answer may be copied from, at most: the longest chunk a write
 # takes, so that a crafted import cannot make reads slow (`memagent.answer_spans`).
 SPAN_TEXT_TOKENS = 512
+# Write states the ranker keeps for later asks: 4,096 of the default's (576 numbers each) take 9 MiB.
+KEPT_WRITE_STATES = 4096
 # Stands for the question in a question prompt, to find what frames a prompt's question.
 _QUESTION = "\x00"
 _LETTER = r"[^\W\d_]"
@@ -182,6 +185,9 @@ class Engine:
             raise ValueError(f"the ranker reads layer {ranker.depth}; the model has {model.config.num_hidden_layers}")
         self.max_long_term_tokens = max_long_term_tokens
         self.ranker = ranker
+        # The ranker's states of writes it scored, by (store uid, write number): a write never
+        # changes, so only a new one or the question costs a pass. Least recently used out first.
+        self._write_states: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
         self.model = model
         self.tokenizer = tokenizer
         before, _, after = self.question_prompt(_QUESTION).partition(_QUESTION)
@@ -380,10 +386,24 @@ class Engine:
         if not about or len(writes) < 2 or not all(len(text) for text in texts):
             return recalled
         question_ids = torch.tensor(self.encode(question)[:SPAN_TEXT_TOKENS])
-        with self.lock:
-            scores = self.ranker.rank(self.model, question_ids, [text[:SPAN_TEXT_TOKENS] for text in texts])
+        with self.lock, torch.inference_mode():
+            asked = self.ranker.states(self.model, [question_ids])[0]
+            scores = self.ranker(asked, self._states_of(store, writes, texts))
         ranked = [writes[i] for i in scores.argsort(stable=True).tolist()]
         return [write for write in recalled if write not in writes] + ranked
+
+    def _states_of(self, store: WriteMemory, writes: list[int], texts: list[torch.Tensor]) -> torch.Tensor:
+        """The ranker's states [n, d] of `writes` (token ids `texts`), kept for later asks."""
+        keys = [(store.uid, store.first + write) for write in writes]
+        new = [i for i, key in enumerate(keys) if key not in self._write_states]
+        if new:
+            states = self.ranker.states(self.model, [texts[i][:SPAN_TEXT_TOKENS] for i in new])
+            self._write_states.update((keys[i], state) for i, state in zip(new, states))
+        for key in keys:
+            self._write_states.move_to_end(key)
+        while len(self._write_states) > KEPT_WRITE_STATES:
+            self._write_states.popitem(last=False)
+        return torch.stack([self._write_states[key] for key in keys])
 
     def _answering(self, store: WriteMemory, question: str, recalled: list[int]) -> tuple[list[int], bool]:
         """The writes of `recalled` an answer to `question` may come from, and whether they are

@@ -53,16 +53,11 @@ class WriteRanker(nn.Module):
         return torch.cat(out)
 
     def forward(self, questions: torch.Tensor, writes: torch.Tensor) -> torch.Tensor:
-        """Scores [..., n]: each question state [..., d] against its writes' states [..., n, d]."""
+        """Scores [..., n]: each question state [..., d] against its writes' states [..., n, d];
+        higher answers better."""
         q = F.normalize(self.question((questions - self.mean) / self.std), dim=-1)
         w = F.normalize(self.write((writes - self.mean) / self.std), dim=-1)
         return self.scale * (w @ q.unsqueeze(-1)).squeeze(-1)
-
-    def rank(self, model: MemoryLLM, question: torch.Tensor, writes: list[torch.Tensor]) -> torch.Tensor:
-        """Scores [n] of `writes` (token ids) for `question` (token ids): higher answers better."""
-        states = self.states(model, [question, *writes])
-        with torch.inference_mode():
-            return self(states[0], states[1:])
 
     # -- on disk ---------------------------------------------------------------------------
 

@@ -42,11 +42,12 @@ def test_text_states_read_no_memory_and_no_deeper_than_asked(model):
 
 def test_a_ranker_round_trips_and_a_damaged_file_is_refused(model, tmp_path):
     ranker = ranker_for(model)
-    question, writes = torch.tensor([5, 6]), [torch.tensor([7, 8, 9]), torch.tensor([10])]
+    question, *writes = ranker.states(model, [torch.tensor([5, 6]), torch.tensor([7, 8, 9]), torch.tensor([10])])
     ranker.save(tmp_path)
     again = WriteRanker.load(tmp_path)
     assert again.depth == 1
-    assert torch.allclose(again.rank(model, question, writes), ranker.rank(model, question, writes))
+    with torch.no_grad():
+        assert torch.allclose(again(question, torch.stack(writes)), ranker(question, torch.stack(writes)))
     assert WriteRanker.load(tmp_path / "elsewhere") is None, "no ranker there: none"
     (tmp_path / RANKER_FILE).write_bytes((tmp_path / RANKER_FILE).read_bytes()[:100])
     with pytest.raises(CheckpointError, match="not a write ranker"):
@@ -81,7 +82,10 @@ def test_the_write_that_answers_goes_nearest_the_question(default):
     encoded = default.tokenizer([prompt], return_tensors="pt")
     recalled = default.answer_reading(pool.pool, [prompt], encoded["input_ids"], encoded["attention_mask"])[2]
     assert sorted(recalled.writes[0].tolist()) == [0, 1, 2, 3] and recalled.writes[0, -1] == 0
+    kept = {key: state.clone() for key, state in default._write_states.items()}
+    assert len(kept) == 4, "each write's states are kept: later asks pass only their question"
     assert pool.ask(question) == "Gdansk"
     assert pool.ask("What did Liam name the hamster?") == "Toffee"
     assert pool.ask("What colour would Liam pick if asked for a favourite?") == "emerald"
     assert pool.ask("What number do I dial to call Liam?") == "I don't know."
+    assert all(torch.equal(default._write_states[key], state) for key, state in kept.items())
