@@ -267,6 +267,14 @@ class Engine:
         problem = mismatch(pool.long_term, self.model.config.long_term, self.model.config.num_tokens)
         if problem:
             raise PoolFileError(f"{path}: {problem}")
+        return self.adopt(pool)
+
+    def adopt(self, pool: MemoryPool) -> MemoryPool:
+        """A pool read from disk, made this engine's: under its long-term bound, and its whole
+        writes keyed as this engine keys them (a file saved under an older way of keying holds
+        old keys; each write's kept token ids give the new ones)."""
+        if isinstance(pool.long_term, WriteMemory):
+            pool.long_term.rekey(self.model.recall_keys)
         return self._bounded(pool)
 
     # -- writing ---------------------------------------------------------------------------
@@ -361,8 +369,7 @@ class Engine:
         questions = [keys.question_of(prompt) for prompt in prompts]
         answering = [self._answering(store, question, row) for question, row in zip(questions, chosen.tolist())]
         if self.ranker is not None:
-            rows = zip(questions, chosen.tolist(), answering)
-            chosen = torch.tensor([self._ranked(store, question, row, *about) for question, row, about in rows])
+            chosen = torch.tensor(self._ranked(store, questions, chosen.tolist(), answering))
         vocab = self.model.config.vocab_size
         bias = torch.zeros(len(asked), vocab)
         for row, (key, best, (_, about_subject)) in enumerate(zip(asked, chosen[:, -1].tolist(), answering)):
@@ -376,21 +383,35 @@ class Engine:
         return bias, spans, store.recalled(chosen)
 
     def _ranked(
-        self, store: WriteMemory, question: str, recalled: list[int], writes: list[int], about: bool
-    ) -> list[int]:
-        """`recalled` reordered for `question`: its `writes` about the question's subject, if
-        several, after the others and in the ranker's order, the best last. The keys rank them by
-        shared words, and often only the subject's name is shared ("Gemma" in "What is Gemma's
-        profession?" and in two writes about two Gemmas)."""
-        texts = [store.text(write) for write in writes]
-        if not about or len(writes) < 2 or not all(len(text) for text in texts):
+        self,
+        store: WriteMemory,
+        questions: list[str],
+        recalled: list[list[int]],
+        answering: list[tuple[list[int], bool]],
+    ) -> list[list[int]]:
+        """Each row of `recalled` reordered for its question: its writes about the question's
+        subject (`answering`), if several, after the others and in the ranker's order, the best
+        last. The keys rank them by shared words, and often only the subject's name is shared
+        ("Gemma" in "What is Gemma's profession?" and in two writes about two Gemmas). The
+        questions that need it pass through the model together."""
+        texts = [[store.text(write) for write in writes] for writes, _ in answering]
+        ranking = [
+            row
+            for row, ((writes, about), written) in enumerate(zip(answering, texts))
+            if about and len(writes) >= 2 and all(len(text) for text in written)
+        ]
+        if not ranking:
             return recalled
-        question_ids = torch.tensor(self.encode(question)[:SPAN_TEXT_TOKENS])
+        asked_ids = [torch.tensor(self.encode(questions[row])[:SPAN_TEXT_TOKENS]) for row in ranking]
+        reordered = list(recalled)
         with self.lock, torch.inference_mode():
-            asked = self.ranker.states(self.model, [question_ids])[0]
-            scores = self.ranker(asked, self._states_of(store, writes, texts))
-        ranked = [writes[i] for i in scores.argsort(stable=True).tolist()]
-        return [write for write in recalled if write not in writes] + ranked
+            asked = self.ranker.states(self.model, asked_ids)
+            for row, question in zip(ranking, asked):
+                writes = answering[row][0]
+                scores = self.ranker(question, self._states_of(store, writes, texts[row]))
+                ranked = [writes[i] for i in scores.argsort(stable=True).tolist()]
+                reordered[row] = [write for write in recalled[row] if write not in writes] + ranked
+        return reordered
 
     def _states_of(self, store: WriteMemory, writes: list[int], texts: list[torch.Tensor]) -> torch.Tensor:
         """The ranker's states [n, d] of `writes` (token ids `texts`), kept for later asks."""
@@ -449,9 +470,8 @@ class Engine:
     def _naming(self, store: WriteMemory, names: list[str], writes: list[int] | None = None) -> torch.Tensor:
         """[len(names), n] bool: which of `writes` (all that `store` holds if None) name each of
         `names` as a word of its own (`_as_word`). Their keys tell which may: a key holds a
-        name's tokens wherever they stand, and "Bruno Larsen" those of "Lars" (a tokenizer also
-        splits "Ottilie" and " Ottilie" differently, so both count). Their texts, where kept,
-        tell which do; each is decoded once, however many names it may hold."""
+        name's tokens wherever they stand, and "Bruno Larsen" those of "Lars". Their texts, where
+        kept, tell which do; each is decoded once, however many names it may hold."""
         if writes is None:
             writes, key_ids, key_ends = list(range(store.num_writes)), store.key_ids, store.key_ends
         else:
@@ -459,7 +479,7 @@ class Engine:
             key_ids, key_ends = torch.cat(keys), torch.tensor([len(key) for key in keys]).cumsum(0)
         named = torch.zeros(len(names), len(writes), dtype=torch.bool)
         for row, name in zip(named, names):
-            row[:] = holding(key_ids, key_ends, self._key(name)) | holding(key_ids, key_ends, self._key(" " + name))
+            row[:] = holding(key_ids, key_ends, self._key(name))
         kept = {i: store.text(writes[i]) for i in named.any(0).nonzero().flatten().tolist()}
         kept = {i: written for i, written in kept.items() if len(written)}
         words = [_as_word(name) for name in names]

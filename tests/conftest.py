@@ -24,6 +24,12 @@ def tiny_engine() -> memagent.Engine:
     return memagent.load("random:tiny")
 
 
+@pytest.fixture(scope="session")
+def default_engine() -> memagent.Engine:
+    """The shipped default, loaded once for the tests that need its behaviour."""
+    return memagent.load()
+
+
 class CountedApplies:
     """The engine's `apply`, counting the chunks it writes into pools (any thread's)."""
 

@@ -21,6 +21,7 @@ writes.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -171,6 +172,16 @@ class WriteMemory:
         text = text if text is not None else self.text_ids[:0]
         self.text_ids, self.text_ends = ragged_append(self.text_ids, self.text_ends, text)
         self._bound()
+
+    def rekey(self, key: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Give each write whose token ids were kept the key `key` makes of them, as a write gets
+        now (a store saved under an older way of keying holds old keys); the others keep theirs."""
+        keys = []
+        for write in range(self.num_writes):
+            text = self.text(write)
+            keys.append(key(text).to(HOST, torch.long) if len(text) else self.key(write))
+        self.key_ids = torch.cat(keys) if keys else self.key_ids[:0]
+        self.key_ends = torch.tensor([len(k) for k in keys], dtype=torch.long).cumsum(0)
 
     def _append(self, block: torch.Tensor) -> torch.Tensor:
         """`torch.cat([self.tokens, block], 1)`, in place after the tokens where the buffer has

@@ -588,7 +588,7 @@ class MemoryStore:
                 f"this server runs {self.fingerprint} ({self.engine.name})"
             )
         pool = memory.snapshots.load(header.log_id, entries, device=self.engine.device, dtype=self.engine.dtype)
-        pool = pool or self.engine.new_pool(seed=header.seed)
+        pool = self.engine.adopt(pool) if pool else self.engine.new_pool(seed=header.seed)
         tail = [e for e in entries if e.step > pool.step]
         yield from self._replay(pool, tail)
         memory.unsnapshotted = len(tail)

@@ -165,8 +165,8 @@ class Trainer:
         self.carried: torch.Tensor | None = None  # the memory the last episode left; a resumed run starts empty
         # Recent writes' (new memory, key), for reads of a few writes.
         self.earlier: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=64)
-        # Recall as the shipped adapter was trained: the question frame's words in no key.
-        self.keys = LexicalKeys(episodes.tokenizer, left_out=episodes.question_prompt(""))
+        # Recall as the shipped adapter was trained: whole texts keyed, the question frame's words in no key.
+        self.keys = LexicalKeys(episodes.tokenizer, left_out=episodes.question_prompt(""), words_alone=False)
         self.pad_id = episodes.tokenizer.pad_token_id or 0
 
     def save(self) -> None:

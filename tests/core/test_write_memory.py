@@ -265,6 +265,45 @@ def test_lexical_keys_meet_whatever_the_case_or_the_place_in_a_sentence():
     assert key("ravi") <= written and key(" RAVI") <= written
     assert key("ljubljana") <= written and key("5.1.6") <= written
     assert not key("Raul") <= written
+    # A tokenizer splits a word that starts a line ("t" "omas") unlike one after a space (" to" "mas").
+    asked = key("What is Tomas's profession?")
+    assert key(" tomas") <= asked
+    assert key(" tomas") <= key("Tomas Quinn earns a living as a translator.")
+    assert key(" tomas") <= key("User: hi\nTomas")
+
+
+def test_the_default_recalls_a_write_that_starts_with_the_name_asked_about(default_engine):
+    """Keys of whole texts shared no id between "Tomas" starting the write and inside the
+    question, and the chat turns sharing "What is" filled the read: "I don't know."."""
+    pool = default_engine.pool("a name first")
+    for text in (
+        "Tomas Quinn earns a living as a translator.",
+        "User: my locker code changed\nAssistant: What is the new one?\nUser: 4471-QX",
+        "Assistant: What is the licence plate of the rental?\nUser: KT-208-ZN",
+        "User: what is that podcast again... ah, 'Deep Fjords'.",
+        "Assistant: What is the name of your dog?\nUser: Gwynplaine",
+        "Assistant: What is the gate?\nUser: B4",
+    ):
+        pool.inject(text, progress=False)
+    assert pool.ask("What is Tomas's profession?") == "translator"
+
+
+def test_a_store_keyed_another_way_is_keyed_anew_from_its_texts(tmp_path):
+    engine = Engine(MemoryLLM.from_random(shape_config("tiny-writes"), seed=0), default_model.load_tokenizer())
+    pool = engine.pool("m")
+    for text in ("Tomas Quinn earns a living as a translator.", "The depot closes at nine."):
+        pool.inject(text, progress=False)
+    store = pool.pool.long_term
+    fresh = store.key_ids.clone(), store.key_ends.clone()
+    untold = torch.tensor([7, 8, 9])
+    store.write(store.rows(0, 1).clone(), untold)  # its text not kept, as in files from before texts were
+    store.rekey(LexicalKeys(engine.tokenizer, words_alone=False))  # as an older engine keyed them
+    assert not torch.equal(store.key(0), fresh[0][: fresh[1][0]])
+    path = tmp_path / "pool.safetensors"
+    save_pool(pool.pool, path, engine.fingerprint())
+    loaded = engine.load_pool(path).long_term
+    assert torch.equal(loaded.key_ids[: fresh[1][-1]], fresh[0]) and torch.equal(loaded.key_ends[:2], fresh[1])
+    assert torch.equal(loaded.key(2), untold), "a write without its text keeps its key"
 
 
 def test_a_framed_prompt_is_keyed_by_its_question_alone():

@@ -60,16 +60,11 @@ def test_an_engine_refuses_a_ranker_deeper_than_its_model(model):
         Engine(model, tokenizer, ranker=ranker_for(model, depth=5))
 
 
-@pytest.fixture(scope="module")
-def default() -> Engine:
-    return memagent.load()
-
-
-def test_the_write_that_answers_goes_nearest_the_question(default):
+def test_the_write_that_answers_goes_nearest_the_question(default_engine):
     """Four writes about four Liams share only "Liam" with each question: the keys alone would
     read the latest nearest the question, and asked for a phone number no write holds, the
     model copied "Toffee" from it."""
-    pool = default.pool("liams")
+    pool = default_engine.pool("liams")
     for text in (
         "These days Liam Larsen rents a flat in Gdansk.",
         "If Liam Thorne could paint everything one colour, it would be emerald.",
@@ -78,14 +73,23 @@ def test_the_write_that_answers_goes_nearest_the_question(default):
     ):
         pool.inject(text, progress=False)
     question = "Which city does Liam call home?"
-    prompt = default.question_prompt(question)
-    encoded = default.tokenizer([prompt], return_tensors="pt")
-    recalled = default.answer_reading(pool.pool, [prompt], encoded["input_ids"], encoded["attention_mask"])[2]
-    assert sorted(recalled.writes[0].tolist()) == [0, 1, 2, 3] and recalled.writes[0, -1] == 0
-    kept = {key: state.clone() for key, state in default._write_states.items()}
+
+    def recalled(questions: list[str]) -> torch.Tensor:
+        prompts = [default_engine.question_prompt(q) for q in questions]
+        encoded = default_engine.tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
+        return default_engine.answer_reading(pool.pool, prompts, encoded["input_ids"], encoded["attention_mask"])[2].writes
+
+    alone = recalled([question])
+    assert sorted(alone[0].tolist()) == [0, 1, 2, 3] and alone[0, -1] == 0
+    store = pool.pool.long_term
+    kept = {key: state.clone() for key, state in default_engine._write_states.items() if key[0] == store.uid}
     assert len(kept) == 4, "each write's states are kept: later asks pass only their question"
     assert pool.ask(question) == "Gdansk"
     assert pool.ask("What did Liam name the hamster?") == "Toffee"
     assert pool.ask("What colour would Liam pick if asked for a favourite?") == "emerald"
     assert pool.ask("What number do I dial to call Liam?") == "I don't know."
-    assert all(torch.equal(default._write_states[key], state) for key, state in kept.items())
+    assert all(torch.equal(default_engine._write_states[key], state) for key, state in kept.items())
+    questions = [question, "What did Liam name the hamster?", "What colour would Liam pick if asked for a favourite?"]
+    together = recalled(questions)
+    assert together[:, -1].tolist() == [0, 2, 1], "a batch's questions ranked together, each for itself"
+    assert torch.equal(together, torch.cat([recalled([q]) for q in questions]))

@@ -12,6 +12,7 @@ from safetensors.torch import load as load_tensors
 
 import memagent
 from memagent.model.pool_file import PoolFileError, load_pool, pool_to_bytes
+from memagent.model.recall_keys import LexicalKeys
 from memagent.store import MemoryStore, NewText
 from memagent.store import snapshots as snapshot_module
 from memagent.store.snapshots import read_check
@@ -143,3 +144,18 @@ def test_a_pool_file_without_its_sealed_tokens_is_refused(engine, tmp_path):
     short = {name: (r[:-1] if name != "ltm_sealed_from" else r) for name, r in sealed.items()}
     with pytest.raises(PoolFileError, match="do not hold writes 0-2"):
         load_pool(path, engine.fingerprint(), sealed=short)
+
+
+def test_a_memory_snapshotted_under_older_keys_reopens_keyed_as_this_engine_keys(engine, tmp_path):
+    texts = ["Tomas Quinn earns a living as a translator.", "Ottilie Brandt keeps bees.", TEXTS[0]]
+    older = memagent.load("random:tiny-writes")
+    keys = older.model.recall_keys
+    older.model.recall_keys = LexicalKeys(older.tokenizer, keys.frame, words_alone=False)
+    before = MemoryStore(older, tmp_path / "before", snapshot_every=1)
+    now = MemoryStore(engine, tmp_path / "now", snapshot_every=1)
+    for store in (before, now):
+        store.create("t", "m")
+        for text in texts:
+            store.inject("t", "m", [NewText(text)])
+    assert not same(pool_tensors(before), pool_tensors(now))
+    assert same(pool_tensors(MemoryStore(engine, tmp_path / "before")), pool_tensors(now))
