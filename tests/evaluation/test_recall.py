@@ -219,9 +219,9 @@ def test_a_missing_base_file_says_what_to_install(monkeypatch):
 
 
 @pytest.mark.slow
-def test_the_shipped_default_recalls_held_out_facts():
+def test_the_shipped_default_recalls_held_out_facts(default_engine):
     told, never = told_and_never_told(6, seed=11)
-    retention = measure_stream(memagent.load(), fact_stream(told, never, [0, 5], gap=1, seed=11), "shipped")
+    retention = measure_stream(default_engine, fact_stream(told, never, [0, 5], gap=1, seed=11), "shipped")
     # In a stream each fact holds K of the pool's N tokens (a first write into an empty pool
     # fills it all), so the shipped adapter recalls 4 of these 6 at once and 2 after 5 writes.
     assert sum(retention.recall[0]) >= 3
@@ -230,9 +230,9 @@ def test_the_shipped_default_recalls_held_out_facts():
 
 
 @pytest.mark.slow
-def test_the_shipped_default_answers_some_outside_facts_and_abstains_on_some_never_told():
+def test_the_shipped_default_answers_some_outside_facts_and_abstains_on_some_never_told(default_engine):
     stream = outside_stream(outside_writes()[:8], never_told_questions(), [0], gap=1, seed=11)
-    retention = measure_stream(memagent.load(), stream, "shipped outside")
+    retention = measure_stream(default_engine, stream, "shipped outside")
     # The shipped adapter recalls 4 of these 9 in a stream and refuses 3; it answers 2 of the
     # 8 never-told questions "I don't know.".
     assert sum(retention.recall[0]) >= 3 and sum(retention.refused[0]) <= 4
