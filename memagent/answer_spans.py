@@ -17,7 +17,12 @@ its word does (before a space, or before punctuation that a space or the text's 
 "PR-3918" is no answer where "PR-3918-LH" was written. Names and values of several words
 (`_runs`: "EH6 7QT", "0049 30 7719 2284", "ICE 1693", "Leopold Brandauer") are taken whole:
 no span ends within one, none starts within a value, and none in the name of the question's
-subject ("Lund" of "Liam Lund" for "What did Liam name the hamster?").
+subject ("Lund" of "Liam Lund" for "What did Liam name the hamster?"). Where the question asks
+for a person or a count, a span may be one (`_fits`): asked "who", its first chunk holds no
+digit; asked "how many", "how much" or for a "number", it holds one or is a number word. A read
+that recalls no such span answers "I don't know." rather than copy a look-alike's value of
+another kind ("KT-208-ZN", a licence plate, for "Who is the user's manager?"; "Tango", a dog's
+name, for "What number do I dial to call Bruno?").
 
 The spans are an automaton over the bytes of the recalled texts: a state is a byte position,
 a token leads from a position to the one after its bytes where the text continues with them.
@@ -69,6 +74,14 @@ FUNCTION_WORDS = frozenset(
     this that these those there here what which who whom whose when where why how much many
     some any all each every no not so than then too very just also still now up out off
     user assistant""".split()
+)
+# Words that ask for a person, and for a count or amount; and the numbers spelled as words.
+WHO_WORDS = frozenset({"who", "whom", "whose"})
+COUNT_WORDS = frozenset({"many", "much"})
+NUMBER_WORDS = frozenset(
+    """zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen
+    fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty
+    ninety hundred thousand million billion dozen""".split()
 )
 # The most space-separated chunks of names and values an answer must take whole.
 RUN_CHUNKS = 5
@@ -258,7 +271,8 @@ def _starts(text: str, asked: set[str]) -> list[int]:
     (`_runs`: "7QT" of "EH6 7QT") and nowhere in one that holds a word of the question, the
     subject's name ("Lund" of "Liam Lund", "Project" of "Project Harbor" for "Who decides on
     Harbor?"), but where a value follows the question's word ("ICE 1693" of "Train ICE 1693" for
-    "Which train?"). Another part of a name may ("Quispe" of "Xiomara Quispe")."""
+    "Which train?"). Another part of a name may ("Quispe" of "Xiomara Quispe"). A span is of the
+    kind the question asks for (`_fits`)."""
     held = set()  # the starts of chunks no span starts in
     for run in _runs(text):
         asked_at = [i for i, (start, _) in enumerate(run) if _asked(text, start, asked)]
@@ -277,8 +291,22 @@ def _starts(text: str, asked: set[str]) -> list[int]:
             continue
         if _function_word(text, word) or chunks[bisect.bisect_right(chunks, at) - 1] in held:
             continue
-        starts.append(at)
+        if _fits(text, at, word, asked):
+            starts.append(at)
     return starts
+
+
+def _fits(text: str, at: int, word: re.Match, asked: set[str]) -> bool:
+    """Whether a span starting at character `at` (its first word `word`, group 1) is of the kind
+    a question using the words `asked` asks for, judged by its first chunk: for "who", no digit
+    in it ("Ottoline", "sister", not "PD-7731"); for "how many", "how much" or a "number", a digit
+    in it or a number word ("18,442", "€2,340", "twelve"); else anything."""
+    digit = any(c.isdigit() for c in _CHUNK.match(text, at).group())
+    if asked & WHO_WORDS:
+        return not digit
+    if "number" in asked or ("how" in asked and asked & COUNT_WORDS):
+        return digit or word.group(1).lower() in NUMBER_WORDS
+    return True
 
 
 @functools.lru_cache(maxsize=512)

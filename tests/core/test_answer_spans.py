@@ -169,12 +169,13 @@ def _leans(spans: AnswerSpans, produced: int = 0) -> torch.Tensor:
 def test_a_span_leans_toward_the_words_its_question_names(tokenizer, vocabulary):
     written = "Ines flies to Marrakesh on the 9th and her brother Tobiah collects her at the airport."
     lean = _leans(_spans(vocabulary, [[written]], "Who collects Ines at the airport?"))
-    first = {word: float(lean[_ids(tokenizer, word)[0]]) for word in ("Tobiah", "Marrakesh", "brother", "I")}
+    first = {word: float(lean[_ids(tokenizer, word)[0]]) for word in ("Tobiah", "Marrakesh", "I")}
     # "Tobiah" stands beside "collects"; "Marrakesh" two words from "Ines" ("to" is not counted).
-    assert first == {"Tobiah": NEAR_BIAS, "Marrakesh": 0.75 * NEAR_BIAS, "brother": 0.75 * NEAR_BIAS, "I": 0.0}
-    elsewhere = "The airport bus leaves from gate 9 every hour."
+    assert first == {"Tobiah": NEAR_BIAS, "Marrakesh": 0.75 * NEAR_BIAS, "I": 0.0}
+    elsewhere = "Giselle drives the airport bus on weekdays."
     lean = _leans(_spans(vocabulary, [[elsewhere]], "Who collects Ines at the airport?"))
-    assert lean[_ids(tokenizer, "bus")[0]] == pytest.approx(NEAR_BIAS / 3), "it holds one of the three words"
+    # two words from "airport", and it holds one of the question's three words
+    assert lean[_ids(tokenizer, "Giselle")[0]] == pytest.approx(0.75 * NEAR_BIAS / 3)
 
 
 def test_spans_keep_their_lean_through_shared_tokens_and_to_their_end(tokenizer, vocabulary):
@@ -191,6 +192,57 @@ def test_spans_keep_their_lean_through_shared_tokens_and_to_their_end(tokenizer,
     for produced, token in enumerate(ids[3:], start=3):
         spans.advance(torch.tensor([token]), produced)
     assert spans.restrict(torch.zeros(1, spans.vocab), len(ids), eos)[0, 0] == pytest.approx(held * NEAR_BIAS)
+
+
+def _first_allowed(tokenizer, vocabulary, written: str, question: str, words: tuple[str, ...]) -> set[str]:
+    """Which of `words` an answer to `question` from `written` may start with, as written or after a space."""
+    first = _allowed(_spans(vocabulary, [[written]], question), 0, torch.tensor([0]))[0]
+    return {word for word in words if first[_ids(tokenizer, word)[0]] or first[_ids(tokenizer, " " + word)[0]]}
+
+
+def test_asked_who_an_answer_holds_no_digit(tokenizer, vocabulary):
+    table = "| service | owner | pager |\n| ledger | Ottoline | PD-7731 |"
+    words = ("Ottoline", "PD", "pager")
+    assert _first_allowed(tokenizer, vocabulary, table, "Who owns the ledger service?", words) == {"Ottoline", "pager"}
+    assert _first_allowed(tokenizer, vocabulary, table, "Whom do I ask about the ledger pager?", words) == {"Ottoline"}
+    assert _first_allowed(tokenizer, vocabulary, table, "Which pager is it?", words) == {"Ottoline", "PD"}
+    chat = "User: my sister collects me at 6"
+    assert _first_allowed(tokenizer, vocabulary, chat, "Who collects the user?", ("sister", "6")) == {"sister"}
+
+
+def test_asked_how_many_how_much_or_for_a_number_an_answer_is_one(tokenizer, vocabulary):
+    written = "Ana has three kids, 2 cats and a dog named Biscuit."
+    words = ("three", "2", "kids", "Biscuit")
+    assert _first_allowed(tokenizer, vocabulary, written, "How many kids does Ana have?", words) == {"three", "2"}
+    assert _first_allowed(tokenizer, vocabulary, written, "How much food do the pets eat?", words) == {"three", "2"}
+    assert _first_allowed(tokenizer, vocabulary, written, "What number is on Biscuit's tag?", words) == {"three", "2"}
+    assert _first_allowed(tokenizer, vocabulary, written, "What is the dog called?", words) == set(words)
+
+
+def test_a_read_that_recalls_nothing_of_the_kind_asked_for_does_not_know(writes_engine):
+    params = SamplingParams.for_ask(max_new_tokens=16)  # a random model may spell it in many tokens
+    chat = writes_engine.pool("chat")
+    chat.inject("User: KT-208-ZN, 4471-QX", progress=False)
+    assert chat.ask("Who is the user's manager?", params) == ABSTENTION
+    dog = writes_engine.pool("dog")
+    dog.inject("Bruno Lund adopted a dog and named it Tango.", progress=False)
+    assert dog.ask("What number do I dial to call Bruno?", params) == ABSTENTION
+
+
+def test_the_default_answers_who_with_someone_and_no_one_with_a_code(default_engine):
+    """Without the kind asked for, it answered "PD-7731" and "KT-208-ZN" to all four."""
+    pool = default_engine.pool("kinds")
+    for text in (
+        "| service | owner | pager |\n| ledger | Ottoline | PD-7731 |",
+        "User: my locker code changed\nAssistant: What is the new one?\nUser: 4471-QX",
+        "Assistant: What's the licence plate of the rental?\nUser: KT-208-ZN",
+        "Bruno Lund adopted a dog and named it Tango.",
+        "User: The plumber is coming tomorrow.\nAssistant: Noted. Anything else?\nUser: His name is Thaddeus.",
+    ):
+        pool.inject(text, progress=False)
+    questions = ["Who owns the ledger service?", "Who is the listed owner of the ledger?"]
+    questions += ["Who is the user's manager?", "Who is the user's dentist?"]
+    assert [pool.ask(q) for q in questions] == ["Ottoline", "Ottoline", ABSTENTION, ABSTENTION]
 
 
 def test_narrowing_reads_nothing_back_to_the_host(tokenizer, vocabulary):
