@@ -273,6 +273,7 @@ def _starts(text: str, asked: set[str]) -> list[int]:
     Harbor?"), but where a value follows the question's word ("ICE 1693" of "Train ICE 1693" for
     "Which train?"). Another part of a name may ("Quispe" of "Xiomara Quispe"). A span is of the
     kind the question asks for (`_fits`)."""
+    kind = _asked_for(asked)
     held = set()  # the starts of chunks no span starts in
     for run in _runs(text):
         asked_at = [i for i, (start, _) in enumerate(run) if _asked(text, start, asked)]
@@ -291,22 +292,29 @@ def _starts(text: str, asked: set[str]) -> list[int]:
             continue
         if _function_word(text, word) or chunks[bisect.bisect_right(chunks, at) - 1] in held:
             continue
-        if _fits(text, at, word, asked):
+        if kind is None or _fits(text, at, word, kind):
             starts.append(at)
     return starts
 
 
-def _fits(text: str, at: int, word: re.Match, asked: set[str]) -> bool:
-    """Whether a span starting at character `at` (its first word `word`, group 1) is of the kind
-    a question using the words `asked` asks for, judged by its first chunk: for "who", no digit
-    in it ("Ottoline", "sister", not "PD-7731"); for "how many", "how much" or a "number", a digit
-    in it or a number word ("18,442", "€2,340", "twelve"); else anything."""
-    digit = any(c.isdigit() for c in _CHUNK.match(text, at).group())
+def _asked_for(asked: set[str]) -> str | None:
+    """What a question using the words `asked` asks for: "person" ("who", "whom", "whose"),
+    "count" ("how many", "how much", a "number"), or None: anything."""
     if asked & WHO_WORDS:
-        return not digit
+        return "person"
     if "number" in asked or ("how" in asked and asked & COUNT_WORDS):
-        return digit or word.group(1).lower() in NUMBER_WORDS
-    return True
+        return "count"
+    return None
+
+
+def _fits(text: str, at: int, word: re.Match, kind: str) -> bool:
+    """Whether a span starting at character `at` (its first word `word`, group 1) is of `kind`,
+    judged by its first chunk: a person's holds no digit ("Ottoline", "sister", not "PD-7731"); a
+    count's holds one or is a number word ("18,442", "€2,340", "twelve")."""
+    digit = any(c.isdigit() for c in _CHUNK.match(text, at).group())
+    if kind == "person":
+        return not digit
+    return digit or word.group(1).lower() in NUMBER_WORDS
 
 
 @functools.lru_cache(maxsize=512)
