@@ -49,6 +49,10 @@ def register(subparsers) -> None:
         help="share of fact episodes that also ask about a fact never written (answer: \"I don't know.\")",
     )  # fmt: skip
     train.add_argument(
+        "--known-subject-share", type=float, default=0.0,
+        help="share of those questions about a subject the episode wrote, for what it did not write",
+    )  # fmt: skip
+    train.add_argument(
         "--blank-share", type=float, default=0.0,
         help="share of episodes that write nothing and predict general text from an empty memory",
     )  # fmt: skip
@@ -185,6 +189,7 @@ def run_train(args: argparse.Namespace) -> int:
     episodes = EpisodeMaker(
         tokenizer, engine.question_prompt, seed=args.seed, schedule=config.schedule,
         varied_share=args.varied_share, abstain_share=args.abstain_share, blank_share=args.blank_share,
+        known_subject_share=args.known_subject_share,
     )  # fmt: skip
     trainer = Trainer(model, episodes, config, args.run_dir)
     if not args.fresh and trainer.resume():

@@ -9,7 +9,9 @@ it would have seen. Four objectives, the first three as in the MemoryLLM paper:
   text), k drawn log-uniformly up to a limit that grows with a schedule, so knowledge must
   survive the random drops of many later writes while most episodes stay cheap;
 - abstention: in a share of episodes, a question about a fact that was never written, whose
-  answer is exactly "I don't know.";
+  answer is exactly "I don't know."; a share of those (`known_subject_share`) asks about a
+  subject the episode did write, for what it did not write ("Where does Gemma live?" after
+  "Gemma Fischer works as a locksmith."), where the subject's writes are the look-alikes;
 - continuation: write a chunk of general text, predict the text that follows it.
 Every read also predicts a plain chunk of general text, which keeps general ability, and a
 share of episodes (`blank_share`) writes nothing and predicts general text from an empty
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 
 from memagent.abstention import ABSTENTION
 from memagent.evaluation.outside import outside_answers
-from memagent.train.corpus import Fact, FactSampler, prose_tokens
+from memagent.train.corpus import RELATIONS, Fact, FactSampler, prose_tokens
 from memagent.train.varied import VariedSampler
 
 
@@ -80,10 +82,33 @@ class FactDraw:
                 self.drawn += group
                 return group
 
+    def about_written_subject(self, written: list[Fact]) -> str | None:
+        """A question about the subject of one of `written`'s template facts (a person by the
+        same names) for a relation no drawn fact tells of it; None if it has no such relation."""
+        told = [fact for fact in written if fact.relation in RELATIONS and not fact.subject.startswith("user:")]
+        if not told:
+            return None
+        fact = self.rng.choice(told)
+        kind, subject = fact.subject.split(":", 1)
+        known = {other.relation for other in self.drawn if _named(other) & _named(fact)}
+        relations = [r for r, spec in RELATIONS.items() if spec["kind"] == kind and r not in known]
+        if not relations:
+            return None
+        other = self.templates.fact(self.rng.choice(relations))
+        _, other_subject = other.subject.split(":", 1)
+        question = other.question.replace(other_subject, subject)
+        return question.replace(other_subject.split()[0], subject.split()[0]) if kind == "person" else question
+
     @staticmethod
     def _apart(fact: Fact, other: Fact) -> bool:
         apart = fact.subject != other.subject and fact.answer != other.answer
         return apart and fact.answer not in other.text and other.answer not in fact.text
+
+
+def _named(fact: Fact) -> set[str]:
+    """The names a question about `fact`'s subject may use: a person's full and first name."""
+    subject = fact.subject.split(":", 1)[1]
+    return {subject, subject.split()[0]} if fact.subject.startswith("person:") else {subject}
 
 
 class EpisodeMaker:
@@ -99,6 +124,7 @@ class EpisodeMaker:
         varied_share=0.5,
         abstain_share=0.3,
         blank_share=0.0,
+        known_subject_share=0.0,
     ):
         self.tokenizer = tokenizer
         self.question_prompt = question_prompt
@@ -109,6 +135,7 @@ class EpisodeMaker:
         self.varied_share = varied_share  # share of facts in the varied forms
         self.abstain_share = abstain_share  # share of fact episodes that also ask a never-told question
         self.blank_share = blank_share  # share of episodes that write nothing
+        self.known_subject_share = known_subject_share  # share of never-told questions about a written subject
         self.excluded = outside_answers()
         self.end = tokenizer.eos_token
         self.text = prose_tokens(tokenizer, split)
@@ -158,7 +185,10 @@ class EpisodeMaker:
             episode.writes.append((unrelated, False))
         episode.targets += [self.qa_target(f.question, f.answer) for group in taught for f in group]
         if rng.random() < self.abstain_share:
-            never_told = rng.choice(draw.write(tool=tool))
-            episode.targets.append(self.qa_target(never_told.question, ABSTENTION))
+            # Drawn only with a share, so that the default draws as before.
+            about = self.known_subject_share and rng.random() < self.known_subject_share
+            question = draw.about_written_subject([f for group in taught for f in group]) if about else None
+            question = question or rng.choice(draw.write(tool=tool)).question
+            episode.targets.append(self.qa_target(question, ABSTENTION))
         episode.targets.append(self.text_target(self.text_chunk(rng)))
         return episode

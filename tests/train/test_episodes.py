@@ -5,7 +5,7 @@ import random
 import pytest
 
 from memagent import default_model
-from memagent.abstention import ABSTENTION
+from memagent.abstention import ABSTENTION, names_in
 from memagent.train.corpus import FactSampler
 from memagent.train.episodes import EpisodeMaker, FactDraw, Schedule
 from memagent.train.varied import VariedSampler
@@ -58,6 +58,32 @@ def test_a_share_of_episodes_asks_about_a_fact_never_written(maker):
     questions = [t for s in range(200) for t in maker(s).targets if t.kind == "qa"]
     abstentions = [t for t in questions if maker.tokenizer.decode(t.completion[:-1]) == ABSTENTION]
     assert 0.05 < len(abstentions) / len(questions) < 0.4
+
+
+def _never_told_by_written_names(maker: EpisodeMaker, steps: range) -> list[bool]:
+    """For each episode that asks a never-told question: whether the question names only names
+    the episode wrote (and asks nothing a written fact's question asks)."""
+    decode = maker.tokenizer.decode
+    asked = []
+    for episode in map(maker, steps):
+        *told, never = [target for target in episode.targets if target.kind == "qa"] or [None]
+        if never is None or decode(never.completion[:-1]) != ABSTENTION:
+            continue
+        question = decode(never.prompt).removeprefix("Q: ").removesuffix("\nA: ")
+        assert question not in {decode(target.prompt) for target in told}, "not a written fact's question"
+        written, names = " ".join(decode(ids) for ids, _ in episode.writes), names_in(question)
+        asked.append(bool(names) and all(name in written for name in names))
+    return asked
+
+
+def test_a_share_of_never_told_questions_asks_about_a_written_subject_for_what_was_not_written(maker):
+    options = dict(schedule=maker.schedule, abstain_share=1.0)
+    known = EpisodeMaker(maker.tokenizer, maker.question_prompt, known_subject_share=1.0, **options)
+    plain = EpisodeMaker(maker.tokenizer, maker.question_prompt, **options)
+    # Only template facts about a named subject (not the user, nor the varied forms) take one.
+    by_written_names = _never_told_by_written_names(known, range(100, 200))
+    assert len(by_written_names) > 50 and sum(by_written_names) > 0.3 * len(by_written_names)
+    assert sum(_never_told_by_written_names(plain, range(100, 200))) < 0.1 * len(by_written_names)
 
 
 def test_each_drawn_fact_differs_in_subject_and_answer_from_every_write():
