@@ -257,6 +257,17 @@ class Fact:
     answer: str
 
 
+def told_of(fact: Fact, subject: str) -> Fact:
+    """`fact` told of another `subject` of its kind (a name, as after the colon of
+    `Fact.subject`): the name replaced in its text and question, a person's first name (which
+    questions may ask by) in the question too."""
+    kind, own = fact.subject.split(":", 1)
+    question = fact.question.replace(own, subject)
+    if kind == "person":
+        question = question.replace(own.split()[0], subject.split()[0])
+    return Fact(fact.relation, f"{kind}:{subject}", fact.text.replace(own, subject), question, fact.answer)
+
+
 def _held_out(item: str) -> bool:
     """A fixed fifth of all names and values, chosen by hash, appears only in evaluation."""
     return zlib.crc32(item.encode()) % 5 == 0

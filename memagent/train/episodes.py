@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from memagent.abstention import ABSTENTION
 from memagent.evaluation.outside import outside_answers
-from memagent.train.corpus import RELATIONS, Fact, FactSampler, prose_tokens
+from memagent.train.corpus import RELATIONS, Fact, FactSampler, prose_tokens, told_of
 from memagent.train.varied import VariedSampler
 
 
@@ -94,10 +94,7 @@ class FactDraw:
         relations = [r for r, spec in RELATIONS.items() if spec["kind"] == kind and r not in known]
         if not relations:
             return None
-        other = self.templates.fact(self.rng.choice(relations))
-        _, other_subject = other.subject.split(":", 1)
-        question = other.question.replace(other_subject, subject)
-        return question.replace(other_subject.split()[0], subject.split()[0]) if kind == "person" else question
+        return told_of(self.templates.fact(self.rng.choice(relations)), subject).question
 
     @staticmethod
     def _apart(fact: Fact, other: Fact) -> bool:

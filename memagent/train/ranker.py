@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from memagent.model.memoryllm import MemoryLLM
 from memagent.model.write_ranker import STATE_BATCH, WriteRanker
-from memagent.train.corpus import CITIES, FIRST_NAMES, RELATIONS, SURNAMES, Fact, FactSampler
+from memagent.train.corpus import CITIES, FIRST_NAMES, RELATIONS, SURNAMES, Fact, FactSampler, told_of
 from memagent.train.varied import VariedSampler
 
 
@@ -59,7 +59,7 @@ def _same_subject(sampler: FactSampler, fact: Fact, rng: random.Random) -> str |
     other, subject = sampler.fact(rng.choice(others)), _subject(fact)
     if kind == "person" and rng.random() < 0.5:
         subject = f"{subject.split()[0]} {rng.choice(SURNAMES)}"
-    return other.text.replace(_subject(other), subject)
+    return told_of(other, subject).text
 
 
 def _naming_subject(sampler: FactSampler, fact: Fact, rng: random.Random, tries: int = 40) -> str | None:
