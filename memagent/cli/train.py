@@ -49,8 +49,9 @@ def register(subparsers) -> None:
         help="share of fact episodes that also ask about a fact never written (answer: \"I don't know.\")",
     )  # fmt: skip
     train.add_argument(
-        "--known-subject-share", type=float, default=0.0,
-        help="share of those questions about a subject the episode wrote, for what it did not write",
+        "--near-miss-share", type=float, default=0.0,
+        help="share of those questions close to a written fact: its subject for what was not written, "
+        "a field its JSON output did not report, its exact string's thing of another subject",
     )  # fmt: skip
     train.add_argument(
         "--blank-share", type=float, default=0.0,
@@ -189,7 +190,7 @@ def run_train(args: argparse.Namespace) -> int:
     episodes = EpisodeMaker(
         tokenizer, engine.question_prompt, seed=args.seed, schedule=config.schedule,
         varied_share=args.varied_share, abstain_share=args.abstain_share, blank_share=args.blank_share,
-        known_subject_share=args.known_subject_share,
+        near_miss_share=args.near_miss_share,
     )  # fmt: skip
     trainer = Trainer(model, episodes, config, args.run_dir)
     if not args.fresh and trainer.resume():

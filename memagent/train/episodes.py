@@ -9,9 +9,10 @@ it would have seen. Four objectives, the first three as in the MemoryLLM paper:
   text), k drawn log-uniformly up to a limit that grows with a schedule, so knowledge must
   survive the random drops of many later writes while most episodes stay cheap;
 - abstention: in a share of episodes, a question about a fact that was never written, whose
-  answer is exactly "I don't know."; a share of those (`known_subject_share`) asks about a
-  subject the episode did write, for what it did not write ("Where does Gemma live?" after
-  "Gemma Fischer works as a locksmith."), where the subject's writes are the look-alikes;
+  answer is exactly "I don't know."; a share of those (`near_miss_share`) asks close to a
+  written fact, where its write is the look-alike: its subject for what was not written
+  ("Where does Gemma live?" after "Gemma Fischer works as a locksmith."), a field its JSON
+  output did not report, its exact string's thing of another subject;
 - continuation: write a chunk of general text, predict the text that follows it.
 Every read also predicts a plain chunk of general text, which keeps general ability, and a
 share of episodes (`blank_share`) writes nothing and predicts general text from an empty
@@ -82,14 +83,25 @@ class FactDraw:
                 self.drawn += group
                 return group
 
-    def about_written_subject(self, written: list[Fact]) -> str | None:
-        """A question about the subject of one of `written`'s template facts (a person by the
-        same names) for a relation no drawn fact tells of it; None if it has no such relation."""
-        told = [fact for fact in written if fact.relation in RELATIONS and not fact.subject.startswith("user:")]
-        if not told:
-            return None
-        fact = self.rng.choice(told)
+    def near_miss(self, written: list[Fact]) -> str | None:
+        """A question close to what one of `written` tells that no drawn fact answers: for a
+        template fact, its subject (a person by the same names) asked for a relation no drawn
+        fact tells of it; for the varied forms, `VariedSampler.unwritten_question`. None if no
+        fact of `written` has one (user turns, chats and sentences holding two have none)."""
+        subjects = set().union(*map(_named, self.drawn))
+        for fact in self.rng.sample(written, len(written)):
+            if fact.relation in RELATIONS:
+                question = self._another_relation(fact)
+            else:
+                question = self.varied.unwritten_question(fact, subjects)
+            if question:
+                return question
+        return None
+
+    def _another_relation(self, fact: Fact) -> str | None:
         kind, subject = fact.subject.split(":", 1)
+        if kind == "user":
+            return None
         known = {other.relation for other in self.drawn if _named(other) & _named(fact)}
         relations = [r for r, spec in RELATIONS.items() if spec["kind"] == kind and r not in known]
         if not relations:
@@ -121,7 +133,7 @@ class EpisodeMaker:
         varied_share=0.5,
         abstain_share=0.3,
         blank_share=0.0,
-        known_subject_share=0.0,
+        near_miss_share=0.0,
     ):
         self.tokenizer = tokenizer
         self.question_prompt = question_prompt
@@ -132,7 +144,7 @@ class EpisodeMaker:
         self.varied_share = varied_share  # share of facts in the varied forms
         self.abstain_share = abstain_share  # share of fact episodes that also ask a never-told question
         self.blank_share = blank_share  # share of episodes that write nothing
-        self.known_subject_share = known_subject_share  # share of never-told questions about a written subject
+        self.near_miss_share = near_miss_share  # share of never-told questions close to a written fact
         self.excluded = outside_answers()
         self.end = tokenizer.eos_token
         self.text = prose_tokens(tokenizer, split)
@@ -183,8 +195,8 @@ class EpisodeMaker:
         episode.targets += [self.qa_target(f.question, f.answer) for group in taught for f in group]
         if rng.random() < self.abstain_share:
             # Drawn only with a share, so that the default draws as before.
-            about = self.known_subject_share and rng.random() < self.known_subject_share
-            question = draw.about_written_subject([f for group in taught for f in group]) if about else None
+            close = self.near_miss_share and rng.random() < self.near_miss_share
+            question = draw.near_miss([f for group in taught for f in group]) if close else None
             question = question or rng.choice(draw.write(tool=tool)).question
             episode.targets.append(self.qa_target(question, ABSTENTION))
         episode.targets.append(self.text_target(self.text_chunk(rng)))

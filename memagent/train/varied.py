@@ -182,13 +182,33 @@ class VariedSampler:
         form = form or self.rng.choice(FORMS)
         return getattr(self, f"_{form}")()
 
-    def _exact(self) -> list[Fact]:
-        relation = self.rng.choice(sorted(EXACT))
+    def _exact(self, relation: str | None = None, subject: str | None = None) -> list[Fact]:
+        relation = relation or self.rng.choice(sorted(EXACT))
         spec = EXACT[relation]
-        subject, answer = spec["subject"](self.rng), self._value(spec["value"])
+        subject, answer = subject or spec["subject"](self.rng), self._value(spec["value"])
         text = self.rng.choice(self._templates(spec["facts"])).format(subject=subject, answer=answer)
         question = self.rng.choice(self._templates(spec["questions"])).format(subject=subject)
         return [Fact(relation, f"{relation}:{subject}", text[0].upper() + text[1:], question, answer)]
+
+    def unwritten_question(self, fact: Fact, subjects: set[str]) -> str | None:
+        """A question close to `fact` that it does not answer, if its form has one: for a JSON
+        output, a field of the same object it did not report ("What kernel did the monitor tool
+        report for host hos-4417?" after its cpu_pct and rack); for an exact string, the same
+        thing of another subject, none of `subjects` ("Which firmware does the badge reader
+        have?" after the lab printer's)."""
+        if fact.relation.startswith("json:"):
+            tool = fact.relation.removeprefix("json:")
+            key, ident = fact.subject.split(":", 1)
+            unreported = [name for name in TOOLS[tool][1] if f'"{name}"' not in fact.text]
+            if not unreported:
+                return None
+            question = self.rng.choice(self._templates(JSON_QUESTIONS))
+            return question.format(field=self.rng.choice(unreported).replace("_", " "), tool=tool, key=key, ident=ident)
+        if fact.relation in EXACT:
+            draw = EXACT[fact.relation]["subject"]
+            others = {draw(self.rng) for _ in range(20)} - subjects
+            return self._exact(fact.relation, self.rng.choice(sorted(others)))[0].question if others else None
+        return None
 
     def _json(self) -> list[Fact]:
         rng = self.rng

@@ -76,12 +76,12 @@ def _never_told_by_written_names(maker: EpisodeMaker, steps: range) -> list[bool
     return asked
 
 
-def test_a_share_of_never_told_questions_asks_about_a_written_subject_for_what_was_not_written(maker):
+def test_a_share_of_never_told_questions_asks_close_to_a_written_fact(maker):
     options = dict(schedule=maker.schedule, abstain_share=1.0)
-    known = EpisodeMaker(maker.tokenizer, maker.question_prompt, known_subject_share=1.0, **options)
+    close = EpisodeMaker(maker.tokenizer, maker.question_prompt, near_miss_share=1.0, **options)
     plain = EpisodeMaker(maker.tokenizer, maker.question_prompt, **options)
-    # Only template facts about a named subject (not the user, nor the varied forms) take one.
-    by_written_names = _never_told_by_written_names(known, range(100, 200))
+    # A template fact's subject, or a JSON output's object, asked for what was not written.
+    by_written_names = _never_told_by_written_names(close, range(100, 200))
     assert len(by_written_names) > 50 and sum(by_written_names) > 0.3 * len(by_written_names)
     assert sum(_never_told_by_written_names(plain, range(100, 200))) < 0.1 * len(by_written_names)
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from memagent.train.corpus import _held_out
-from memagent.train.varied import FORMS, VariedSampler, unusual_name, version
+from memagent.train.varied import FORMS, TOOLS, VariedSampler, unusual_name, version
 
 
 @pytest.mark.parametrize("split", ["train", "eval"])
@@ -57,3 +57,22 @@ def test_exact_strings_are_drawn_not_listed():
     rng = random.Random(0)
     assert len({version(rng) for _ in range(200)}) > 150
     assert len({unusual_name(rng) for _ in range(200)}) > 150
+
+
+def test_a_question_close_to_a_fact_asks_what_it_does_not_tell():
+    sampler = VariedSampler("train", seed=5)
+    for _ in range(30):
+        [output] = sampler.facts("json")
+        question = sampler.unwritten_question(output, set())
+        ident = output.subject.split(":", 1)[1]
+        if question is not None:  # None where the output reported every field
+            assert ident in question and output.question != question
+            [field] = [f for f in TOOLS[output.relation.removeprefix("json:")][1] if f.replace("_", " ") in question]
+            assert f'"{field}"' not in output.text
+        [exact] = sampler.facts("exact")
+        subject = exact.subject.split(":", 1)[1]
+        question = sampler.unwritten_question(exact, {subject})
+        if question is not None:  # None where every subject of its kind is taken
+            assert subject not in question and question != exact.question
+    [chat] = sampler.facts("chat")
+    assert sampler.unwritten_question(chat, set()) is None
