@@ -182,13 +182,16 @@ class VariedSampler:
         form = form or self.rng.choice(FORMS)
         return getattr(self, f"_{form}")()
 
-    def _exact(self, relation: str | None = None, subject: str | None = None) -> list[Fact]:
-        relation = relation or self.rng.choice(sorted(EXACT))
+    def _exact(self) -> list[Fact]:
+        relation = self.rng.choice(sorted(EXACT))
         spec = EXACT[relation]
-        subject, answer = subject or spec["subject"](self.rng), self._value(spec["value"])
+        subject, answer = spec["subject"](self.rng), self._value(spec["value"])
         text = self.rng.choice(self._templates(spec["facts"])).format(subject=subject, answer=answer)
-        question = self.rng.choice(self._templates(spec["questions"])).format(subject=subject)
+        question = self._exact_question(relation, subject)
         return [Fact(relation, f"{relation}:{subject}", text[0].upper() + text[1:], question, answer)]
+
+    def _exact_question(self, relation: str, subject: str) -> str:
+        return self.rng.choice(self._templates(EXACT[relation]["questions"])).format(subject=subject)
 
     def unwritten_question(self, fact: Fact, subjects: set[str]) -> str | None:
         """A question close to `fact` that it does not answer, if its form has one: for a JSON
@@ -200,14 +203,11 @@ class VariedSampler:
             tool = fact.relation.removeprefix("json:")
             key, ident = fact.subject.split(":", 1)
             unreported = [name for name in TOOLS[tool][1] if f'"{name}"' not in fact.text]
-            if not unreported:
-                return None
-            question = self.rng.choice(self._templates(JSON_QUESTIONS))
-            return question.format(field=self.rng.choice(unreported).replace("_", " "), tool=tool, key=key, ident=ident)
+            return self._json_question(tool, key, ident, self.rng.choice(unreported)) if unreported else None
         if fact.relation in EXACT:
             draw = EXACT[fact.relation]["subject"]
             others = {draw(self.rng) for _ in range(20)} - subjects
-            return self._exact(fact.relation, self.rng.choice(sorted(others)))[0].question if others else None
+            return self._exact_question(fact.relation, self.rng.choice(sorted(others))) if others else None
         return None
 
     def _json(self) -> list[Fact]:
@@ -219,10 +219,13 @@ class VariedSampler:
         shown = {name: int(value) if value.isdigit() else value for name, value in group.items()}
         asked = rng.choice(sorted(group))
         shape = rng.choice(self._templates(JSON_SHAPES))
-        question = rng.choice(self._templates(JSON_QUESTIONS))
+        question = self._json_question(tool, key, ident, asked)
         text = json.dumps(shape(tool, key, ident, shown), ensure_ascii=False)
-        fact = Fact(f"json:{tool}", f"{key}:{ident}", text, question.format(field=asked.replace("_", " "), tool=tool, key=key, ident=ident), group[asked])
-        return [fact]
+        return [Fact(f"json:{tool}", f"{key}:{ident}", text, question, group[asked])]
+
+    def _json_question(self, tool: str, key: str, ident: str, field: str) -> str:
+        question = self.rng.choice(self._templates(JSON_QUESTIONS))
+        return question.format(field=field.replace("_", " "), tool=tool, key=key, ident=ident)
 
     def _chat(self) -> list[Fact]:
         opening, reply, detail, question, draw = self.rng.choice(self._templates(CHATS))

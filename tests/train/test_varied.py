@@ -61,11 +61,13 @@ def test_exact_strings_are_drawn_not_listed():
 
 def test_a_question_close_to_a_fact_asks_what_it_does_not_tell():
     sampler = VariedSampler("train", seed=5)
+    asked = 0
     for _ in range(30):
         [output] = sampler.facts("json")
         question = sampler.unwritten_question(output, set())
         ident = output.subject.split(":", 1)[1]
         if question is not None:  # None where the output reported every field
+            asked += 1
             assert ident in question and output.question != question
             [field] = [f for f in TOOLS[output.relation.removeprefix("json:")][1] if f.replace("_", " ") in question]
             assert f'"{field}"' not in output.text
@@ -73,6 +75,8 @@ def test_a_question_close_to_a_fact_asks_what_it_does_not_tell():
         subject = exact.subject.split(":", 1)[1]
         question = sampler.unwritten_question(exact, {subject})
         if question is not None:  # None where every subject of its kind is taken
+            asked += 1
             assert subject not in question and question != exact.question
+    assert asked > 30
     [chat] = sampler.facts("chat")
     assert sampler.unwritten_question(chat, set()) is None
