@@ -42,8 +42,8 @@ CHECKED_NAMES = 16
 # How far an answer leans toward the words of the write its read places nearest the question:
 # logits added to the tokens spelled as them, and to those of "I don't know." (less: enough
 # that abstaining keeps most of its odds; less again where only writes about the question's
-# subject may answer). Measured in README, "Answers lean on the best match" and "Answers come
-# from writes about the subject".
+# subject may answer). Measured in docs/default_model.md, "Answers lean on the best match"
+# and "Answers come from writes about the subject".
 COPY_BIAS = 3.0
 ABSTENTION_COPY_BIAS = 1.5
 SUBJECT_ABSTENTION_COPY_BIAS = 0.5

@@ -17,8 +17,8 @@ the default writes them (64-token chunks), this and BM25's length term
 (`write_memory.best_matches`) bring a fact's write into the best 4 for 98-100% of told
 questions at k = 0-200 (95-98% with the frame's words left out of every key, as training still
 keys: `left_out`; 45-78% with neither); on the outside set 91-94% (93-94%; 47-56%). Each word
-keyed alone took the outside set to 96% at k = 0 (README, "A name that starts a write meets
-the question that names it").
+keyed alone took the outside set to 96% at k = 0 (docs/default_model.md, "A name that
+starts a write meets the question that names it").
 """
 
 from __future__ import annotations

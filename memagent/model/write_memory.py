@@ -10,8 +10,8 @@ writes whose keys best match its prompt's, by BM25 over the keys as sets (a writ
 rare id with the prompt outranks one sharing common ones, and a short write one as long as
 many; among equals the later write wins), and places them in every layer's long-term region
 best match last, nearest the prompt. Every layer reads the same writes, each as it was made.
-The order matters: the default reads the writes nearest its prompt best (README, "Why the best
-match goes last").
+The order matters: the default reads the writes nearest its prompt best
+(docs/default_model.md, "Why the best match goes last").
 
 A read scores every key (a few ids per write, so cheap beside the model) and moves only its
 R writes' tokens to the device; the tokens stay in host memory. A bound evicts the oldest

@@ -86,7 +86,7 @@ def some_writes(
     its other writes and of `earlier` ones ((new memory, key) pairs) whose keys best match the
     questions' (`best_matches`); the earlier writes first, then the episode's, in the order
     written. A read places the best match last instead; the shipped adapter, trained so, reads
-    that order better (README, "Why the best match goes last")."""
+    that order better (docs/default_model.md, "Why the best match goes last")."""
     learned = [i for i, (_, learn) in enumerate(episode.writes) if learn][:count]
     own = [i for i in range(len(written)) if i not in learned]
     candidates = [key for _, key in earlier] + [write_keys[i] for i in own]
