@@ -183,7 +183,7 @@ def run_train(args: argparse.Namespace) -> int:
         adapter=AdapterShape(rank=args.rank, alpha=2.0 * args.rank),
     )
     model = default_trainable(
-        args.num_tokens, args.num_blocks, config.adapter, device=_device(args.device), start=args.start
+        args.num_tokens, args.num_blocks, config.adapter, seed=args.seed, device=_device(args.device), start=args.start
     )
     tokenizer = default_model.load_tokenizer()
     engine = Engine(model, tokenizer)

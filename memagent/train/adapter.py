@@ -32,13 +32,18 @@ class AdapterShape:
         return LoRAConfig(r=self.rank, lora_alpha=self.alpha, target_modules=list(self.targets))
 
 
-def make_trainable(model: MemoryLLM, shape: AdapterShape) -> MemoryLLM:
-    """Add a fresh LoRA adapter to `model` (in place); only it and the memory parts train."""
+def make_trainable(model: MemoryLLM, shape: AdapterShape, seed: int = 0) -> MemoryLLM:
+    """Add a fresh LoRA adapter to `model` (in place), drawn from `seed`; only it and the memory
+    parts train."""
     from peft import LoraConfig, inject_adapter_in_model
 
     model.requires_grad_(False)
     peft_config = LoraConfig(r=shape.rank, lora_alpha=shape.alpha, target_modules=list(shape.targets), lora_dropout=0.0)
-    inject_adapter_in_model(peft_config, model, adapter_name=WRITE_ADAPTER)
+    # peft draws each lora_A from torch's global generator: seeded there, two runs of one seed
+    # train alike; forked, the caller's generator is left as it was.
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        inject_adapter_in_model(peft_config, model, adapter_name=WRITE_ADAPTER)
     for name in MEMORY_PARTS:
         getattr(model, name).requires_grad_(True)
     model.config.lora_config = shape.lora_config()

@@ -179,3 +179,18 @@ def test_an_episode_that_writes_nothing_trains_on_an_empty_memory_and_keeps_the_
     assert set(metrics) == {"text", "loss"} and metrics["text"] > 0
     assert any(not torch.equal(b, p) for b, p in zip(before, trainer.params))
     assert trainer.carried is left
+
+
+def test_a_fresh_adapter_is_drawn_from_its_seed():
+    """`memagent train --seed` seeds the LoRA initialisation as well as the episodes, so two runs
+    of one seed train alike; drawing it leaves torch's global generator as it was."""
+
+    def fresh(seed: int) -> dict[str, torch.Tensor]:
+        model = make_trainable(MemoryLLM.from_random(shape_config("tiny"), seed=0), AdapterShape(4, 8.0), seed)
+        return {name: p.detach().clone() for name, p in model.named_parameters() if "lora_A" in name}
+
+    state = torch.get_rng_state()
+    first, again, other = fresh(1), fresh(1), fresh(2)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert first and all(torch.equal(first[name], again[name]) for name in first)
+    assert not any(torch.equal(first[name], other[name]) for name in first)
