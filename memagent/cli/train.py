@@ -7,6 +7,7 @@ from pathlib import Path
 
 DEFAULT_RUN_DIR = "runs/default"
 AUTO = "auto"
+NEAR_MISS_FORMS = ("template", "json", "exact")  # memagent.train.episodes's, without importing torch to parse
 
 
 def register(subparsers) -> None:
@@ -52,6 +53,10 @@ def register(subparsers) -> None:
         "--near-miss-share", type=float, default=0.0,
         help="share of those questions close to a written fact: its subject for what was not written, "
         "a field its JSON output did not report, its exact string's thing of another subject",
+    )  # fmt: skip
+    train.add_argument(
+        "--near-miss-forms", nargs="+", choices=NEAR_MISS_FORMS, default=list(NEAR_MISS_FORMS),
+        help="the forms of written facts such questions are close to: template relations, JSON outputs, exact strings",
     )  # fmt: skip
     train.add_argument(
         "--blank-share", type=float, default=0.0,
@@ -190,7 +195,7 @@ def run_train(args: argparse.Namespace) -> int:
     episodes = EpisodeMaker(
         tokenizer, engine.question_prompt, seed=args.seed, schedule=config.schedule,
         varied_share=args.varied_share, abstain_share=args.abstain_share, blank_share=args.blank_share,
-        near_miss_share=args.near_miss_share,
+        near_miss_share=args.near_miss_share, near_miss_forms=args.near_miss_forms,
     )  # fmt: skip
     trainer = Trainer(model, episodes, config, args.run_dir)
     if not args.fresh and trainer.resume():

@@ -12,7 +12,8 @@ it would have seen. Four objectives, the first three as in the MemoryLLM paper:
   answer is exactly "I don't know."; a share of those (`near_miss_share`) asks close to a
   written fact, where its write is the look-alike: its subject for what was not written
   ("Where does Gemma live?" after "Gemma Fischer works as a locksmith."), a field its JSON
-  output did not report, its exact string's thing of another subject;
+  output did not report, its exact string's thing of another subject (`near_miss_forms` says
+  which of these forms: template, json, exact);
 - continuation: write a chunk of general text, predict the text that follows it.
 Every read also predicts a plain chunk of general text, which keeps general ability, and a
 share of episodes (`blank_share`) writes nothing and predicts general text from an empty
@@ -25,12 +26,15 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from memagent.abstention import ABSTENTION
 from memagent.evaluation.outside import outside_answers
 from memagent.train.corpus import RELATIONS, Fact, FactSampler, prose_tokens, told_of
-from memagent.train.varied import VariedSampler
+from memagent.train.varied import EXACT, VariedSampler
+
+NEAR_MISS_FORMS = ("template", "json", "exact")  # the forms whose facts have a near-miss question
 
 
 @dataclass
@@ -83,12 +87,13 @@ class FactDraw:
                 self.drawn += group
                 return group
 
-    def near_miss(self, written: list[Fact]) -> str | None:
-        """A question close to what one of `written` tells that no drawn fact answers: for a
-        template fact, its subject (a person by the same names) asked for a relation no drawn
-        fact tells of it; for the varied forms, `VariedSampler.unwritten_question`. None if no
-        fact of `written` has one (user turns, chats and sentences holding two have none)."""
+    def near_miss(self, written: list[Fact], forms: Collection[str] = NEAR_MISS_FORMS) -> str | None:
+        """A question close to what one of `written` in `forms` tells that no drawn fact answers:
+        for a template fact, its subject (a person by the same names) asked for a relation no
+        drawn fact tells of it; for the varied forms, `VariedSampler.unwritten_question`. None if
+        no such fact has one (user turns, chats and sentences holding two have none)."""
         subjects = set().union(*map(_named, self.drawn))
+        written = [fact for fact in written if form_of(fact) in forms]
         for fact in self.rng.sample(written, len(written)):
             if fact.relation in RELATIONS:
                 question = self._another_relation(fact)
@@ -114,6 +119,15 @@ class FactDraw:
         return apart and fact.answer not in other.text and other.answer not in fact.text
 
 
+def form_of(fact: Fact) -> str:
+    """The form `fact` was drawn in: "template" (`corpus.RELATIONS`) or one of `varied.FORMS`."""
+    if fact.relation in RELATIONS:
+        return "template"
+    if fact.relation.startswith("json:"):
+        return "json"
+    return "exact" if fact.relation in EXACT else fact.relation
+
+
 def _named(fact: Fact) -> set[str]:
     """The names a question about `fact`'s subject may use: a person's full and first name."""
     subject = fact.subject.split(":", 1)[1]
@@ -134,7 +148,11 @@ class EpisodeMaker:
         abstain_share=0.3,
         blank_share=0.0,
         near_miss_share=0.0,
+        near_miss_forms: Collection[str] = NEAR_MISS_FORMS,
     ):
+        if unknown := set(near_miss_forms) - set(NEAR_MISS_FORMS):
+            among, given = ", ".join(NEAR_MISS_FORMS), ", ".join(sorted(unknown))
+            raise ValueError(f"near-miss forms must be among {among}, not {given}")
         self.tokenizer = tokenizer
         self.question_prompt = question_prompt
         self.split = split
@@ -145,6 +163,7 @@ class EpisodeMaker:
         self.abstain_share = abstain_share  # share of fact episodes that also ask a never-told question
         self.blank_share = blank_share  # share of episodes that write nothing
         self.near_miss_share = near_miss_share  # share of never-told questions close to a written fact
+        self.near_miss_forms = frozenset(near_miss_forms)  # of a written fact in one of these forms
         self.excluded = outside_answers()
         self.end = tokenizer.eos_token
         self.text = prose_tokens(tokenizer, split)
@@ -196,7 +215,8 @@ class EpisodeMaker:
         if rng.random() < self.abstain_share:
             # Drawn only with a share, so that the default draws as before.
             close = self.near_miss_share and rng.random() < self.near_miss_share
-            question = draw.near_miss([f for group in taught for f in group]) if close else None
+            written = [f for group in taught for f in group]
+            question = draw.near_miss(written, self.near_miss_forms) if close else None
             question = question or rng.choice(draw.write(tool=tool)).question
             episode.targets.append(self.qa_target(question, ABSTENTION))
         episode.targets.append(self.text_target(self.text_chunk(rng)))

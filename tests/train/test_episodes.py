@@ -7,8 +7,8 @@ import pytest
 from memagent import default_model
 from memagent.abstention import ABSTENTION, names_in
 from memagent.train.corpus import FactSampler
-from memagent.train.episodes import EpisodeMaker, FactDraw, Schedule
-from memagent.train.varied import VariedSampler
+from memagent.train.episodes import NEAR_MISS_FORMS, EpisodeMaker, FactDraw, Schedule, form_of
+from memagent.train.varied import EXACT, VariedSampler
 from memagent.train.trainer import batch_targets
 
 
@@ -84,6 +84,42 @@ def test_a_share_of_never_told_questions_asks_close_to_a_written_fact(maker):
     by_written_names = _never_told_by_written_names(close, range(100, 200))
     assert len(by_written_names) > 50 and sum(by_written_names) > 0.3 * len(by_written_names)
     assert sum(_never_told_by_written_names(plain, range(100, 200))) < 0.1 * len(by_written_names)
+
+
+def _asks_exact_thing_of_another(question: str, fact) -> bool:
+    """Whether `question` asks `fact`'s exact string's thing of a subject other than its own."""
+    subject = fact.subject.split(":", 1)[1]
+    for template in EXACT[fact.relation]["questions"]:
+        before, after = template.split("{subject}")
+        if question.startswith(before) and question.endswith(after):
+            return question[len(before) : len(question) - len(after)] != subject
+    return False
+
+
+def test_near_misses_are_drawn_only_from_the_forms_asked_for():
+    rng, asked = random.Random(5), 0
+    for seed in range(40):
+        draw = FactDraw(FactSampler("train", seed), VariedSampler("train", seed), 0.5, rng)
+        written = [f for _ in range(6) for f in draw.write()]
+        exact = [f for f in written if form_of(f) == "exact"]
+        question = draw.near_miss(written, ["exact"])
+        assert (question is None) == (not exact)
+        if question is not None:
+            asked += 1
+            assert any(_asks_exact_thing_of_another(question, fact) for fact in exact)
+        assert draw.near_miss([f for f in written if form_of(f) != "template"], ["template"]) is None
+    assert asked > 10
+
+
+def test_near_miss_forms_are_checked():
+    with pytest.raises(ValueError, match="near-miss forms must be among template, json, exact, not chat"):
+        EpisodeMaker(None, str, near_miss_forms=["exact", "chat"])
+
+
+def test_the_cli_offers_the_near_miss_forms_episodes_know():
+    from memagent.cli import train
+
+    assert train.NEAR_MISS_FORMS == NEAR_MISS_FORMS
 
 
 def test_each_drawn_fact_differs_in_subject_and_answer_from_every_write():
