@@ -45,7 +45,7 @@ CHECKED_NAMES = 16
 # subject may answer). Measured in docs/default_model.md, "Answers lean on the best match"
 # and "Answers come from writes about the subject".
 COPY_BIAS = 3.0
-ABSTENTION_COPY_BIAS = 1.5
+ABSTENTION_COPY_BIAS = 2.5
 SUBJECT_ABSTENTION_COPY_BIAS = 0.5
 # Tokens of a write's text an answer may be copied from, at most: the longest chunk a write
 # takes, so that a crafted import cannot make reads slow (`memagent.answer_spans`).
