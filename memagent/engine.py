@@ -46,7 +46,7 @@ CHECKED_NAMES = 16
 # and "Answers come from writes about the subject".
 COPY_BIAS = 3.0
 ABSTENTION_COPY_BIAS = 2.5
-SUBJECT_ABSTENTION_COPY_BIAS = 0.5
+SUBJECT_ABSTENTION_COPY_BIAS = 0.75
 # Tokens of a write's text an answer may be copied from, at most: the longest chunk a write
 # takes, so that a crafted import cannot make reads slow (`memagent.answer_spans`).
 SPAN_TEXT_TOKENS = 512
