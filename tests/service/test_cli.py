@@ -100,18 +100,18 @@ def test_train_and_eval_describe_themselves(capsys):
 
 def test_train_defaults_are_the_readme_run():
     """README's training commands made the shipped adapter from the base model: the first is
-    `memagent train`'s defaults, the second trains on from its export, the third trains the
-    ranker of the second's export, and the fourth trains on from that export again."""
+    `memagent train`'s defaults, the second and the third each train on from the export before,
+    and the fourth trains the ranker of the third's export."""
     parser = build_parser()
-    first, second, ranker, third = (
+    first, second, third, ranker = (
         vars(parser.parse_args(shlex.split(line)[1:]))
         for line in README.read_text().splitlines()
         if line.split()[:2] in (["memagent", "train"], ["memagent", "train-ranker"])
     )
     assert first == vars(parser.parse_args(["train"]))
     assert second["start"] == str(Path(first["run_dir"]) / "adapter")
-    assert ranker == vars(parser.parse_args(["train-ranker", str(Path(second["run_dir"]) / "adapter")]))
     assert third["start"] == str(Path(second["run_dir"]) / "adapter")
+    assert ranker == vars(parser.parse_args(["train-ranker", str(Path(third["run_dir"]) / "adapter")]))
 
 
 def test_serve_logs_json_lines_only(tmp_path):
