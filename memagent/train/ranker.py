@@ -28,7 +28,7 @@ from memagent.train.varied import VariedSampler
 
 @dataclass
 class RankerConfig:
-    examples: int = 1400  # training questions
+    examples: int = 2800  # training questions
     held_out: int = 150  # evaluation questions, from the held-out split
     depth: int = 18  # layers whose states are read (of the default's 30)
     dim: int = 128
