@@ -92,7 +92,7 @@ def register(subparsers) -> None:
         "answers it (memagent/model/write_ranker.py), on the generator's facts beside look-alikes about the same "
         "subject, with the adapter's model frozen. Writes ADAPTER/ranker.safetensors; reads use it from then on.",
     )
-    ranker.add_argument("adapter", help="an exported adapter folder (e.g. runs/default2/adapter)")
+    ranker.add_argument("adapter", help="an exported adapter folder (e.g. runs/default3/adapter)")
     ranker.add_argument("--examples", type=_at_least(1), default=2800, help="training questions")
     ranker.add_argument("--steps", type=_at_least(1), default=1500, help="optimizer steps (states are computed once)")
     ranker.add_argument("--depth", type=_at_least(1), default=18, help="layers whose hidden states the ranker reads")

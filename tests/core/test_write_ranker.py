@@ -63,7 +63,9 @@ def test_an_engine_refuses_a_ranker_deeper_than_its_model(model):
 def test_the_write_that_answers_goes_nearest_the_question(default_engine):
     """Four writes about four Liams share only "Liam" with each question: the keys alone would
     read the latest nearest the question, and asked for a phone number no write holds, the
-    model copied "Toffee" from it."""
+    model copied "Toffee" from it. "Profession" meets "earns a living as", a held-out phrasing,
+    only through the ranker trained on the shipped adapter's states (the earlier one answered
+    "hamster")."""
     pool = default_engine.pool("liams")
     for text in (
         "These days Liam Larsen rents a flat in Gdansk.",
@@ -88,6 +90,7 @@ def test_the_write_that_answers_goes_nearest_the_question(default_engine):
     assert pool.ask("What did Liam name the hamster?") == "Toffee"
     assert pool.ask("What colour would Liam pick if asked for a favourite?") == "emerald"
     assert pool.ask("What number do I dial to call Liam?") == "I don't know."
+    assert pool.ask("What is Liam's profession?") == "translator"
     assert all(torch.equal(default_engine._write_states[key], state) for key, state in kept.items())
     questions = [question, "What did Liam name the hamster?", "What colour would Liam pick if asked for a favourite?"]
     together = recalled(questions)
