@@ -9,7 +9,7 @@ import torch
 
 import memagent
 from memagent import MemoryLLM, default_model
-from memagent.cli import main
+from memagent.cli import build_parser, main
 from memagent.model.shapes import shape_config
 from memagent.model.write_ranker import RANKER_FILE, WriteRanker
 from memagent.train.ranker import RankerConfig, examples, train_ranker
@@ -26,6 +26,13 @@ def test_each_example_holds_its_answer_first_beside_look_alikes_about_the_same_s
         same_subject += bool(named) and any(named[0] in other for other in example.writes[1:])
     assert same_subject >= 10, "writes about the same person beside the one that answers"
     assert examples("train", 5, RankerConfig(), seed=3) == drawn[:5], "the same seed, the same examples"
+
+
+def test_the_command_trains_with_the_configs_defaults():
+    """`memagent train-ranker`'s defaults (README's chain) and `RankerConfig`'s are one recipe."""
+    args = build_parser().parse_args(["train-ranker", "runs/default3/adapter"])
+    config = RankerConfig()
+    assert (args.examples, args.steps, args.depth, args.seed) == (config.examples, config.steps, config.depth, config.seed)
 
 
 def test_a_run_on_a_tiny_model_learns_its_training_questions():
